@@ -1,0 +1,239 @@
+// Python bindings: the private module sparsr._core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+
+#include "ops.h"
+#include "threadpool.h"
+
+namespace py = pybind11;
+using namespace sparsr;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using ByteArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+Isa isa_arg(const py::object& isa) {
+  if (isa.is_none()) return active_isa();
+  return isa_from_name(py::cast<std::string>(isa));
+}
+
+std::shared_ptr<Feature> feature_from_numpy(const FloatArray& a) {
+  if (a.ndim() != 3) throw std::invalid_argument("expected a (channels, height, width) array");
+  auto f = std::make_shared<Feature>(static_cast<int>(a.shape(0)), static_cast<int>(a.shape(1)),
+                                     static_cast<int>(a.shape(2)));
+  auto r = a.unchecked<3>();
+  for (int c = 0; c < f->channels(); ++c)
+    for (int y = 0; y < f->height(); ++y)
+      for (int x = 0; x < f->width(); ++x) f->at(c, y, x) = r(c, y, x);
+  return f;
+}
+
+py::array_t<float> channels_to_numpy(const Channels& ch) {
+  py::array_t<float> a({ch.size(), ch.height, ch.width});
+  auto w = a.mutable_unchecked<3>();
+  for (int c = 0; c < ch.size(); ++c)
+    for (int y = 0; y < ch.height; ++y)
+      for (int x = 0; x < ch.width; ++x) w(c, y, x) = ch.planes[c][(y + 1) * ch.ld + x + 1];
+  return a;
+}
+
+// uint8 (h, w, 3) -> 3 channel planes of matrix @ rgb + bias.
+std::shared_ptr<Feature> image_to_feature(const ByteArray& img, const FloatArray& matrix,
+                                          const FloatArray& bias) {
+  if (img.ndim() != 3 || img.shape(2) != 3)
+    throw std::invalid_argument("expected an (height, width, 3) uint8 image");
+  if (matrix.size() != 9 || bias.size() != 3)
+    throw std::invalid_argument("expected a 3x3 matrix and 3 biases");
+  const int h = static_cast<int>(img.shape(0)), w = static_cast<int>(img.shape(1));
+  auto f = std::make_shared<Feature>(3, h, w);
+  const uint8_t* p = img.data();
+  const float* m = matrix.data();
+  const float* b = bias.data();
+  {
+    py::gil_scoped_release release;
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) {
+        const uint8_t* px = p + (static_cast<size_t>(y) * w + x) * 3;
+        for (int c = 0; c < 3; ++c)
+          f->at(c, y, x) = m[c * 3] * px[0] + m[c * 3 + 1] * px[1] + m[c * 3 + 2] * px[2] + b[c];
+      }
+  }
+  return f;
+}
+
+// (3 s^2, h, w) tail + (3, s h, s w) base -> float (s h, s w, 3) image:
+// matrix @ (pixel_shuffle(tail) + base) + bias.
+py::array_t<float> compose_image(const Channels& tail, const Channels& base, int scale,
+                                 const FloatArray& matrix, const FloatArray& bias) {
+  if (tail.size() != 3 * scale * scale || base.size() != 3 || base.height != tail.height * scale ||
+      base.width != tail.width * scale)
+    throw std::invalid_argument("compose_image: tail and base sizes do not match the scale");
+  const int H = base.height, W = base.width;
+  py::array_t<float> out({H, W, 3});
+  float* o = out.mutable_data();
+  const float* m = matrix.data();
+  const float* b = bias.data();
+  {
+    py::gil_scoped_release release;
+    parallel_for(H, [&](size_t Y) {
+      const int y = static_cast<int>(Y) / scale, dy = static_cast<int>(Y) % scale;
+      for (int X = 0; X < W; ++X) {
+        const int x = X / scale, dx = X % scale;
+        float v[3];
+        for (int c = 0; c < 3; ++c) {
+          const float* t = tail.planes[(c * scale + dy) * scale + dx];
+          v[c] = t[(y + 1) * tail.ld + x + 1] + base.planes[c][(Y + 1) * base.ld + X + 1];
+        }
+        float* px = o + (Y * static_cast<size_t>(W) + X) * 3;
+        for (int c = 0; c < 3; ++c)
+          px[c] = m[c * 3] * v[0] + m[c * 3 + 1] * v[1] + m[c * 3 + 2] * v[2] + b[c];
+      }
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "sparsr native kernels (private: use the sparsr package)";
+
+  m.def("detected_isa", [] { return std::string(isa_name(detected_isa())); },
+        "Best instruction set this CPU and OS support.");
+  m.def("active_isa", [] { return std::string(isa_name(active_isa())); },
+        "Instruction set in use (detected, lowered by SPARSR_ISA).");
+  m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("kernels", [] {
+    py::list out;
+    for (const KernelInfo& k : kernel_table()) {
+      py::dict d;
+      d["name"] = k.name;
+      d["format"] = k.format;
+      d["ksize"] = k.ksize;
+      d["isa"] = isa_name(k.isa);
+      d["block"] = k.block;
+      d["tile"] = k.tile;
+      out.append(d);
+    }
+    return out;
+  }, "The micro-kernel table (csrc/kernels.inc).");
+
+  py::class_<Feature, std::shared_ptr<Feature>>(m, "Feature")
+      .def(py::init<int, int, int>(), py::arg("channels"), py::arg("height"), py::arg("width"))
+      .def_static("from_numpy", &feature_from_numpy, py::arg("array"))
+      .def_property_readonly("channels", &Feature::channels)
+      .def_property_readonly("height", &Feature::height)
+      .def_property_readonly("width", &Feature::width)
+      .def("numpy", [](const std::shared_ptr<Feature>& f) { return channels_to_numpy(Channels::of(f)); },
+           "Copy of the interior as a (channels, height, width) array.")
+      .def("view", [](const std::shared_ptr<Feature>& f, py::object idx) {
+             if (idx.is_none()) return Channels::of(f);
+             return Channels::of(f, py::cast<std::vector<int>>(idx));
+           }, py::arg("indices") = py::none());
+
+  py::class_<Channels>(m, "Channels")
+      .def_static("cat", &Channels::cat, py::arg("parts"))
+      .def("__len__", &Channels::size)
+      .def_readonly("height", &Channels::height)
+      .def_readonly("width", &Channels::width)
+      .def("numpy", &channels_to_numpy)
+      .def("select", [](const Channels& c, const std::vector<int>& idx) {
+             Channels s;
+             s.height = c.height; s.width = c.width; s.ld = c.ld; s.owners = c.owners;
+             for (int i : idx) {
+               if (i < 0 || i >= c.size()) throw std::out_of_range("channel index out of range");
+               s.planes.push_back(c.planes[i]);
+             }
+             return s;
+           }, py::arg("indices"));
+
+  py::class_<PixelSet>(m, "PixelSet")
+      .def_static("full", &PixelSet::full, py::arg("height"), py::arg("width"))
+      .def_static("from_mask", [](const ByteArray& mask, int height, int width) {
+             if (mask.ndim() != 2) throw std::invalid_argument("mask must be 2-D");
+             return PixelSet::from_mask(mask.data(), static_cast<int>(mask.shape(0)),
+                                        static_cast<int>(mask.shape(1)), height, width);
+           }, py::arg("mask"), py::arg("height"), py::arg("width"))
+      .def("complement", &PixelSet::complement)
+      .def_readonly("count", &PixelSet::count)
+      .def_readonly("height", &PixelSet::height)
+      .def_readonly("width", &PixelSet::width)
+      .def_property_readonly("n_runs", [](const PixelSet& s) { return s.runs.size(); });
+
+  py::class_<Conv2d>(m, "Conv2d")
+      .def(py::init([](const FloatArray& weight, py::object bias, py::object isa,
+                       const std::string& format, int n, int m) {
+             if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
+               throw std::invalid_argument("weight must be (cout, cin, k, k)");
+             const int cout = static_cast<int>(weight.shape(0));
+             FloatArray b;
+             if (!bias.is_none()) {
+               b = py::cast<FloatArray>(bias);
+               if (b.ndim() != 1 || b.shape(0) != cout)
+                 throw std::invalid_argument("bias must have one value per output channel");
+             }
+             FormatOptions options;
+             options.n = n;
+             options.m = m;
+             py::gil_scoped_release release;
+             return Conv2d(weight.data(), bias.is_none() ? nullptr : b.data(), cout,
+                           static_cast<int>(weight.shape(1)), static_cast<int>(weight.shape(2)),
+                           isa_arg(isa), format, options);
+           }), py::arg("weight"), py::arg("bias") = py::none(), py::arg("isa") = py::none(),
+           py::arg("format") = "dense", py::arg("n") = 0, py::arg("m") = 0,
+           "Packs (cout, cin, k, k) weights for the best kernel of the format at the ISA level.")
+      .def_property_readonly("format", [](const Conv2d& c) { return std::string(c.kernel().format); })
+      .def_property_readonly("kernel", [](const Conv2d& c) { return std::string(c.kernel().name); })
+      .def_property_readonly("isa", [](const Conv2d& c) { return std::string(isa_name(c.kernel().isa)); })
+      .def_property_readonly("cout", &Conv2d::cout)
+      .def_property_readonly("cin", &Conv2d::cin)
+      .def_property_readonly("ksize", &Conv2d::ksize)
+      .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
+                          const PixelSet& pixels, bool relu, int cin, int cout,
+                          const Channels* residual) {
+             py::gil_scoped_release release;
+             c.run(in, out, pixels, relu, cin, cout, residual);
+           }, py::arg("input"), py::arg("output"), py::arg("pixels"), py::arg("relu") = false,
+           py::arg("cin") = -1, py::arg("cout") = -1, py::arg("residual") = nullptr);
+
+  m.def("fill", [](const Channels& out, const PixelSet& pixels, float value) {
+    py::gil_scoped_release release;
+    fill(out, pixels, value);
+  }, py::arg("output"), py::arg("pixels"), py::arg("value") = 0.0f);
+  m.def("scale_add", [](const Channels& src, const std::vector<float>& scale,
+                        const Channels& residual, const Channels& dst) {
+    py::gil_scoped_release release;
+    scale_add(src, scale, residual, dst);
+  }, py::arg("src"), py::arg("scale"), py::arg("residual"), py::arg("dst"));
+  m.def("channel_means", [](const Channels& src) {
+    py::gil_scoped_release release;
+    return channel_means(src);
+  }, py::arg("src"));
+  m.def("avg_pool2", [](const Channels& src, const Channels& dst) {
+    py::gil_scoped_release release;
+    avg_pool2(src, dst);
+  }, py::arg("src"), py::arg("dst"));
+  m.def("conv_transpose3x3_s2", [](const Channels& src, const FloatArray& weight,
+                                   const FloatArray& bias, const Channels& dst) {
+    if (weight.ndim() != 4 || weight.shape(0) != src.size() || weight.shape(2) != 3 ||
+        weight.shape(3) != 3)
+      throw std::invalid_argument("weight must be (cin, cout, 3, 3)");
+    const int cout = static_cast<int>(weight.shape(1));
+    if (bias.size() != cout) throw std::invalid_argument("bias must have cout values");
+    py::gil_scoped_release release;
+    conv_transpose3x3_s2(src, weight.data(), bias.data(), cout, dst);
+  }, py::arg("src"), py::arg("weight"), py::arg("bias"), py::arg("dst"));
+  m.def("upsample_bicubic", [](const Channels& src, int scale, const Channels& dst) {
+    py::gil_scoped_release release;
+    upsample_bicubic(src, scale, dst);
+  }, py::arg("src"), py::arg("scale"), py::arg("dst"));
+  m.def("image_to_feature", &image_to_feature, py::arg("image"), py::arg("matrix"), py::arg("bias"));
+  m.def("compose_image", &compose_image, py::arg("tail"), py::arg("base"), py::arg("scale"),
+        py::arg("matrix"), py::arg("bias"));
+}

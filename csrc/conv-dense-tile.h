@@ -1,0 +1,98 @@
+// Register-tiled dense convolution, shared by the AVX2 and AVX-512 kernels.
+// A tile is BLOCK output channels x NV vectors of pixels in one row; the
+// weight is broadcast and the input row loaded once per (channel, tap).
+#pragma once
+
+#include "sparsr.h"
+
+namespace sparsr {
+
+template <class V, int K, int BLOCK, int NV>
+inline void dense_tile(const float* wblock, const float* bias, const ConvTask& t, int cin_total,
+                       int y, int x, int n_pixels, int n_out, float* const* out,
+                       const float* const* residual) {
+  using T = typename V::T;
+  constexpr int W = V::kWidth;
+  constexpr int taps = K * K;
+  constexpr int shift = K == 3 ? 0 : 1;
+  T acc[BLOCK][NV];
+#pragma GCC unroll 16
+  for (int c = 0; c < BLOCK; ++c) {
+    const T b = V::set1(bias[c]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[c][v] = b;
+  }
+  const float* wp = wblock;
+  const int64_t ld = t.ld;
+  for (int i = 0; i < t.cin; ++i) {
+    const float* src = t.in[i] + (y + shift) * ld + x + shift;
+#pragma GCC unroll 3
+    for (int ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 3
+      for (int kx = 0; kx < K; ++kx) {
+        T in[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) in[v] = V::load(src + ky * ld + kx + v * W);
+#pragma GCC unroll 16
+        for (int c = 0; c < BLOCK; ++c) {
+          const T wv = V::set1(wp[c]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[c][v] = V::fmadd(wv, in[v], acc[c][v]);
+        }
+        wp += BLOCK;
+      }
+    }
+  }
+  (void)cin_total;
+  (void)taps;
+  const T zero = V::zero();
+  const int64_t offset = (y + 1) * ld + x + 1;
+  for (int c = 0; c < n_out; ++c) {
+    float* dst = out[c] + offset;
+    const float* res = residual ? residual[c] + offset : nullptr;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      T r = acc[c][v];
+      if (t.relu) r = V::max(r, zero);
+      const int left = n_pixels - v * W;
+      if (left >= W) {
+        if (res) r = V::add(r, V::load(res + v * W));
+        V::store(dst + v * W, r);
+      } else if (left > 0) {
+        if (res) r = V::add(r, V::load_first(res + v * W, left));
+        V::store_first(dst + v * W, r, left);
+      }
+    }
+  }
+}
+
+// Runs the tiles of every run and every output block of a dense layer.
+template <class V, int K, int BLOCK, int NV>
+inline void conv_dense_simd(const PackedConv& w, const ConvTask& t) {
+  constexpr int W = V::kWidth;
+  constexpr int taps = K * K;
+  const size_t block_stride = static_cast<size_t>(w.cin) * taps * BLOCK;
+  const int blocks = (t.cout + BLOCK - 1) / BLOCK;
+  for (size_t r = 0; r < t.n_runs; ++r) {
+    const Run run = t.runs[r];
+    for (int b = 0; b < blocks; ++b) {
+      const float* wb = w.weights.data() + b * block_stride;
+      const float* bias = w.bias.data() + b * BLOCK;
+      const int n_out = t.cout - b * BLOCK < BLOCK ? t.cout - b * BLOCK : BLOCK;
+      float* const* out = t.out + b * BLOCK;
+      const float* const* res = t.residual ? t.residual + b * BLOCK : nullptr;
+      int x = run.x0;
+      for (; x + NV * W <= run.x1; x += NV * W)
+        dense_tile<V, K, BLOCK, NV>(wb, bias, t, w.cin, run.y, x, NV * W, n_out, out, res);
+      const int left = run.x1 - x;
+      if (left > 2 * W && NV >= 3)
+        dense_tile<V, K, BLOCK, (NV >= 3 ? 3 : NV)>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+      else if (left > W && NV >= 2)
+        dense_tile<V, K, BLOCK, (NV >= 2 ? 2 : NV)>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+      else if (left > 0)
+        dense_tile<V, K, BLOCK, 1>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+    }
+  }
+}
+
+}  // namespace sparsr

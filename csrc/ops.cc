@@ -1,0 +1,366 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "threadpool.h"
+
+namespace sparsr {
+
+// ---------------------------------------------------------------- Feature
+
+void Feature::Free::operator()(float* p) const { std::free(p); }
+
+Feature::Feature(int channels, int height, int width)
+    : channels_(channels), height_(height), width_(width) {
+  if (channels <= 0 || height <= 0 || width <= 0)
+    throw std::invalid_argument("feature dimensions must be positive, got " +
+                                std::to_string(channels) + "x" + std::to_string(height) + "x" +
+                                std::to_string(width));
+  ld_ = padded_row_stride(width);
+  plane_ = (static_cast<int64_t>(height) + 2) * ld_;
+  const size_t bytes =
+      ((static_cast<size_t>(channels) * plane_ + kFeatureSlack) * sizeof(float) + 63) / 64 * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  data_.reset(p);
+}
+
+// ---------------------------------------------------------------- Channels
+
+Channels Channels::of(const std::shared_ptr<Feature>& f) {
+  std::vector<int> all(f->channels());
+  for (int i = 0; i < f->channels(); ++i) all[i] = i;
+  return of(f, all);
+}
+
+Channels Channels::of(const std::shared_ptr<Feature>& f, const std::vector<int>& indices) {
+  Channels c;
+  c.height = f->height();
+  c.width = f->width();
+  c.ld = f->ld();
+  c.owners.push_back(f);
+  for (int i : indices) {
+    if (i < 0 || i >= f->channels())
+      throw std::out_of_range("channel index " + std::to_string(i) + " out of range for a " +
+                              std::to_string(f->channels()) + "-channel feature");
+    c.planes.push_back(f->plane(i));
+  }
+  return c;
+}
+
+Channels Channels::cat(const std::vector<Channels>& parts) {
+  Channels c;
+  for (const Channels& p : parts) {
+    if (c.owners.empty() && c.planes.empty()) {
+      c.height = p.height;
+      c.width = p.width;
+      c.ld = p.ld;
+    } else if (p.height != c.height || p.width != c.width) {
+      throw std::invalid_argument("cannot concatenate channels of different sizes");
+    }
+    c.planes.insert(c.planes.end(), p.planes.begin(), p.planes.end());
+    c.owners.insert(c.owners.end(), p.owners.begin(), p.owners.end());
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- PixelSet
+
+PixelSet PixelSet::full(int height, int width) {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  s.runs.reserve(height);
+  for (int y = 0; y < height; ++y) s.runs.push_back(Run{y, 0, width});
+  s.count = static_cast<int64_t>(height) * width;
+  return s;
+}
+
+PixelSet PixelSet::from_mask(const uint8_t* mask, int mask_h, int mask_w, int height, int width) {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  const int rows = std::min(mask_h, height), cols = std::min(mask_w, width);
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* m = mask + static_cast<size_t>(y) * mask_w;
+    int x = 0;
+    while (x < cols) {
+      while (x < cols && !m[x]) ++x;
+      if (x == cols) break;
+      const int x0 = x;
+      while (x < cols && m[x]) ++x;
+      s.runs.push_back(Run{y, x0, x});
+      s.count += x - x0;
+    }
+  }
+  return s;
+}
+
+PixelSet PixelSet::complement() const {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  size_t r = 0;
+  for (int y = 0; y < height; ++y) {
+    int x = 0;
+    for (; r < runs.size() && runs[r].y == y; ++r) {
+      if (runs[r].x0 > x) s.runs.push_back(Run{y, x, runs[r].x0});
+      x = runs[r].x1;
+    }
+    if (x < width) s.runs.push_back(Run{y, x, width});
+  }
+  s.count = static_cast<int64_t>(height) * width - count;
+  return s;
+}
+
+std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel) {
+  // Enough tasks to balance two or more threads, few enough to keep the
+  // per-task overhead (a run costs a little even when short) small.
+  std::vector<std::pair<size_t, size_t>> tasks;
+  const size_t n = pixels.runs.size();
+  if (n == 0) return tasks;
+  const int64_t per_run_overhead = 16;
+  int64_t total = 0;
+  for (const Run& r : pixels.runs) total += (r.x1 - r.x0) + per_run_overhead;
+  const int threads = num_threads();
+  const int64_t min_task = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cost_per_pixel));
+  const int64_t target = std::max<int64_t>(min_task, total / (threads * 8) + 1);
+  size_t begin = 0;
+  int64_t acc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    acc += (pixels.runs[i].x1 - pixels.runs[i].x0) + per_run_overhead;
+    if (acc >= target) {
+      tasks.emplace_back(begin, i + 1);
+      begin = i + 1;
+      acc = 0;
+    }
+  }
+  if (begin < n) tasks.emplace_back(begin, n);
+  return tasks;
+}
+
+// ---------------------------------------------------------------- Conv2d
+
+Conv2d::Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, int ksize, Isa isa,
+               const std::string& format, const FormatOptions& options) {
+  if (ksize != 1 && ksize != 3)
+    throw std::invalid_argument("only 1x1 and 3x3 convolutions are supported, got " +
+                                std::to_string(ksize) + "x" + std::to_string(ksize));
+  if (!isa_supported(isa))
+    throw std::invalid_argument(std::string("this CPU does not support ") + isa_name(isa));
+  kernel_ = &find_kernel(format, ksize, isa);
+  packed_ = pack_for(*kernel_, weight_oihw, bias, cout, cin, ksize, options);
+}
+
+static void check_geometry(const Channels& a, const Channels& b, const char* what) {
+  if (a.height != b.height || a.width != b.width)
+    throw std::invalid_argument(std::string(what) + ": feature sizes differ (" +
+                                std::to_string(a.height) + "x" + std::to_string(a.width) + " vs " +
+                                std::to_string(b.height) + "x" + std::to_string(b.width) + ")");
+}
+
+void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
+                 int cin, int cout, const Channels* residual) const {
+  if (cin < 0) cin = packed_.cin;
+  if (cout < 0) cout = packed_.cout;
+  if (cin > packed_.cin || cin > in.size())
+    throw std::invalid_argument("convolution reads " + std::to_string(cin) +
+                                " input channels but the layer has " +
+                                std::to_string(packed_.cin) + " and the input " +
+                                std::to_string(in.size()));
+  if (cout > packed_.cout || cout > out.size())
+    throw std::invalid_argument("convolution writes " + std::to_string(cout) +
+                                " output channels but the layer has " +
+                                std::to_string(packed_.cout) + " and the output " +
+                                std::to_string(out.size()));
+  check_geometry(in, out, "convolution");
+  if (in.ld != out.ld) throw std::invalid_argument("convolution: row strides differ");
+  if (pixels.height != in.height || pixels.width != in.width)
+    throw std::invalid_argument("convolution: pixel set does not match the feature size");
+  if (residual) {
+    check_geometry(*residual, out, "residual");
+    if (residual->size() < cout) throw std::invalid_argument("residual has too few channels");
+  }
+  if (cout == 0 || pixels.runs.empty()) return;
+  const int64_t cost = static_cast<int64_t>(cin) * cout * packed_.ksize * packed_.ksize;
+  const auto tasks = split_runs(pixels, cost);
+  parallel_for(tasks.size(), [&](size_t k) {
+    ConvTask t;
+    t.in = in.planes.data();
+    t.out = out.planes.data();
+    t.residual = residual ? residual->planes.data() : nullptr;
+    t.ld = in.ld;
+    t.runs = pixels.runs.data() + tasks[k].first;
+    t.n_runs = tasks[k].second - tasks[k].first;
+    t.cin = cin;
+    t.cout = cout;
+    t.relu = relu;
+    kernel_->fn(packed_, t);
+  });
+}
+
+// ---------------------------------------------------------------- elementwise
+
+void fill(const Channels& out, const PixelSet& pixels, float value) {
+  if (pixels.height != out.height || pixels.width != out.width)
+    throw std::invalid_argument("fill: pixel set does not match the feature size");
+  const auto tasks = split_runs(pixels, out.size());
+  parallel_for(tasks.size(), [&](size_t k) {
+    for (size_t r = tasks[k].first; r < tasks[k].second; ++r) {
+      const Run run = pixels.runs[r];
+      for (float* p : out.planes) {
+        float* row = p + (run.y + 1) * out.ld + 1;
+        std::fill(row + run.x0, row + run.x1, value);
+      }
+    }
+  });
+}
+
+void scale_add(const Channels& src, const std::vector<float>& scale, const Channels& residual,
+               const Channels& dst) {
+  check_geometry(src, dst, "scale_add");
+  check_geometry(residual, dst, "scale_add");
+  if (src.size() != dst.size() || residual.size() != dst.size() ||
+      static_cast<int>(scale.size()) != dst.size())
+    throw std::invalid_argument("scale_add: channel counts differ");
+  parallel_for(dst.size(), [&](size_t c) {
+    for (int y = 0; y < dst.height; ++y) {
+      const float* s = src.planes[c] + (y + 1) * src.ld + 1;
+      const float* r = residual.planes[c] + (y + 1) * residual.ld + 1;
+      float* d = dst.planes[c] + (y + 1) * dst.ld + 1;
+      const float k = scale[c];
+      for (int x = 0; x < dst.width; ++x) d[x] = s[x] * k + r[x];
+    }
+  });
+}
+
+std::vector<double> channel_means(const Channels& src) {
+  std::vector<double> means(src.size());
+  parallel_for(src.size(), [&](size_t c) {
+    double total = 0.0;
+    for (int y = 0; y < src.height; ++y) {
+      const float* s = src.planes[c] + (y + 1) * src.ld + 1;
+      float row = 0.0f;
+      for (int x = 0; x < src.width; ++x) row += s[x];
+      total += row;
+    }
+    means[c] = total / (static_cast<double>(src.height) * src.width);
+  });
+  return means;
+}
+
+void avg_pool2(const Channels& src, const Channels& dst) {
+  if (dst.height != src.height / 2 || dst.width != src.width / 2 || dst.size() != src.size())
+    throw std::invalid_argument("avg_pool2: output must be half the input size");
+  parallel_for(dst.size(), [&](size_t c) {
+    for (int y = 0; y < dst.height; ++y) {
+      const float* a = src.planes[c] + (2 * y + 1) * src.ld + 1;
+      const float* b = a + src.ld;
+      float* d = dst.planes[c] + (y + 1) * dst.ld + 1;
+      for (int x = 0; x < dst.width; ++x)
+        d[x] = 0.25f * ((a[2 * x] + a[2 * x + 1]) + (b[2 * x] + b[2 * x + 1]));
+    }
+  });
+}
+
+void conv_transpose3x3_s2(const Channels& src, const float* weight, const float* bias, int cout,
+                          const Channels& dst) {
+  if (dst.height != 2 * src.height || dst.width != 2 * src.width || dst.size() != cout)
+    throw std::invalid_argument("conv_transpose3x3_s2: output must be twice the input size");
+  const int cin = src.size();
+  // Output (oy, ox) gathers input (iy, ix) with oy = 2 iy - 1 + ky, i.e. for
+  // even oy: ky = 1 at iy = oy / 2; for odd oy: ky = 2 at iy = (oy - 1) / 2 and
+  // ky = 0 at iy = (oy + 1) / 2. Out-of-range inputs are zero (the border).
+  parallel_for(static_cast<size_t>(cout) * dst.height, [&](size_t task) {
+    const int o = static_cast<int>(task / dst.height);
+    const int oy = static_cast<int>(task % dst.height);
+    float* d = dst.planes[o] + (oy + 1) * dst.ld + 1;
+    for (int ox = 0; ox < dst.width; ++ox) d[ox] = bias ? bias[o] : 0.0f;
+    int ky_list[2], iy_list[2], n_rows = 0;
+    if (oy % 2 == 0) {
+      ky_list[n_rows] = 1; iy_list[n_rows++] = oy / 2;
+    } else {
+      ky_list[n_rows] = 2; iy_list[n_rows++] = (oy - 1) / 2;
+      ky_list[n_rows] = 0; iy_list[n_rows++] = (oy + 1) / 2;
+    }
+    for (int i = 0; i < cin; ++i) {
+      const float* w = weight + (static_cast<size_t>(i) * cout + o) * 9;
+      for (int r = 0; r < n_rows; ++r) {
+        // Row src.height is the zero border, so no range check is needed.
+        const float* s = src.planes[i] + (iy_list[r] + 1) * src.ld + 1;
+        const float* wk = w + ky_list[r] * 3;
+        for (int ox = 0; ox < dst.width; ox += 2) {
+          const int ix = ox / 2;
+          d[ox] += wk[1] * s[ix];
+          d[ox + 1] += wk[2] * s[ix] + wk[0] * s[ix + 1];
+        }
+      }
+    }
+  });
+}
+
+namespace {
+
+void cubic_weights(float t, float w[4]) {
+  const float a = -0.75f;
+  auto near = [a](float x) { return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f; };
+  auto far = [a](float x) { return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a; };
+  w[0] = far(t + 1.0f);
+  w[1] = near(t);
+  w[2] = near(1.0f - t);
+  w[3] = far(2.0f - t);
+}
+
+struct Taps {
+  std::vector<int> index;   // 4 per output position, clamped
+  std::vector<float> weight;
+};
+
+Taps bicubic_taps(int in_size, int out_size, int scale) {
+  Taps t;
+  t.index.resize(out_size * 4);
+  t.weight.resize(out_size * 4);
+  const float ratio = 1.0f / static_cast<float>(scale);
+  for (int o = 0; o < out_size; ++o) {
+    const float src = (o + 0.5f) * ratio - 0.5f;
+    const float fl = std::floor(src);
+    const int i0 = static_cast<int>(fl);
+    cubic_weights(src - fl, &t.weight[o * 4]);
+    for (int k = 0; k < 4; ++k)
+      t.index[o * 4 + k] = std::min(std::max(i0 - 1 + k, 0), in_size - 1);
+  }
+  return t;
+}
+
+}  // namespace
+
+void upsample_bicubic(const Channels& src, int scale, const Channels& dst) {
+  if (dst.height != src.height * scale || dst.width != src.width * scale ||
+      dst.size() != src.size())
+    throw std::invalid_argument("upsample_bicubic: output must be scale times the input size");
+  const Taps ty = bicubic_taps(src.height, dst.height, scale);
+  const Taps tx = bicubic_taps(src.width, dst.width, scale);
+  parallel_for(static_cast<size_t>(dst.size()) * dst.height, [&](size_t task) {
+    const int c = static_cast<int>(task / dst.height);
+    const int oy = static_cast<int>(task % dst.height);
+    std::vector<float> row(src.width);
+    for (int x = 0; x < src.width; ++x) {
+      float v = 0.0f;
+      for (int k = 0; k < 4; ++k)
+        v += ty.weight[oy * 4 + k] * src.planes[c][(ty.index[oy * 4 + k] + 1) * src.ld + 1 + x];
+      row[x] = v;
+    }
+    float* d = dst.planes[c] + (oy + 1) * dst.ld + 1;
+    for (int ox = 0; ox < dst.width; ++ox) {
+      float v = 0.0f;
+      for (int k = 0; k < 4; ++k) v += tx.weight[ox * 4 + k] * row[tx.index[ox * 4 + k]];
+      d[ox] = v;
+    }
+  });
+}
+
+}  // namespace sparsr

@@ -1,0 +1,104 @@
+// Feature buffers, pixel sets and the network-level operations built on the
+// micro-kernels.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sparsr.h"
+
+namespace sparsr {
+
+// C channel planes of (h + 2) x ld floats with a zero border; see sparsr.h.
+class Feature {
+ public:
+  Feature(int channels, int height, int width);
+  Feature(const Feature&) = delete;
+  Feature& operator=(const Feature&) = delete;
+
+  int channels() const { return channels_; }
+  int height() const { return height_; }
+  int width() const { return width_; }
+  int64_t ld() const { return ld_; }
+  int64_t plane_size() const { return plane_; }
+  float* plane(int c) { return data_.get() + c * plane_; }
+  const float* plane(int c) const { return data_.get() + c * plane_; }
+  float& at(int c, int y, int x) { return plane(c)[(y + 1) * ld_ + x + 1]; }
+  float at(int c, int y, int x) const { return plane(c)[(y + 1) * ld_ + x + 1]; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  int channels_, height_, width_;
+  int64_t ld_, plane_;
+  std::unique_ptr<float, Free> data_;
+};
+
+// An ordered list of channel planes of the same geometry, possibly from
+// several features: concatenation and channel permutation cost nothing.
+struct Channels {
+  std::vector<float*> planes;
+  std::vector<std::shared_ptr<Feature>> owners;
+  int height = 0, width = 0;
+  int64_t ld = 0;
+
+  static Channels of(const std::shared_ptr<Feature>& f);
+  static Channels of(const std::shared_ptr<Feature>& f, const std::vector<int>& indices);
+  static Channels cat(const std::vector<Channels>& parts);
+  int size() const { return static_cast<int>(planes.size()); }
+};
+
+// A set of pixels as runs, sorted by row.
+struct PixelSet {
+  int height = 0, width = 0;
+  std::vector<Run> runs;
+  int64_t count = 0;
+
+  static PixelSet full(int height, int width);
+  // mask: mask_h x mask_w bytes, nonzero = in the set; pixels of the
+  // (height x width) image outside the mask are not in the set.
+  static PixelSet from_mask(const uint8_t* mask, int mask_h, int mask_w, int height, int width);
+  PixelSet complement() const;
+};
+
+// A convolution layer packed for one micro-kernel.
+class Conv2d {
+ public:
+  // format: "dense" or a sparse format of kernels.inc; the weights are given
+  // densely (OIHW, zeros included) and packed here for the chosen kernel.
+  Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, int ksize, Isa isa,
+         const std::string& format = "dense", const FormatOptions& options = {});
+  // out[0:cout] (+ residual) = act(conv(in[0:cin])) at the given pixels; cin
+  // and cout default (-1) to the whole layer.
+  void run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu, int cin,
+           int cout, const Channels* residual) const;
+  const KernelInfo& kernel() const { return *kernel_; }
+  int cout() const { return packed_.cout; }
+  int cin() const { return packed_.cin; }
+  int ksize() const { return packed_.ksize; }
+
+ private:
+  const KernelInfo* kernel_;
+  PackedConv packed_;
+};
+
+void fill(const Channels& out, const PixelSet& pixels, float value);
+// Splits runs into tasks of roughly equal pixel counts for the thread pool.
+std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel);
+
+// dst[c] = src[c] * scale[c] + residual[c] over the whole interior (in place allowed).
+void scale_add(const Channels& src, const std::vector<float>& scale, const Channels& residual,
+               const Channels& dst);
+std::vector<double> channel_means(const Channels& src);
+// 2x2 average pooling, floor of odd sizes.
+void avg_pool2(const Channels& src, const Channels& dst);
+// Transposed 3x3 convolution, stride 2, padding 1, output padding 1:
+// (cin, h, w) -> (cout, 2h, 2w). weight is (cin, cout, 3, 3) as in PyTorch.
+void conv_transpose3x3_s2(const Channels& src, const float* weight, const float* bias, int cout,
+                          const Channels& dst);
+// Bicubic upsampling by an integer factor (PyTorch: a = -0.75, align_corners=False).
+void upsample_bicubic(const Channels& src, int scale, const Channels& dst);
+
+}  // namespace sparsr
