@@ -1,0 +1,170 @@
+"""The sparsr checkpoint file: a JSON header and raw little-endian tensors.
+
+Layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic b"SPARSRCK"
+    offset 8   u32       format version (1)
+    offset 12  u32       reserved (0)
+    offset 16  u64       header length H in bytes
+    offset 24  H bytes   UTF-8 JSON header
+    ...        padding   to a multiple of 64 bytes
+    data       the tensors, each 64-byte aligned, at offsets relative to data
+
+The header holds the network description ("model"), free-form "metadata",
+"data_nbytes" (so a truncated file is detected) and, per tensor, dtype, shape,
+offset, nbytes and the CRC-32 of its bytes (so a corrupted one is detected).
+Reading never executes anything from the file: there is no pickle in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import CheckpointError
+
+MAGIC = b"SPARSRCK"
+VERSION = 1
+_PREFIX = struct.Struct("<8sIIQ")
+_ALIGN = 64
+_MAX_HEADER = 64 << 20
+# The only dtypes a checkpoint may hold; anything else is refused on read.
+_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8, "int8": np.int8,
+           "uint16": np.uint16, "int64": np.int64, "float16": np.float16}
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def save(path: str | os.PathLike, model: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+         metadata: Mapping[str, Any] | None = None) -> None:
+    """Writes a checkpoint atomically (a temporary file renamed into place)."""
+    entries = {}
+    blobs = []
+    offset = 0
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if dtype.name not in _DTYPES:
+            raise CheckpointError(f"tensor {name!r}: dtype {array.dtype} cannot be stored")
+        data = array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+        offset = _align(offset)
+        entries[name] = {"dtype": dtype.name, "shape": list(array.shape), "offset": offset,
+                         "nbytes": len(data), "crc32": zlib.crc32(data)}
+        blobs.append((offset, data))
+        offset += len(data)
+    header = {"format": "sparsr-checkpoint", "version": VERSION, "model": dict(model),
+              "metadata": dict(metadata or {}), "data_nbytes": offset, "tensors": entries}
+    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    data_start = _align(_PREFIX.size + len(header_bytes))
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_PREFIX.pack(MAGIC, VERSION, 0, len(header_bytes)))
+            f.write(header_bytes)
+            f.write(b"\0" * (data_start - _PREFIX.size - len(header_bytes)))
+            pos = 0
+            for off, data in blobs:
+                f.write(b"\0" * (off - pos))
+                f.write(data)
+                pos = off + len(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _describe_foreign(head: bytes) -> str:
+    if head.startswith(b"PK\x03\x04"):
+        return ("a ZIP archive (a PyTorch >= 1.6 checkpoint?); convert PyTorch weights with "
+                "tools/convert.py")
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return ("a Python pickle (a legacy PyTorch checkpoint?); sparsr never unpickles: "
+                "convert PyTorch weights with tools/convert.py")
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "an image, not a model"
+    if not head:
+        return "an empty file"
+    return "not a sparsr checkpoint (unknown content)"
+
+
+def load(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """Reads a checkpoint: (model description, tensors, metadata).
+
+    Raises CheckpointError naming the file and the problem for anything that is
+    not a complete, intact sparsr checkpoint.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+
+    if len(raw) < _PREFIX.size or not raw.startswith(MAGIC):
+        if raw.startswith(MAGIC[: len(raw)]) and raw:
+            raise CheckpointError(f"{path}: truncated sparsr checkpoint ({len(raw)} bytes)")
+        raise CheckpointError(f"{path}: {_describe_foreign(raw[:16])}")
+    magic, version, _, header_len = _PREFIX.unpack_from(raw)
+    if version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}; this sparsr reads "
+                              f"version {VERSION}")
+    if header_len > _MAX_HEADER:
+        raise CheckpointError(f"{path}: corrupted header length ({header_len} bytes)")
+    if _PREFIX.size + header_len > len(raw):
+        raise CheckpointError(f"{path}: truncated checkpoint (header cut off at {len(raw)} bytes)")
+    try:
+        header = json.loads(raw[_PREFIX.size:_PREFIX.size + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupted header ({e})") from None
+    if not isinstance(header, dict) or header.get("format") != "sparsr-checkpoint":
+        raise CheckpointError(f"{path}: header is not a sparsr checkpoint header")
+    for key, kind in (("model", dict), ("tensors", dict), ("data_nbytes", int)):
+        if not isinstance(header.get(key), kind):
+            raise CheckpointError(f"{path}: header field {key!r} is missing or malformed")
+
+    data_start = _align(_PREFIX.size + header_len)
+    data_nbytes = header["data_nbytes"]
+    if data_start + data_nbytes > len(raw):
+        raise CheckpointError(f"{path}: truncated checkpoint ({len(raw)} bytes, expected "
+                              f"{data_start + data_nbytes})")
+    if data_start + data_nbytes < len(raw):
+        raise CheckpointError(f"{path}: {len(raw) - data_start - data_nbytes} unexpected bytes "
+                              "after the tensor data")
+    buffer = memoryview(raw)[data_start:data_start + data_nbytes]
+
+    tensors = {}
+    for name, entry in header["tensors"].items():
+        try:
+            dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+            shape = tuple(int(d) for d in entry["shape"])
+            offset, nbytes, crc = int(entry["offset"]), int(entry["nbytes"]), int(entry["crc32"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry") from None
+        if any(d < 0 for d in shape) or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} does not match "
+                                  f"{nbytes} bytes of {dtype.name}")
+        if offset < 0 or offset + nbytes > data_nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} lies outside the data section")
+        chunk = buffer[offset:offset + nbytes]
+        if zlib.crc32(chunk) != crc:
+            raise CheckpointError(f"{path}: tensor {name!r} is corrupted (checksum mismatch)")
+        tensors[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).astype(
+            dtype.newbyteorder("="), copy=True)
+    return header["model"], tensors, header.get("metadata", {})
