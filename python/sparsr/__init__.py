@@ -1,1 +1,42 @@
+"""sparsr: super-resolution networks that skip the work that does not matter,
+fast on ordinary CPUs.
 
+    import sparsr
+    model = sparsr.load("sparsmsr_3b.pt")
+    big = model.upscale(img)     # PIL image or (H, W, 3) uint8 numpy array
+"""
+
+from . import _core
+from .errors import CheckpointError, ImageError, SparsrError
+from .model import Model, load
+
+__version__ = "0.1.0"
+
+
+def cpu_info() -> dict:
+    """The instruction set in use, the best one this CPU has, the thread count
+    and the micro-kernels the engine dispatches to."""
+    active = _core.active_isa()
+    chosen = {}
+    for k in _core.kernels():
+        key = f"conv{k['ksize']}x{k['ksize']}-{k['format']}"
+        levels = ["scalar", "avx2", "avx512"]
+        if levels.index(k["isa"]) <= levels.index(active):
+            best = chosen.get(key)
+            if best is None or levels.index(k["isa"]) > levels.index(best["isa"]):
+                chosen[key] = k
+    return {"active_isa": active, "detected_isa": _core.detected_isa(),
+            "threads": _core.num_threads(),
+            "kernels": {key: k["name"] for key, k in sorted(chosen.items())}}
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads the kernels use (default: SPARSR_NUM_THREADS
+    or all cores)."""
+    if n < 1:
+        raise ValueError("the thread count must be at least 1")
+    _core.set_num_threads(int(n))
+
+
+__all__ = ["load", "Model", "SparsrError", "CheckpointError", "ImageError", "cpu_info",
+           "set_num_threads", "__version__"]

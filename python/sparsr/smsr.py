@@ -1,0 +1,372 @@
+"""SMSR (sparse mask super-resolution) on the native kernels.
+
+Inference as in the SMSR paper, section 4.2 "Inference phase", and the authors'
+released code. Inside each sparse mask module (SMM) every conv output channel is
+"dense" (computed at every pixel) or "sparse" (computed at important pixels
+only, zero elsewhere), by the rounded softmax of the channel mask; the spatial
+mask marks important pixels. Channels are permuted at load time so that every
+layer's dense channels come first: at unimportant pixels a layer then reads
+only a prefix of its input channels and writes only a prefix of its outputs,
+and at important pixels it is an ordinary convolution. This computes exactly
+the authors' four branches (dense->dense everywhere; dense->sparse,
+sparse->dense, sparse->sparse at important pixels) with one kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from .errors import CheckpointError
+
+MODES = ("mask", "dense")
+
+
+@dataclass
+class ConvSpec:
+    """One convolution of the network, as stored in the checkpoint."""
+    name: str
+    weight: np.ndarray              # (cout, cin, k, k), float32, zeros included
+    bias: np.ndarray | None
+    format: str = "dense"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+
+@dataclass
+class LayerStats:
+    """MACs one layer executed in one forward pass."""
+    name: str
+    macs: int = 0
+    dense_macs: int = 0
+
+
+class _Counter:
+    """Accumulates executed and dense MACs per layer name."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, LayerStats] = {}
+
+    def add(self, name: str, macs: int, dense_macs: int = 0) -> None:
+        s = self.layers.setdefault(name, LayerStats(name))
+        s.macs += int(macs)
+        s.dense_macs += int(dense_macs)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def channel_masks(ch_mask: np.ndarray) -> np.ndarray:
+    """(1, C, L, 2) learned logits -> (L, C) bool, True where a channel is dense."""
+    if ch_mask.ndim != 4 or ch_mask.shape[0] != 1 or ch_mask.shape[3] != 2:
+        raise CheckpointError(f"ch_mask has shape {ch_mask.shape}, expected (1, C, L, 2)")
+    logits = ch_mask[0].astype(np.float32)          # (C, L, 2)
+    e = np.exp(logits - logits.max(axis=2, keepdims=True))
+    soft = e / e.sum(axis=2, keepdims=True)
+    dense = np.rint(soft[:, :, 0]) == 1.0           # softmax -> round, column 0 = dense
+    return dense.T.copy()
+
+
+class _Conv:
+    """A packed convolution plus its bookkeeping."""
+
+    def __init__(self, spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None):
+        w = spec.weight if weight is None else weight
+        self.name = spec.name
+        self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
+        self.native = _core.Conv2d(np.ascontiguousarray(w, dtype=np.float32), spec.bias, isa=isa,
+                                   format=spec.format, **spec.options)
+        self.nonzeros = int(np.count_nonzero(w))
+
+    def __call__(self, counter: _Counter, src, dst, pixels, relu=False, cin=-1, cout=-1,
+                 residual=None, dense_pixels: int | None = None) -> None:
+        self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual)
+        ci = self.cin if cin < 0 else cin
+        co = self.cout if cout < 0 else cout
+        taps = self.k * self.k
+        dense = (dense_pixels or 0) * self.cin * self.cout * taps
+        counter.add(self.name, pixels.count * ci * co * taps, dense)
+
+
+class _Module:
+    """One SMM: spatial mask branch, four sparse mask convs, collect, attention."""
+
+    def __init__(self, prefix: str, specs: dict[str, ConvSpec], ch_mask: np.ndarray,
+                 isa: str | None):
+        self.prefix = prefix
+        self.mask_convs = [_Conv(specs[f"{prefix}.spa_mask.{i}"], isa) for i in (0, 3)]
+        up = specs[f"{prefix}.spa_mask.5"]
+        self.mask_up_weight = np.ascontiguousarray(up.weight, dtype=np.float32)
+        self.mask_up_bias = np.ascontiguousarray(up.bias, dtype=np.float32)
+
+        self.dense = channel_masks(ch_mask)                  # (L, C)
+        n_layers, channels = self.dense.shape
+        self.n_layers = n_layers
+        # perm[i]: storage order of layer i's outputs, dense channels first.
+        self.perm = [np.concatenate([np.flatnonzero(d), np.flatnonzero(~d)]) for d in self.dense]
+        self.n_dense = [int(d.sum()) for d in self.dense]
+
+        self.layers = []
+        self.layers_plain = []
+        for i in range(n_layers):
+            spec = specs[f"{prefix}.body.body.{i}"]
+            w = spec.weight[self.perm[i]]
+            if i > 0:
+                w = w[:, self.perm[i - 1]]
+            self.layers.append(_Conv(spec, isa, w))
+            self.layers_plain.append(_Conv(spec, isa))
+        # The collect 1x1 reads all dense channels of the four layers, then all
+        # sparse ones, so that at unimportant pixels it reads a prefix.
+        collect = specs[f"{prefix}.body.collect"]
+        order = [i * channels + self.perm[i][:self.n_dense[i]] for i in range(n_layers)]
+        order += [i * channels + self.perm[i][self.n_dense[i]:] for i in range(n_layers)]
+        self.collect_order = np.concatenate(order)
+        self.collect_dense_inputs = sum(self.n_dense)
+        self.collect = _Conv(collect, isa, collect.weight[:, self.collect_order])
+        self.collect_plain = _Conv(collect, isa)
+        self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
+        self.channels = channels
+
+    # -- spatial mask -------------------------------------------------------
+
+    def spatial_mask(self, counter: _Counter, x_view, h: int, w: int) -> np.ndarray:
+        """(h, w) bool: True at important pixels."""
+        c_mid = self.mask_convs[0].cout
+        full = _core.PixelSet.full(h, w)
+        f1 = _core.Feature(c_mid, h, w)
+        self.mask_convs[0](counter, x_view, f1.view(), full, relu=True, dense_pixels=h * w)
+        hh, hw = h // 2, w // 2
+        mask = np.zeros((h, w), dtype=bool)
+        if hh == 0 or hw == 0:
+            return mask   # the map is empty: no important pixels
+        pooled = _core.Feature(c_mid, hh, hw)
+        _core.avg_pool2(f1.view(), pooled.view())
+        f2 = _core.Feature(c_mid, hh, hw)
+        self.mask_convs[1](counter, pooled.view(), f2.view(), _core.PixelSet.full(hh, hw),
+                           relu=True, dense_pixels=hh * hw)
+        logits = _core.Feature(self.mask_up_weight.shape[1], 2 * hh, 2 * hw)
+        _core.conv_transpose3x3_s2(f2.view(), self.mask_up_weight, self.mask_up_bias,
+                                   logits.view())
+        counter.add(f"{self.prefix}.spa_mask.5", hh * hw * c_mid * 2 * 9, hh * hw * c_mid * 2 * 9)
+        lg = logits.numpy()
+        mask[:2 * hh, :2 * hw] = lg[1] > lg[0]
+        return mask
+
+    # -- forward --------------------------------------------------------------
+
+    def forward(self, counter: _Counter, x: _core.Feature, mode: str):
+        h, w = x.height, x.width
+        c = self.channels
+        full = _core.PixelSet.full(h, w)
+        outs = [_core.Feature(c, h, w) for _ in range(self.n_layers)]
+        if mode == "dense":
+            mask = np.ones((h, w), dtype=bool)
+            src = x.view()
+            for i, layer in enumerate(self.layers_plain):
+                layer(counter, src, outs[i].view(), full, relu=True, dense_pixels=h * w)
+                src = outs[i].view()
+            cat = _core.Channels.cat([o.view() for o in outs])
+            y = _core.Feature(c, h, w)
+            self.collect_plain(counter, cat, y.view(), full, dense_pixels=h * w)
+        else:
+            mask = self.spatial_mask(counter, x.view(), h, w)
+            important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
+            unimportant = important.complement()
+            src, n_in = x.view(), c                     # layer 0 reads dense input only
+            for i, layer in enumerate(self.layers):
+                dst = outs[i].view()
+                nd = self.n_dense[i]
+                layer(counter, src, dst, unimportant, relu=True, cin=n_in, cout=nd,
+                      dense_pixels=unimportant.count)
+                if nd < c:
+                    _core.fill(dst.select(list(range(nd, c))), unimportant, 0.0)
+                layer(counter, src, dst, important, relu=True, dense_pixels=important.count)
+                src, n_in = dst, nd
+            cat = _core.Channels.cat([o.view() for o in outs]).select(
+                self.collect_order.tolist())
+            y = _core.Feature(c, h, w)
+            self.collect(counter, cat, y.view(), unimportant, cin=self.collect_dense_inputs,
+                         dense_pixels=unimportant.count)
+            self.collect(counter, cat, y.view(), important, dense_pixels=important.count)
+        # Channel attention and the residual connection of the module.
+        means = np.asarray(_core.channel_means(y.view()), dtype=np.float32)
+        w1, w2 = self.ca
+        z = np.maximum(w1.weight[:, :, 0, 0] @ means + w1.bias, 0.0)
+        s = _sigmoid(w2.weight[:, :, 0, 0] @ z + w2.bias).astype(np.float32)
+        counter.add(f"{self.prefix}.ca", w1.weight.size + w2.weight.size,
+                    w1.weight.size + w2.weight.size)
+        out = _core.Feature(c, h, w)
+        _core.scale_add(y.view(), s.tolist(), x.view(), out.view())
+        return out, mask
+
+
+@dataclass
+class Forward:
+    """The result of one forward pass."""
+    output: np.ndarray          # (sH, sW, 3) float32 on 0..255, before clamping and rounding
+    masks: list[np.ndarray]     # per SMM, (H, W) bool spatial masks (all True in dense mode)
+    layers: dict[str, LayerStats]
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self.layers.values())
+
+    @property
+    def dense_macs(self) -> int:
+        return sum(s.dense_macs for s in self.layers.values())
+
+
+def _conv_specs(model: dict, tensors: dict[str, np.ndarray]) -> dict[str, ConvSpec]:
+    formats = model.get("layers", {})
+    specs = {}
+    for key in tensors:
+        if not key.endswith(".weight"):
+            continue
+        name = key[: -len(".weight")]
+        weight = tensors[key]
+        if weight.ndim != 4:
+            continue
+        info = formats.get(name, {})
+        specs[name] = ConvSpec(name, weight.astype(np.float32, copy=False),
+                               tensors.get(name + ".bias"), info.get("format", "dense"),
+                               {k: int(v) for k, v in info.get("options", {}).items()})
+    return specs
+
+
+# Every tensor the SMSR description needs, with its expected shape given the
+# hyper-parameters (C features, s scale); checked before anything runs.
+def expected_shapes(scale: int, n_feats: int, n_blocks: int, n_layers: int) -> dict[str, tuple]:
+    C, q = n_feats, n_feats // 4
+    shapes = {
+        "sub_mean.weight": (3, 3, 1, 1), "sub_mean.bias": (3,),
+        "add_mean.weight": (3, 3, 1, 1), "add_mean.bias": (3,),
+        "head.0.weight": (C, 3, 3, 3), "head.0.bias": (C,),
+        "head.2.weight": (C, C, 3, 3), "head.2.bias": (C,),
+        "collect.0.weight": (C, C * n_blocks, 1, 1), "collect.0.bias": (C,),
+        "collect.2.weight": (C, C, 3, 3), "collect.2.bias": (C,),
+        "tail.0.weight": (3 * scale * scale, C, 3, 3), "tail.0.bias": (3 * scale * scale,),
+    }
+    for k in range(n_blocks):
+        p = f"body.{k}"
+        shapes.update({
+            f"{p}.spa_mask.0.weight": (q, C, 3, 3), f"{p}.spa_mask.0.bias": (q,),
+            f"{p}.spa_mask.3.weight": (q, q, 3, 3), f"{p}.spa_mask.3.bias": (q,),
+            f"{p}.spa_mask.5.weight": (q, 2, 3, 3), f"{p}.spa_mask.5.bias": (2,),
+            f"{p}.body.ch_mask": (1, C, n_layers, 2),
+            f"{p}.body.collect.weight": (C, C * n_layers, 1, 1), f"{p}.body.collect.bias": (C,),
+            f"{p}.ca.conv_du.0.weight": (C // 16, C, 1, 1), f"{p}.ca.conv_du.0.bias": (C // 16,),
+            f"{p}.ca.conv_du.2.weight": (C, C // 16, 1, 1), f"{p}.ca.conv_du.2.bias": (C,),
+        })
+        for i in range(n_layers):
+            shapes[f"{p}.body.body.{i}.weight"] = (C, C, 3, 3)
+    return shapes
+
+
+class SmsrNetwork:
+    """An SMSR network ready to run."""
+
+    architecture = "smsr"
+
+    def __init__(self, model: dict, tensors: dict[str, np.ndarray], isa: str | None = None):
+        try:
+            self.scale = int(model["scale"])
+            self.n_feats = int(model["n_feats"])
+            self.n_blocks = int(model["n_blocks"])
+            self.n_layers = int(model["n_layers"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"SMSR description lacks a valid {e}") from None
+        expected = expected_shapes(self.scale, self.n_feats, self.n_blocks, self.n_layers)
+        for key, shape in expected.items():
+            if key not in tensors:
+                raise CheckpointError(f"SMSR checkpoint lacks tensor {key!r}")
+            if tuple(tensors[key].shape) != shape:
+                raise CheckpointError(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                                      f"expected {shape}")
+        extra = sorted(set(tensors) - set(expected))
+        extra = [k for k in extra if not re.match(r".*\.(values|indices)$", k)]
+        if extra:
+            raise CheckpointError(f"SMSR checkpoint has unexpected tensors: {extra[:5]}")
+
+        self.isa = isa
+        specs = _conv_specs(model, tensors)
+        self.specs = specs
+        self.in_matrix, self.in_bias = self._affine(tensors, "sub_mean")
+        self.out_matrix, self.out_bias = self._affine(tensors, "add_mean")
+        self.head = [_Conv(specs["head.0"], isa), _Conv(specs["head.2"], isa)]
+        self.modules = [_Module(f"body.{k}", specs, tensors[f"body.{k}.body.ch_mask"], isa)
+                        for k in range(self.n_blocks)]
+        self.collect = [_Conv(specs["collect.0"], isa), _Conv(specs["collect.2"], isa)]
+        self.tail = _Conv(specs["tail.0"], isa)
+
+    @staticmethod
+    def _affine(tensors, name):
+        m = np.ascontiguousarray(tensors[f"{name}.weight"][:, :, 0, 0], dtype=np.float32)
+        b = np.ascontiguousarray(tensors[f"{name}.bias"], dtype=np.float32)
+        return m, b
+
+    @property
+    def convs(self) -> list[_Conv]:
+        out = list(self.head)
+        for m in self.modules:
+            out += m.mask_convs + m.layers_plain + [m.collect_plain]
+        return out + list(self.collect) + [self.tail]
+
+    def forward(self, rgb: np.ndarray, mode: str = "mask") -> Forward:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        h, w = rgb.shape[:2]
+        counter = _Counter()
+        full = _core.PixelSet.full(h, w)
+        C = self.n_feats
+        x0 = _core.image_to_feature(rgb, self.in_matrix, self.in_bias)
+        t = _core.Feature(C, h, w)
+        self.head[0](counter, x0.view(), t.view(), full, relu=True, dense_pixels=h * w)
+        head = _core.Feature(C, h, w)
+        self.head[1](counter, t.view(), head.view(), full, dense_pixels=h * w)
+        fea, outs, masks = head, [], []
+        for module in self.modules:
+            fea, mask = module.forward(counter, fea, mode)
+            outs.append(fea)
+            masks.append(mask)
+        cat = _core.Channels.cat([o.view() for o in outs])
+        self.collect[0](counter, cat, t.view(), full, relu=True, dense_pixels=h * w)
+        del outs, cat
+        body = _core.Feature(C, h, w)
+        self.collect[1](counter, t.view(), body.view(), full, residual=head.view(),
+                        dense_pixels=h * w)
+        s = self.scale
+        tail = _core.Feature(3 * s * s, h, w)
+        self.tail(counter, body.view(), tail.view(), full, dense_pixels=h * w)
+        base = _core.Feature(3, s * h, s * w)
+        _core.upsample_bicubic(x0.view(), s, base.view())
+        out = _core.compose_image(tail.view(), base.view(), s, self.out_matrix, self.out_bias)
+        return Forward(out, masks, counter.layers)
+
+    def layer_table(self) -> list[dict]:
+        rows = []
+        for conv in self.convs:
+            spec = self.specs[conv.name]
+            params = int(spec.weight.size)
+            rows.append({"name": conv.name, "shape": list(spec.shape), "format": spec.format,
+                         "kernel": conv.native.kernel, "params": params,
+                         "nonzeros": conv.nonzeros,
+                         "sparsity": 1.0 - conv.nonzeros / params if params else 0.0})
+        return rows
+
+    def dense_macs(self, h: int, w: int) -> int:
+        """MACs of one dense-mode pass (all masks 1) at an h x w input."""
+        total = 0
+        for conv in self.convs:
+            if ".spa_mask." in conv.name:
+                continue
+            total += h * w * conv.cin * conv.cout * conv.k * conv.k
+        for m in self.modules:
+            total += sum(c.weight.size for c in m.ca)
+        return total
