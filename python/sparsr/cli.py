@@ -37,8 +37,11 @@ def _save_atomic(img, path: str) -> None:
 
 
 def _upscale(args) -> int:
-    if os.path.abspath(args.input) == os.path.abspath(args.output) and not args.force:
-        raise SparsrError(f"refusing to overwrite the input {args.input} (pass --force)")
+    same = os.path.abspath(args.input) == os.path.abspath(args.output) or (
+        os.path.exists(args.output) and os.path.exists(args.input)
+        and os.path.samefile(args.input, args.output))
+    if same:
+        raise SparsrError(f"refusing to overwrite the input {args.input} with its upscaled copy")
     if os.path.exists(args.output) and not args.force:
         raise SparsrError(f"{args.output} exists (pass --force to overwrite)")
     model = load(args.model)
