@@ -79,6 +79,8 @@ Isa active_isa() {
   return isa;
 }
 
-bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(detected_isa()); }
+// A level above the active one counts as unsupported, so SPARSR_ISA makes the
+// process behave as on a CPU that has only that level.
+bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(active_isa()); }
 
 }  // namespace sparsr

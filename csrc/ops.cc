@@ -151,7 +151,9 @@ Conv2d::Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, i
     throw std::invalid_argument("only 1x1 and 3x3 convolutions are supported, got " +
                                 std::to_string(ksize) + "x" + std::to_string(ksize));
   if (!isa_supported(isa))
-    throw std::invalid_argument(std::string("this CPU does not support ") + isa_name(isa));
+    throw std::invalid_argument(std::string("kernels of level ") + isa_name(isa) +
+                                " are not available: the active level is " +
+                                isa_name(active_isa()) + " (CPU or SPARSR_ISA)");
   kernel_ = &find_kernel(format, ksize, isa);
   packed_ = pack_for(*kernel_, weight_oihw, bias, cout, cin, ksize, options);
 }

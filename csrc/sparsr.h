@@ -21,7 +21,7 @@ const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
 Isa detected_isa();                          // best level this CPU and OS support
 Isa active_isa();                            // detected, lowered by SPARSR_ISA
-bool isa_supported(Isa isa);
+bool isa_supported(Isa isa);                 // at or below the active level
 
 // A horizontal run of pixels [x0, x1) in row y (interior coordinates).
 struct Run {

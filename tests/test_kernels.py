@@ -1,0 +1,243 @@
+"""Every micro-kernel of csrc/kernels.inc against its scalar twin and against a
+plain convolution, on random shapes, edge sizes, pixel runs and channel prefixes.
+
+The kernel list is read from the engine itself, so a kernel added to the table
+is tested here; a new weight format must add its weight generator to
+WEIGHT_MAKERS or this file fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparsr import _core
+
+LEVELS = ["scalar", "avx2", "avx512"]
+
+
+def dense_weights(rng, cout, cin, k, **_):
+    return rng.standard_normal((cout, cin, k, k)).astype(np.float32) / np.sqrt(cin * k * k), {}
+
+
+# format -> function(rng, cout, cin, k) -> (weights, Conv2d keyword options)
+WEIGHT_MAKERS = {"dense": dense_weights}
+
+
+def reference_conv(x, w, b, relu=False, residual=None):
+    """Direct 'same' convolution in float64: (cin, h, w) -> (cout, h, w)."""
+    cout, cin, k, _ = w.shape
+    p = k // 2
+    h, wd = x.shape[1:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p)))
+    out = np.zeros((cout, h, wd))
+    for ky in range(k):
+        for kx in range(k):
+            out += np.einsum("oi,ihw->ohw", w[:, :, ky, kx], xp[:, ky:ky + h, kx:kx + wd])
+    if b is not None:
+        out += b[:, None, None]
+    if relu:
+        out = np.maximum(out, 0)
+    if residual is not None:
+        out += residual
+    return out
+
+
+def kernels_of(fmt=None):
+    ks = [k for k in _core.kernels() if fmt is None or k["format"] == fmt]
+    return [pytest.param(k, id=k["name"]) for k in ks]
+
+
+def test_every_format_has_a_weight_maker():
+    assert {k["format"] for k in _core.kernels()} <= set(WEIGHT_MAKERS)
+
+
+def test_every_kernel_has_a_scalar_twin():
+    table = _core.kernels()
+    scalar = {(k["format"], k["ksize"]) for k in table if k["isa"] == "scalar"}
+    for k in table:
+        assert (k["format"], k["ksize"]) in scalar, k["name"]
+
+
+def _run(layer, x, cout_total, pixels, fill=None, **kw):
+    fi = _core.Feature.from_numpy(x)
+    fo = _core.Feature.from_numpy(fill) if fill is not None else _core.Feature(cout_total, *x.shape[1:])
+    res = kw.pop("residual", None)
+    fr = _core.Feature.from_numpy(res) if res is not None else None
+    layer(fi.view(), fo.view(), pixels, residual=fr.view() if fr is not None else None, **kw)
+    return fo.numpy()
+
+
+SHAPES = [  # (cout, cin, h, w)
+    (8, 3, 1, 1), (16, 16, 3, 17), (64, 64, 13, 53), (12, 64, 7, 49), (5, 7, 9, 96),
+    (64, 256, 5, 33), (2, 16, 4, 4)]
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_reference(kernel, shape):
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    cout, cin, h, w = shape
+    k = kernel["ksize"]
+    rng = np.random.default_rng(hash((kernel["name"], shape)) % 2**32)
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, k)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    assert layer.kernel == kernel["name"]
+    twin = _core.Conv2d(weights, bias, isa="scalar", format=kernel["format"], **options)
+    full = _core.PixelSet.full(h, w)
+    ref = reference_conv(x, weights, bias)
+    got = _run(layer, x, cout, full)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, _run(twin, x, cout, full), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+def test_kernel_runs_prefixes_relu_residual(kernel):
+    """Only the given pixels and the first cout outputs are written, only the
+    first cin inputs are read; ReLU comes before the residual add."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    cout, cin, h, w = 24, 32, 11, 70
+    k = kernel["ksize"]
+    rng = np.random.default_rng(7)
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, k)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    residual = rng.standard_normal((cout, h, w)).astype(np.float32)
+    before = rng.standard_normal((cout, h, w)).astype(np.float32)
+    mask = rng.random((h, w)) < 0.4
+    mask[3] = True          # a full row
+    mask[4] = False         # an empty row
+    mask[5, 20:69] = True   # a run longer than any tile
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    assert pixels.count == mask.sum()
+    use_cin, use_cout = 20, 13
+    got = _run(layer, x, cout, pixels, fill=before, relu=True, cin=use_cin, cout=use_cout,
+               residual=residual)
+    ref = reference_conv(x[:use_cin], weights[:use_cout, :use_cin], bias[:use_cout], relu=True,
+                         residual=residual[:use_cout])
+    expect = before.copy()
+    expect[:use_cout][:, mask] = ref[:, mask]
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+def test_kernel_with_complement_covers_the_image(kernel):
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    rng = np.random.default_rng(3)
+    cout, cin, h, w = 16, 16, 9, 37
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, kernel["ksize"])
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    mask = rng.random((h - 1, w - 1)) < 0.5   # smaller than the image, as SMSR's odd sizes
+    layer = _core.Conv2d(weights, None, isa=kernel["isa"], format=kernel["format"], **options)
+    inside = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    outside = inside.complement()
+    assert inside.count + outside.count == h * w
+    fi, fo = _core.Feature.from_numpy(x), _core.Feature(cout, h, w)
+    layer(fi.view(), fo.view(), inside)
+    layer(fi.view(), fo.view(), outside)
+    np.testing.assert_allclose(fo.numpy(), reference_conv(x, weights, None), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_arguments_are_refused():
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="5x5"):
+        _core.Conv2d(np.zeros((4, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        _core.Conv2d(w, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _core.Conv2d(w, isa="sse9")
+    layer = _core.Conv2d(w)
+    a, b = _core.Feature(4, 5, 5), _core.Feature(4, 6, 5)
+    with pytest.raises(ValueError, match="sizes differ"):
+        layer(a.view(), b.view(), _core.PixelSet.full(5, 5))
+    with pytest.raises(ValueError, match="input channels"):
+        layer(_core.Feature(3, 5, 5).view(), a.view(), _core.PixelSet.full(5, 5))
+    with pytest.raises(ValueError, match="pixel set"):
+        layer(a.view(), _core.Feature(4, 5, 5).view(), _core.PixelSet.full(4, 5))
+
+
+def _in_subprocess(code, **env):
+    full_env = dict(os.environ, **env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+    return r
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_forced_level_is_used(level):
+    """SPARSR_ISA lowers the level for the whole process: the kernels chosen and
+    their results follow it (the scalar path runs on any x86-64 CPU)."""
+    if not _core.isa_supported(level):
+        pytest.skip(f"this CPU lacks {level}")
+    code = (
+        "import numpy as np, sparsr\n"
+        "from sparsr import _core\n"
+        "info = sparsr.cpu_info()\n"
+        "rng = np.random.default_rng(0)\n"
+        "w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)\n"
+        "x = rng.standard_normal((8, 9, 41)).astype(np.float32)\n"
+        "layer = _core.Conv2d(w)\n"
+        "fi, fo = _core.Feature.from_numpy(x), _core.Feature(16, 9, 41)\n"
+        "layer(fi.view(), fo.view(), _core.PixelSet.full(9, 41))\n"
+        "print(info['active_isa'], layer.kernel, float(np.abs(fo.numpy()).sum()))\n")
+    r = _in_subprocess(code, SPARSR_ISA=level)
+    assert r.returncode == 0, r.stderr
+    active, kernel, checksum = r.stdout.split()
+    assert active == level
+    assert kernel.endswith("_" + level)
+    base = _in_subprocess(code, SPARSR_ISA="scalar")
+    assert float(checksum) == pytest.approx(float(base.stdout.split()[2]), rel=1e-5)
+
+
+def test_forcing_a_higher_level_cannot_exceed_the_cpu():
+    r = _in_subprocess("from sparsr import _core; print(_core.active_isa(), _core.detected_isa())",
+                       SPARSR_ISA="avx512")
+    active, detected = r.stdout.split()
+    assert active == detected
+
+
+def test_unknown_level_is_a_clear_error():
+    r = _in_subprocess("import sparsr, numpy as np; sparsr._core.Conv2d(np.zeros((1,1,3,3),'f'))",
+                       SPARSR_ISA="avx9000")
+    assert r.returncode != 0
+    assert "unknown ISA level 'avx9000'" in r.stderr
+
+
+def test_threads_give_identical_results():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((32, 40, 90)).astype(np.float32)
+    layer = _core.Conv2d(w)
+    outs = []
+    old = _core.num_threads()
+    try:
+        for n in (1, 2, 3):
+            _core.set_num_threads(n)
+            outs.append(_run(layer, x, 32, _core.PixelSet.full(40, 90)))
+    finally:
+        _core.set_num_threads(old)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2"])
+def test_kernel_suite_on_a_lower_level_machine(level):
+    """The whole kernel suite, run as on a CPU that has only `level`: with
+    SPARSR_ISA set, higher levels count as unsupported and are skipped."""
+    if not _core.isa_supported(level):
+        pytest.skip(f"this CPU lacks {level}")
+    if os.environ.get("SPARSR_ISA"):
+        pytest.skip("already running under a forced level")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        __file__, "-k", "not lower_level"],
+                       capture_output=True, text=True, env=dict(os.environ, SPARSR_ISA=level))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout
