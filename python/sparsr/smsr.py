@@ -124,12 +124,19 @@ class _Module:
             self.layers_plain.append(_Conv(spec, isa))
         # The collect 1x1 reads all dense channels of the four layers, then all
         # sparse ones, so that at unimportant pixels it reads a prefix.
+        # Layer i stores original channel perm[i][j] at position j; gather the
+        # stored positions and the weight columns of the original channels.
         collect = specs[f"{prefix}.body.collect"]
-        order = [i * channels + self.perm[i][:self.n_dense[i]] for i in range(n_layers)]
-        order += [i * channels + self.perm[i][self.n_dense[i]:] for i in range(n_layers)]
-        self.collect_order = np.concatenate(order)
+        stored, original = [], []
+        for dense_part in (True, False):
+            for i in range(n_layers):
+                nd = self.n_dense[i]
+                pos = np.arange(nd) if dense_part else np.arange(nd, channels)
+                stored.append(i * channels + pos)
+                original.append(i * channels + self.perm[i][pos])
+        self.collect_order = np.concatenate(stored)
         self.collect_dense_inputs = sum(self.n_dense)
-        self.collect = _Conv(collect, isa, collect.weight[:, self.collect_order])
+        self.collect = _Conv(collect, isa, collect.weight[:, np.concatenate(original)])
         self.collect_plain = _Conv(collect, isa)
         self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
         self.channels = channels
