@@ -168,3 +168,48 @@ def load(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], dict]:
         tensors[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).astype(
             dtype.newbyteorder("="), copy=True)
     return header["model"], tensors, header.get("metadata", {})
+
+
+# Sparse weights are stored as a bit mask of the nonzero positions (np.packbits,
+# row-major over the dense shape) and the nonzero values in that order:
+# "<name>.mask" (uint8), "<name>.values" (float32) and "<name>.shape" (int64).
+# At any density it takes at most 1/32 more than the dense form.
+
+def encode_sparse(tensors: Mapping[str, np.ndarray], names) -> dict[str, np.ndarray]:
+    """Returns tensors with each of `names` replaced by its mask/values form."""
+    out = dict(tensors)
+    for name in names:
+        w = np.ascontiguousarray(out.pop(name), dtype=np.float32)
+        nz = w.reshape(-1) != 0
+        out[name + ".mask"] = np.packbits(nz)
+        out[name + ".values"] = w.reshape(-1)[nz]
+        out[name + ".shape"] = np.asarray(w.shape, dtype=np.int64)
+    return out
+
+
+def decode_sparse(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of encode_sparse: every mask/values triple becomes a dense tensor."""
+    out = {k: v for k, v in tensors.items() if not k.endswith((".mask", ".values", ".shape"))}
+    for key in tensors:
+        if not key.endswith(".mask"):
+            continue
+        name = key[: -len(".mask")]
+        try:
+            values, shape = tensors[name + ".values"], tensors[name + ".shape"]
+        except KeyError as e:
+            raise CheckpointError(f"sparse tensor {name!r} lacks {e.args[0]!r}") from None
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        bits = tensors[key]
+        if bits.dtype != np.uint8 or bits.size != (n + 7) // 8:
+            raise CheckpointError(f"sparse tensor {name!r}: mask does not fit shape {shape}")
+        nz = np.unpackbits(bits, count=n).astype(bool)
+        if int(nz.sum()) != values.size:
+            raise CheckpointError(f"sparse tensor {name!r}: {values.size} values for "
+                                  f"{int(nz.sum())} nonzero positions")
+        if name in out:
+            raise CheckpointError(f"tensor {name!r} is stored both dense and sparse")
+        dense = np.zeros(n, dtype=np.float32)
+        dense[nz] = values
+        out[name] = dense.reshape(shape)
+    return out

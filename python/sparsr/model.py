@@ -98,6 +98,10 @@ def load(path: str | os.PathLike, isa: str | None = None) -> Model:
     the SPARSR_ISA environment variable)."""
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
+    try:
+        tensors = checkpoint.decode_sparse(tensors)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     arch = description.get("architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: architecture {arch!r} is not supported "

@@ -14,7 +14,6 @@ sparse->dense, sparse->sparse at important pixels) with one kernel.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,29 +77,43 @@ class _Conv:
     """A packed convolution plus its bookkeeping."""
 
     def __init__(self, spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None):
-        w = spec.weight if weight is None else weight
+        w = np.ascontiguousarray(spec.weight if weight is None else weight, dtype=np.float32)
         self.name = spec.name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
-        self.native = _core.Conv2d(np.ascontiguousarray(w, dtype=np.float32), spec.bias, isa=isa,
-                                   format=spec.format, **spec.options)
+        self.native = _core.Conv2d(w, spec.bias, isa=isa, format=spec.format, **spec.options)
+        self.weight = w
         self.nonzeros = int(np.count_nonzero(w))
+        # Formats other than dense skip zero weights: only nonzeros cost a MAC.
+        self.skips_zeros = spec.format != "dense"
+        self._nonzeros_in = {}
+
+    def macs_per_pixel(self, cin: int, cout: int) -> int:
+        if not self.skips_zeros:
+            return cin * cout * self.k * self.k
+        key = (cin, cout)
+        if key not in self._nonzeros_in:
+            self._nonzeros_in[key] = int(np.count_nonzero(self.weight[:cout, :cin]))
+        return self._nonzeros_in[key]
 
     def __call__(self, counter: _Counter, src, dst, pixels, relu=False, cin=-1, cout=-1,
                  residual=None, dense_pixels: int | None = None) -> None:
         self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual)
         ci = self.cin if cin < 0 else cin
         co = self.cout if cout < 0 else cout
-        taps = self.k * self.k
-        dense = (dense_pixels or 0) * self.cin * self.cout * taps
-        counter.add(self.name, pixels.count * ci * co * taps, dense)
+        dense = (dense_pixels or 0) * self.cin * self.cout * self.k * self.k
+        counter.add(self.name, pixels.count * self.macs_per_pixel(ci, co), dense)
 
 
 class _Module:
     """One SMM: spatial mask branch, four sparse mask convs, collect, attention."""
 
     def __init__(self, prefix: str, specs: dict[str, ConvSpec], ch_mask: np.ndarray,
-                 isa: str | None):
+                 isa: str | None, input_skip: bool = True):
         self.prefix = prefix
+        # Input skip: at unimportant pixels dense outputs read only dense inputs
+        # (sparse inputs are zero there). Without it they also multiply the
+        # sparse inputs, as zeros: the same image, more MACs (SparSMSR "a").
+        self.input_skip = input_skip
         self.mask_convs = [_Conv(specs[f"{prefix}.spa_mask.{i}"], isa) for i in (0, 3)]
         up = specs[f"{prefix}.spa_mask.5"]
         self.mask_up_weight = np.ascontiguousarray(up.weight, dtype=np.float32)
@@ -186,11 +199,22 @@ class _Module:
             mask = self.spatial_mask(counter, x.view(), h, w)
             important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
             unimportant = important.complement()
+            zero = None if self.input_skip else _core.Feature(1, h, w)
+
+            def at_unimportant(src, n_dense_in):
+                """The input of an unimportant-pixel pass and the channels it reads."""
+                if self.input_skip or n_dense_in == len(src):
+                    return src, n_dense_in
+                dense_part = src.select(list(range(n_dense_in)))
+                zeros = zero.view([0] * (len(src) - n_dense_in))
+                return _core.Channels.cat([dense_part, zeros]), len(src)
+
             src, n_in = x.view(), c                     # layer 0 reads dense input only
             for i, layer in enumerate(self.layers):
                 dst = outs[i].view()
                 nd = self.n_dense[i]
-                layer(counter, src, dst, unimportant, relu=True, cin=n_in, cout=nd,
+                u_src, u_cin = at_unimportant(src, n_in)
+                layer(counter, u_src, dst, unimportant, relu=True, cin=u_cin, cout=nd,
                       dense_pixels=unimportant.count)
                 if nd < c:
                     _core.fill(dst.select(list(range(nd, c))), unimportant, 0.0)
@@ -199,7 +223,8 @@ class _Module:
             cat = _core.Channels.cat([o.view() for o in outs]).select(
                 self.collect_order.tolist())
             y = _core.Feature(c, h, w)
-            self.collect(counter, cat, y.view(), unimportant, cin=self.collect_dense_inputs,
+            u_src, u_cin = at_unimportant(cat, self.collect_dense_inputs)
+            self.collect(counter, u_src, y.view(), unimportant, cin=u_cin,
                          dense_pixels=unimportant.count)
             self.collect(counter, cat, y.view(), important, dense_pixels=important.count)
         # Channel attention and the residual connection of the module.
@@ -212,6 +237,16 @@ class _Module:
         out = _core.Feature(c, h, w)
         _core.scale_add(y.view(), s.tolist(), x.view(), out.view())
         return out, mask
+
+
+@dataclass
+class Stages:
+    """Intermediate features of one pass, for restarting at a module."""
+    x0: "_core.Feature"
+    head: "_core.Feature"
+    module_outputs: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    mode: str = "mask"
 
 
 @dataclass
@@ -297,20 +332,43 @@ class SmsrNetwork:
                 raise CheckpointError(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                                       f"expected {shape}")
         extra = sorted(set(tensors) - set(expected))
-        extra = [k for k in extra if not re.match(r".*\.(values|indices)$", k)]
         if extra:
             raise CheckpointError(f"SMSR checkpoint has unexpected tensors: {extra[:5]}")
 
         self.isa = isa
-        specs = _conv_specs(model, tensors)
-        self.specs = specs
+        self.input_skip = bool(model.get("input_skip", True))
+        self.specs = _conv_specs(model, tensors)
+        self.ch_masks = {k: tensors[f"body.{k}.body.ch_mask"] for k in range(self.n_blocks)}
         self.in_matrix, self.in_bias = self._affine(tensors, "sub_mean")
         self.out_matrix, self.out_bias = self._affine(tensors, "add_mean")
+        self._build()
+
+    def _build(self) -> None:
+        specs, isa = self.specs, self.isa
         self.head = [_Conv(specs["head.0"], isa), _Conv(specs["head.2"], isa)]
-        self.modules = [_Module(f"body.{k}", specs, tensors[f"body.{k}.body.ch_mask"], isa)
+        self.modules = [_Module(f"body.{k}", specs, self.ch_masks[k], isa, self.input_skip)
                         for k in range(self.n_blocks)]
         self.collect = [_Conv(specs["collect.0"], isa), _Conv(specs["collect.2"], isa)]
         self.tail = _Conv(specs["tail.0"], isa)
+
+    def set_conv_weight(self, name: str, weight: np.ndarray, format: str | None = None) -> None:
+        """Replaces one convolution's weights (same shape) and repacks; used by
+        the offline tools to try sparsified weights on this engine."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise KeyError(f"no convolution named {name!r}")
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.shape != spec.shape:
+            raise ValueError(f"{name}: weight shape {weight.shape}, expected {spec.shape}")
+        spec.weight = weight
+        if format is not None:
+            spec.format = format
+        for k, module in enumerate(self.modules):
+            if name.startswith(module.prefix + "."):
+                self.modules[k] = _Module(module.prefix, self.specs, self.ch_masks[k], self.isa,
+                                          self.input_skip)
+                return
+        self._build()
 
     @staticmethod
     def _affine(tensors, name):
@@ -325,27 +383,60 @@ class SmsrNetwork:
             out += m.mask_convs + m.layers_plain + [m.collect_plain]
         return out + list(self.collect) + [self.tail]
 
-    def forward(self, rgb: np.ndarray, mode: str = "mask") -> Forward:
+    def forward(self, rgb: np.ndarray, mode: str = "mask", cache: "Stages | None" = None,
+                start_module: int = 0) -> Forward:
+        """One pass. With a cache from stages(), modules before start_module are
+        not run again: their outputs (and masks) are taken from the cache."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        h, w = rgb.shape[:2]
         counter = _Counter()
-        full = _core.PixelSet.full(h, w)
-        C = self.n_feats
-        x0 = _core.image_to_feature(rgb, self.in_matrix, self.in_bias)
-        t = _core.Feature(C, h, w)
-        self.head[0](counter, x0.view(), t.view(), full, relu=True, dense_pixels=h * w)
-        head = _core.Feature(C, h, w)
-        self.head[1](counter, t.view(), head.view(), full, dense_pixels=h * w)
-        fea, outs, masks = head, [], []
-        for module in self.modules:
+        if cache is None:
+            if start_module != 0:
+                raise ValueError("start_module needs a cache")
+            cache = self._head(counter, rgb)
+        elif cache.mode != mode:
+            raise ValueError(f"the cache was made in {cache.mode} mode")
+        outs = list(cache.module_outputs[:start_module])
+        masks = list(cache.masks[:start_module])
+        fea = outs[-1] if outs else cache.head
+        for module in self.modules[start_module:]:
             fea, mask = module.forward(counter, fea, mode)
             outs.append(fea)
             masks.append(mask)
+        return Forward(self._tail(counter, cache, outs), masks, counter.layers)
+
+    def stages(self, rgb: np.ndarray, mode: str = "mask") -> "Stages":
+        """Runs the network once and keeps every module's output, so that a tool
+        changing module k's weights can restart there (forward(start_module=k))."""
+        counter = _Counter()
+        cache = self._head(counter, rgb)
+        cache.mode = mode
+        fea = cache.head
+        for module in self.modules:
+            fea, mask = module.forward(counter, fea, mode)
+            cache.module_outputs.append(fea)
+            cache.masks.append(mask)
+        return cache
+
+    def _head(self, counter: _Counter, rgb: np.ndarray) -> "Stages":
+        h, w = rgb.shape[:2]
+        full = _core.PixelSet.full(h, w)
+        x0 = _core.image_to_feature(rgb, self.in_matrix, self.in_bias)
+        t = _core.Feature(self.n_feats, h, w)
+        self.head[0](counter, x0.view(), t.view(), full, relu=True, dense_pixels=h * w)
+        head = _core.Feature(self.n_feats, h, w)
+        self.head[1](counter, t.view(), head.view(), full, dense_pixels=h * w)
+        return Stages(x0, head)
+
+    def _tail(self, counter: _Counter, cache: "Stages", outs) -> np.ndarray:
+        x0, head = cache.x0, cache.head
+        h, w = head.height, head.width
+        full = _core.PixelSet.full(h, w)
+        t = _core.Feature(self.n_feats, h, w)
         cat = _core.Channels.cat([o.view() for o in outs])
         self.collect[0](counter, cat, t.view(), full, relu=True, dense_pixels=h * w)
-        del outs, cat
-        body = _core.Feature(C, h, w)
+        del cat
+        body = _core.Feature(self.n_feats, h, w)
         self.collect[1](counter, t.view(), body.view(), full, residual=head.view(),
                         dense_pixels=h * w)
         s = self.scale
@@ -353,8 +444,7 @@ class SmsrNetwork:
         self.tail(counter, body.view(), tail.view(), full, dense_pixels=h * w)
         base = _core.Feature(3, s * h, s * w)
         _core.upsample_bicubic(x0.view(), s, base.view())
-        out = _core.compose_image(tail.view(), base.view(), s, self.out_matrix, self.out_bias)
-        return Forward(out, masks, counter.layers)
+        return _core.compose_image(tail.view(), base.view(), s, self.out_matrix, self.out_bias)
 
     def layer_table(self) -> list[dict]:
         rows = []
