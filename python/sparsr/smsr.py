@@ -73,6 +73,25 @@ def channel_masks(ch_mask: np.ndarray) -> np.ndarray:
     return dense.T.copy()
 
 
+def available_formats() -> set[str]:
+    return {k["format"] for k in _core.kernels()}
+
+
+def choose_format(requested: str, weight: np.ndarray, isa: str | None) -> str:
+    """The kernel format a layer runs with. "sparse" leaves the choice to the
+    engine: the zero-skipping kernel where it is expected to beat dense."""
+    if requested != "sparse":
+        return requested
+    if "csr" not in available_formats():
+        return "dense"
+    density = np.count_nonzero(weight) / max(1, weight.size)
+    return "csr" if density <= CSR_MAX_DENSITY else "dense"
+
+
+# Highest weight density at which the CSR kernels beat the dense ones.
+CSR_MAX_DENSITY = 0.9
+
+
 class _Conv:
     """A packed convolution plus its bookkeeping."""
 
@@ -80,11 +99,12 @@ class _Conv:
         w = np.ascontiguousarray(spec.weight if weight is None else weight, dtype=np.float32)
         self.name = spec.name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
-        self.native = _core.Conv2d(w, spec.bias, isa=isa, format=spec.format, **spec.options)
-        self.weight = w
         self.nonzeros = int(np.count_nonzero(w))
+        self.format = choose_format(spec.format, w, isa)
+        self.native = _core.Conv2d(w, spec.bias, isa=isa, format=self.format, **spec.options)
+        self.weight = w
         # Formats other than dense skip zero weights: only nonzeros cost a MAC.
-        self.skips_zeros = spec.format != "dense"
+        self.skips_zeros = self.format != "dense"
         self._nonzeros_in = {}
 
     def macs_per_pixel(self, cin: int, cout: int) -> int:
@@ -451,7 +471,7 @@ class SmsrNetwork:
         for conv in self.convs:
             spec = self.specs[conv.name]
             params = int(spec.weight.size)
-            rows.append({"name": conv.name, "shape": list(spec.shape), "format": spec.format,
+            rows.append({"name": conv.name, "shape": list(spec.shape), "format": conv.format,
                          "kernel": conv.native.kernel, "params": params,
                          "nonzeros": conv.nonzeros,
                          "sparsity": 1.0 - conv.nonzeros / params if params else 0.0})
