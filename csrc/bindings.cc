@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ops.h"
+#include "peak.h"
 #include "threadpool.h"
 
 namespace py = pybind11;
@@ -108,6 +109,11 @@ PYBIND11_MODULE(_core, m) {
         "Instruction set in use (detected, lowered by SPARSR_ISA).");
   m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
   m.def("num_threads", &num_threads);
+  m.def("fma_peak_gflops", [](const std::string& isa, double seconds) {
+    py::gil_scoped_release release;
+    return measure_fma_peak(isa_from_name(isa), seconds);
+  }, py::arg("isa"), py::arg("seconds") = 0.5,
+     "Measured GFLOP/s of a register-only FMA loop on every kernel thread.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("kernels", [] {
     py::list out;
