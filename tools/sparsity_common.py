@@ -1,0 +1,127 @@
+"""Helpers shared by the weight-sparsity tools (sensitivity, allocate, make_sparsmsr,
+sparsity_tables): data sets, magnitude pruning, the SMSR core layers, the paper's tables.
+
+Magnitude pruning zeroes exactly ``k`` weights: the ``k`` smallest by |w|, ties broken
+by flat index (a stable sort). This is Eq. 1 of the SparSMSR paper with the threshold
+t = the k-th smallest |w| (0-based index k of the ascending sort, Algorithm 1 line 8)
+whenever |w| has no tie at that position; with a tie Eq. 1 would zero fewer than k,
+and the allocation (Eq. 4) counts weights, so counts win. Weights already zero are
+among the smallest and count towards k.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# SMSR's 20 core 3x3 convs: 4 sparse mask convs in each of the 5 SMMs.
+SMSR_CORE_LAYERS = r"^body\.\d+\.body\.body\.\d+$"
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("SPARSR_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def load_rgb(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def dataset_pairs(name: str, scale: int, limit: int | None = None):
+    """[(name, lr_path, hr_path)] of an EDSR-layout set under <shared>/data, sorted by name."""
+    base = Path(name) if Path(name).is_dir() else shared_root() / "data" / name
+    hr_paths = sorted((base / "HR").glob("*.png"))
+    if not hr_paths:
+        raise FileNotFoundError(f"{base}/HR: no images (set SPARSR_SHARED?)")
+    out = []
+    for hr in hr_paths[:limit]:
+        lr = base / "LR_bicubic" / f"X{scale}" / f"{hr.stem}x{scale}.png"
+        if not lr.is_file():
+            raise FileNotFoundError(f"{hr}: its LR image {lr} is missing")
+        out.append((hr.stem, lr, hr))
+    return out
+
+
+def center_crop_pair(lr: np.ndarray, hr: np.ndarray, scale: int, size: int | None):
+    """The centred size x size LR window and the matching HR window (None: whole image)."""
+    if not size:
+        return lr, hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
+    h, w = lr.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return (np.ascontiguousarray(lr[y:y + ch, x:x + cw]),
+            np.ascontiguousarray(hr[y * scale:(y + ch) * scale, x * scale:(x + cw) * scale]))
+
+
+def prune_smallest(weight: np.ndarray, k: int, order: np.ndarray | None = None) -> np.ndarray:
+    """A copy of weight with exactly its k smallest-|w| entries set to zero (ties by index)."""
+    flat = np.asarray(weight, dtype=np.float32).reshape(-1)
+    k = int(k)
+    if not 0 <= k <= flat.size:
+        raise ValueError(f"cannot zero {k} of {flat.size} weights")
+    if order is None:
+        order = magnitude_order(weight)
+    out = flat.copy()
+    out[order[:k]] = 0.0
+    return out.reshape(np.shape(weight))
+
+
+def magnitude_order(weight: np.ndarray) -> np.ndarray:
+    """Flat indices by ascending |w|, ties by index."""
+    return np.argsort(np.abs(np.asarray(weight, dtype=np.float32).reshape(-1)), kind="stable")
+
+
+def target_layers(conv_names, pattern: str = SMSR_CORE_LAYERS) -> list[str]:
+    """Conv names matching the regex, in network order (numbers compared as numbers)."""
+    rx = re.compile(pattern)
+    key = lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+    return sorted((n for n in conv_names if rx.search(n)), key=key)
+
+
+def module_of(name: str) -> int:
+    """The SMM index of an SMSR conv name (body.<k>....), else 0 (restart at the start)."""
+    m = re.match(r"body\.(\d+)\.", name)
+    return int(m.group(1)) if m else 0
+
+
+# Published numbers of the SparSMSR paper (x2 SMSR), quoted for side-by-side printing.
+PAPER_TABLE1 = {  # layer (1-based) -> max sparsity % at dP = 0.01, 0.02, 0.03, 0.04 dB
+    1: (34.52, 42.93, 49.70, 52.56), 2: (38.41, 53.15, 58.38, 62.83),
+    3: (49.12, 58.75, 62.25, 67.61), 4: (60.54, 67.11, 73.98, 80.66),
+    5: (36.27, 44.94, 55.37, 59.70), 6: (35.74, 47.28, 50.68, 57.06),
+    7: (50.12, 59.38, 71.12, 75.21), 8: (55.65, 67.10, 74.59, 79.48),
+    9: (42.52, 51.26, 55.88, 61.33), 10: (37.67, 46.18, 52.16, 56.72),
+    11: (38.10, 44.85, 47.62, 48.60), 12: (43.14, 49.08, 52.13, 54.53),
+    13: (43.79, 53.33, 61.59, 66.94), 14: (52.50, 61.36, 67.52, 70.55),
+    15: (52.42, 60.71, 70.84, 75.98), 16: (58.57, 69.96, 74.93, 77.38),
+    17: (40.75, 52.55, 57.57, 61.75), 18: (43.63, 53.54, 57.89, 65.49),
+    19: (48.32, 61.67, 67.07, 71.02), 20: (58.60, 68.91, 73.81, 78.14),
+}
+PAPER_TABLE1_DELTAS = (0.01, 0.02, 0.03, 0.04)
+
+PAPER_TABLE2 = {  # target sparsity % -> (uniform, sensitivity-based) PSNR drop, dB (DIV2K val)
+    5: (0.001, 0.000), 10: (0.003, 0.002), 15: (0.009, 0.007), 20: (0.016, 0.018),
+    25: (0.034, 0.031), 30: (0.072, 0.058), 35: (0.125, 0.101), 40: (0.204, 0.155),
+    45: (0.307, 0.221), 50: (0.450, 0.352), 55: (0.662, 0.485), 60: (0.799, 0.631),
+    65: (0.971, 0.805), 70: (1.196, 1.050), 75: (1.356, 1.269),
+}
+
+# Table 3, x2: weight sparsity %, core-layer computation reduction %, total GFLOPs
+# (the paper's "GFLOPs" at 640x360 are MACs), PSNR/SSIM on Set14 and Set5.
+PAPER_TABLE3 = {
+    "SMSR w/o SMM": (0.0, 0.0, 212.44, (33.64, 0.9179), (38.00, 0.9601)),
+    "SMSR": (0.0, 53.4, 133.03, (33.62, 0.9177), (37.99, 0.9601)),
+    "SparSMSR 1a": (6.5, 52.7, 134.21, (33.62, 0.9177), (37.99, 0.9601)),
+    "SparSMSR 1b": (6.5, 56.4, 128.00, (33.62, 0.9177), (37.99, 0.9601)),
+    "SparSMSR 2a": (24.0, 61.3, 119.67, (33.60, 0.9172), (37.98, 0.9601)),
+    "SparSMSR 2b": (24.0, 64.2, 114.76, (33.60, 0.9172), (37.98, 0.9601)),
+    "SparSMSR 3a": (35.0, 67.5, 109.21, (33.55, 0.9171), (37.94, 0.9600)),
+    "SparSMSR 3b": (35.0, 69.9, 105.05, (33.55, 0.9171), (37.94, 0.9600)),
+}
+PAPER_NONZERO_PARAMS = {"SMSR": 985_000, "SparSMSR 2b": 808_000, "SparSMSR 3b": 727_000}
