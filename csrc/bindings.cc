@@ -217,6 +217,10 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release release;
     scale_add(src, scale, residual, dst);
   }, py::arg("src"), py::arg("scale"), py::arg("residual"), py::arg("dst"));
+  m.def("relu_inplace", [](const Channels& x) {
+    py::gil_scoped_release release;
+    relu_inplace(x);
+  }, py::arg("x"));
   m.def("channel_means", [](const Channels& src) {
     py::gil_scoped_release release;
     return channel_means(src);

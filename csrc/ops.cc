@@ -240,6 +240,15 @@ void scale_add(const Channels& src, const std::vector<float>& scale, const Chann
   });
 }
 
+void relu_inplace(const Channels& x) {
+  parallel_for(x.size(), [&](size_t c) {
+    for (int y = 0; y < x.height; ++y) {
+      float* d = x.planes[c] + (y + 1) * x.ld + 1;
+      for (int i = 0; i < x.width; ++i) d[i] = d[i] > 0.0f ? d[i] : 0.0f;
+    }
+  });
+}
+
 std::vector<double> channel_means(const Channels& src) {
   std::vector<double> means(src.size());
   parallel_for(src.size(), [&](size_t c) {

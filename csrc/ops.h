@@ -92,6 +92,8 @@ std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_
 void scale_add(const Channels& src, const std::vector<float>& scale, const Channels& residual,
                const Channels& dst);
 std::vector<double> channel_means(const Channels& src);
+// x = max(x, 0) over the whole interior, in place.
+void relu_inplace(const Channels& x);
 // 2x2 average pooling, floor of odd sizes.
 void avg_pool2(const Channels& src, const Channels& dst);
 // Transposed 3x3 convolution, stride 2, padding 1, output padding 1:

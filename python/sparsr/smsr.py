@@ -95,13 +95,15 @@ CSR_MAX_DENSITY = 0.9
 class _Conv:
     """A packed convolution plus its bookkeeping."""
 
-    def __init__(self, spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None):
+    def __init__(self, spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None,
+                 with_bias: bool = True):
         w = np.ascontiguousarray(spec.weight if weight is None else weight, dtype=np.float32)
         self.name = spec.name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
         self.nonzeros = int(np.count_nonzero(w))
         self.format = choose_format(spec.format, w, isa)
-        self.native = _core.Conv2d(w, spec.bias, isa=isa, format=self.format, **spec.options)
+        self.native = _core.Conv2d(w, spec.bias if with_bias else None, isa=isa,
+                                   format=self.format, **spec.options)
         self.weight = w
         # Formats other than dense skip zero weights: only nonzeros cost a MAC.
         self.skips_zeros = self.format != "dense"
@@ -155,22 +157,18 @@ class _Module:
                 w = w[:, self.perm[i - 1]]
             self.layers.append(_Conv(spec, isa, w))
             self.layers_plain.append(_Conv(spec, isa))
-        # The collect 1x1 reads all dense channels of the four layers, then all
-        # sparse ones, so that at unimportant pixels it reads a prefix.
-        # Layer i stores original channel perm[i][j] at position j; gather the
-        # stored positions and the weight columns of the original channels.
+        # The collect 1x1 is applied as one slice per layer, accumulated, so a
+        # layer's output can be freed as soon as the next layer has read it.
+        # Layer i stores original channel perm[i][j] at position j, so its
+        # slice takes the weight columns of perm[i]; at unimportant pixels it
+        # reads the dense prefix only.
         collect = specs[f"{prefix}.body.collect"]
-        stored, original = [], []
-        for dense_part in (True, False):
-            for i in range(n_layers):
-                nd = self.n_dense[i]
-                pos = np.arange(nd) if dense_part else np.arange(nd, channels)
-                stored.append(i * channels + pos)
-                original.append(i * channels + self.perm[i][pos])
-        self.collect_order = np.concatenate(stored)
-        self.collect_dense_inputs = sum(self.n_dense)
-        self.collect = _Conv(collect, isa, collect.weight[:, np.concatenate(original)])
         self.collect_plain = _Conv(collect, isa)
+        self.collect_slices, self.collect_slices_plain = [], []
+        for i in range(n_layers):
+            cols = collect.weight[:, i * channels:(i + 1) * channels]
+            self.collect_slices.append(_Conv(collect, isa, cols[:, self.perm[i]], i == 0))
+            self.collect_slices_plain.append(_Conv(collect, isa, cols, i == 0))
         self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
         self.channels = channels
 
@@ -205,16 +203,17 @@ class _Module:
         h, w = x.height, x.width
         c = self.channels
         full = _core.PixelSet.full(h, w)
-        outs = [_core.Feature(c, h, w) for _ in range(self.n_layers)]
+        y = _core.Feature(c, h, w)
         if mode == "dense":
             mask = np.ones((h, w), dtype=bool)
             src = x.view()
             for i, layer in enumerate(self.layers_plain):
-                layer(counter, src, outs[i].view(), full, relu=True, dense_pixels=h * w)
-                src = outs[i].view()
-            cat = _core.Channels.cat([o.view() for o in outs])
-            y = _core.Feature(c, h, w)
-            self.collect_plain(counter, cat, y.view(), full, dense_pixels=h * w)
+                out = _core.Feature(c, h, w)
+                layer(counter, src, out.view(), full, relu=True, dense_pixels=h * w)
+                self.collect_slices_plain[i](counter, out.view(), y.view(), full,
+                                             residual=y.view() if i else None,
+                                             dense_pixels=h * w)
+                src = out.view()
         else:
             mask = self.spatial_mask(counter, x.view(), h, w)
             important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
@@ -231,22 +230,22 @@ class _Module:
 
             src, n_in = x.view(), c                     # layer 0 reads dense input only
             for i, layer in enumerate(self.layers):
-                dst = outs[i].view()
+                out = _core.Feature(c, h, w)
+                dst = out.view()
                 nd = self.n_dense[i]
                 u_src, u_cin = at_unimportant(src, n_in)
+                # Sparse outputs stay zero at unimportant pixels: `out` is fresh.
                 layer(counter, u_src, dst, unimportant, relu=True, cin=u_cin, cout=nd,
                       dense_pixels=unimportant.count)
-                if nd < c:
-                    _core.fill(dst.select(list(range(nd, c))), unimportant, 0.0)
                 layer(counter, src, dst, important, relu=True, dense_pixels=important.count)
+                part = self.collect_slices[i]
+                acc = y.view() if i else None
+                u_src, u_cin = at_unimportant(dst, nd)
+                part(counter, u_src, y.view(), unimportant, cin=u_cin, residual=acc,
+                     dense_pixels=unimportant.count)
+                part(counter, dst, y.view(), important, residual=acc,
+                     dense_pixels=important.count)
                 src, n_in = dst, nd
-            cat = _core.Channels.cat([o.view() for o in outs]).select(
-                self.collect_order.tolist())
-            y = _core.Feature(c, h, w)
-            u_src, u_cin = at_unimportant(cat, self.collect_dense_inputs)
-            self.collect(counter, u_src, y.view(), unimportant, cin=u_cin,
-                         dense_pixels=unimportant.count)
-            self.collect(counter, cat, y.view(), important, dense_pixels=important.count)
         # Channel attention and the residual connection of the module.
         means = np.asarray(_core.channel_means(y.view()), dtype=np.float32)
         w1, w2 = self.ca
@@ -254,9 +253,8 @@ class _Module:
         s = _sigmoid(w2.weight[:, :, 0, 0] @ z + w2.bias).astype(np.float32)
         counter.add(f"{self.prefix}.ca", w1.weight.size + w2.weight.size,
                     w1.weight.size + w2.weight.size)
-        out = _core.Feature(c, h, w)
-        _core.scale_add(y.view(), s.tolist(), x.view(), out.view())
-        return out, mask
+        _core.scale_add(y.view(), s.tolist(), x.view(), y.view())
+        return y, mask
 
 
 @dataclass
@@ -369,6 +367,11 @@ class SmsrNetwork:
         self.modules = [_Module(f"body.{k}", specs, self.ch_masks[k], isa, self.input_skip)
                         for k in range(self.n_blocks)]
         self.collect = [_Conv(specs["collect.0"], isa), _Conv(specs["collect.2"], isa)]
+        # collect.0 (1x1 over the concatenated module outputs) as one slice per
+        # module, accumulated, so a module's output is freed once consumed.
+        c, w = self.n_feats, specs["collect.0"].weight
+        self.collect_slices = [_Conv(specs["collect.0"], isa, w[:, k * c:(k + 1) * c], k == 0)
+                               for k in range(self.n_blocks)]
         self.tail = _Conv(specs["tail.0"], isa)
 
     def set_conv_weight(self, name: str, weight: np.ndarray, format: str | None = None) -> None:
@@ -409,36 +412,58 @@ class SmsrNetwork:
         not run again: their outputs (and masks) are taken from the cache."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        counter = _Counter()
-        if cache is None:
-            if start_module != 0:
-                raise ValueError("start_module needs a cache")
-            cache = self._head(counter, rgb)
-        elif cache.mode != mode:
+        if cache is None and start_module != 0:
+            raise ValueError("start_module needs a cache")
+        if cache is not None and cache.mode != mode:
             raise ValueError(f"the cache was made in {cache.mode} mode")
-        outs = list(cache.module_outputs[:start_module])
-        masks = list(cache.masks[:start_module])
-        fea = outs[-1] if outs else cache.head
-        for module in self.modules[start_module:]:
-            fea, mask = module.forward(counter, fea, mode)
-            outs.append(fea)
-            masks.append(mask)
-        return Forward(self._tail(counter, cache, outs), masks, counter.layers)
+        return self._run(rgb, mode, cache, start_module, keep=None)
 
     def stages(self, rgb: np.ndarray, mode: str = "mask") -> "Stages":
         """Runs the network once and keeps every module's output, so that a tool
         changing module k's weights can restart there (forward(start_module=k))."""
-        counter = _Counter()
-        cache = self._head(counter, rgb)
-        cache.mode = mode
-        fea = cache.head
-        for module in self.modules:
-            fea, mask = module.forward(counter, fea, mode)
-            cache.module_outputs.append(fea)
-            cache.masks.append(mask)
-        return cache
+        keep = Stages(None, None, mode=mode)
+        self._run(rgb, mode, None, 0, keep)
+        return keep
 
-    def _head(self, counter: _Counter, rgb: np.ndarray) -> "Stages":
+    def _run(self, rgb, mode, cache, start_module, keep) -> Forward:
+        counter = _Counter()
+        if cache is None:
+            x0, head = self._head(counter, rgb)
+        else:
+            x0, head = cache.x0, cache.head
+        if keep is not None:
+            keep.x0, keep.head = x0, head
+        h, w = head.height, head.width
+        full = _core.PixelSet.full(h, w)
+        acc = _core.Feature(self.n_feats, h, w)
+        fea, masks = head, []
+        for k, module in enumerate(self.modules):
+            if k < start_module:
+                fea, mask = cache.module_outputs[k], cache.masks[k]
+            else:
+                fea, mask = module.forward(counter, fea, mode)
+            masks.append(mask)
+            if keep is not None:
+                keep.module_outputs.append(fea)
+                keep.masks.append(mask)
+            self.collect_slices[k](counter, fea.view(), acc.view(), full,
+                                   residual=acc.view() if k else None, dense_pixels=h * w)
+        del fea
+        _core.relu_inplace(acc.view())
+        body = _core.Feature(self.n_feats, h, w)
+        self.collect[1](counter, acc.view(), body.view(), full, residual=head.view(),
+                        dense_pixels=h * w)
+        del acc
+        s = self.scale
+        tail = _core.Feature(3 * s * s, h, w)
+        self.tail(counter, body.view(), tail.view(), full, dense_pixels=h * w)
+        del body
+        base = _core.Feature(3, s * h, s * w)
+        _core.upsample_bicubic(x0.view(), s, base.view())
+        out = _core.compose_image(tail.view(), base.view(), s, self.out_matrix, self.out_bias)
+        return Forward(out, masks, counter.layers)
+
+    def _head(self, counter: _Counter, rgb: np.ndarray):
         h, w = rgb.shape[:2]
         full = _core.PixelSet.full(h, w)
         x0 = _core.image_to_feature(rgb, self.in_matrix, self.in_bias)
@@ -446,25 +471,7 @@ class SmsrNetwork:
         self.head[0](counter, x0.view(), t.view(), full, relu=True, dense_pixels=h * w)
         head = _core.Feature(self.n_feats, h, w)
         self.head[1](counter, t.view(), head.view(), full, dense_pixels=h * w)
-        return Stages(x0, head)
-
-    def _tail(self, counter: _Counter, cache: "Stages", outs) -> np.ndarray:
-        x0, head = cache.x0, cache.head
-        h, w = head.height, head.width
-        full = _core.PixelSet.full(h, w)
-        t = _core.Feature(self.n_feats, h, w)
-        cat = _core.Channels.cat([o.view() for o in outs])
-        self.collect[0](counter, cat, t.view(), full, relu=True, dense_pixels=h * w)
-        del cat
-        body = _core.Feature(self.n_feats, h, w)
-        self.collect[1](counter, t.view(), body.view(), full, residual=head.view(),
-                        dense_pixels=h * w)
-        s = self.scale
-        tail = _core.Feature(3 * s * s, h, w)
-        self.tail(counter, body.view(), tail.view(), full, dense_pixels=h * w)
-        base = _core.Feature(3, s * h, s * w)
-        _core.upsample_bicubic(x0.view(), s, base.view())
-        return _core.compose_image(tail.view(), base.view(), s, self.out_matrix, self.out_bias)
+        return x0, head
 
     def layer_table(self) -> list[dict]:
         rows = []
