@@ -101,3 +101,17 @@ def test_set5_psnr_of_the_official_weights(smsr_model, shared_dir):
     values = [metrics.psnr_y(smsr_model.upscale(lr), hr, 2)
               for _, lr, hr in dataset_pairs(shared_dir, "Set5", 2)]
     assert np.mean(values) == pytest.approx(37.99, abs=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["Set14", "B100"])
+def test_dataset_psnr_matches_the_reference(smsr_model, state_dict, shared_dir, dataset):
+    """Mean PSNR within 0.02 dB of the authors' computation (the reference) on
+    Set14 (odd sizes, a greyscale image) and B100."""
+    ours, theirs = [], []
+    for _, lr, hr in dataset_pairs(shared_dir, dataset, 2):
+        want, _ = reference.reference_forward(state_dict, lr, mode="mask")
+        ours.append(metrics.psnr_y(smsr_model.upscale(lr), hr, 2))
+        theirs.append(metrics.psnr_y(metrics.quantize(want), hr, 2))
+    assert abs(np.mean(ours) - np.mean(theirs)) <= 0.02
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 0.05
