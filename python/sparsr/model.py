@@ -10,6 +10,7 @@ import numpy as np
 from . import _core, checkpoint
 from .errors import CheckpointError
 from .image import prepare
+from .metrics import quantize
 from .smsr import MODES, Forward, SmsrNetwork
 
 # Architecture name in a checkpoint -> the class that runs it.
@@ -85,11 +86,6 @@ class Model:
             result["mask_density"] = [float(m.mean()) for m in fwd.masks]
             result["executed_macs_per_layer"] = {k: v.macs for k, v in fwd.layers.items()}
         return result
-
-
-def quantize(out: np.ndarray) -> np.ndarray:
-    """Float 0..255 output -> uint8: clamp, round half to even."""
-    return np.rint(np.clip(out, 0.0, 255.0)).astype(np.uint8)
 
 
 def load(path: str | os.PathLike, isa: str | None = None) -> Model:
