@@ -257,3 +257,31 @@ def test_make_sparsmsr_levels(smsr_checkpoint, tmp_path):
         m = sparsr.load(written[tag])
         assert abs(m.metadata["weight_sparsity"]["overall"] - target) < 1e-4
         assert m._net.input_skip is tag.endswith("b")
+
+
+def test_sensitivity_cli_small_run_and_resume(smsr_checkpoint, shared_dir, tmp_path):
+    import subprocess
+    out = tmp_path / "sens.json"
+    cmd = [sys.executable, str(TOOLS / "sensitivity.py"), str(smsr_checkpoint), "-o", str(out),
+           "--layers", r"^body\.4\.body\.body\.[23]$", "--calib-count", "2", "--crop", "24",
+           "--resolution", "2048", "--deltas", "0.05", "0.5"]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    report = json.loads(out.read_text())
+    assert report["layers_order"] == ["body.4.body.body.2", "body.4.body.body.3"]
+    assert report["calib_images"] == sorted(report["calib_images"]) and len(report["calib_images"]) == 2
+    for name in report["layers_order"]:
+        entry = report["layers"][name]
+        k_small, k_big = entry["k_best"]["0.05"], entry["k_best"]["0.5"]
+        assert 0 <= k_small <= k_big < 36864
+        # Every answer passed its boundary; the probe one resolution step above failed.
+        probes = {int(k): v for k, v in entry["probes"].items()}
+        res = entry["resolution"]
+        for d, k in ((0.05, k_small), (0.5, k_big)):
+            boundary = report["baseline"] - d
+            assert k == 0 or probes[k] >= boundary
+            assert k + res >= 36864 or any(k < j <= k + res and v < boundary
+                                           for j, v in probes.items())
+    assert "body.4.body.body.3" in run.stdout
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, check=True)
+    assert "resuming: 2 layers done" in again.stdout
+    assert json.loads(out.read_text())["layers"] == report["layers"]
