@@ -1,0 +1,119 @@
+"""One-shot magnitude N:M pruning of a sparsr checkpoint, optionally fine-tuned with the masks fixed.
+
+    python tools/nm_prune.py artifacts/smsr_x2.pt -o artifacts/nm/oneshot_2of4.pt --n 2 --m 4
+    python tools/nm_prune.py artifacts/smsr_x2.pt -o artifacts/nm/uniform_8of32_ft.pt --n 8 --m 32 \
+        --finetune-steps 120 --finetune-minutes 12
+
+Layers: by default the 20 SMSR core 3x3 convs; --all-eligible adds every other ordinary conv
+whose input channels M divides (the others stay dense and are reported); --layers REGEX
+names the layers explicitly, and then a matching layer that cannot be N:M is an error.
+Every group of M consecutive input channels at one (cout, ky, kx) keeps its N largest |w|
+(ties: lower channel). The layers are written as format "nm" with options {"n", "m"}.
+
+Fine-tuning (--finetune-steps / --finetune-minutes): L1, Adam, cosine learning rate, random
+B100 HR patches with LR made by PIL bicubic downscaling (tools/nm_common.py); the N:M masks
+are fixed and re-applied after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nm_common import (SMSR, NMError, PatchSampler, check_nm, conv2d_names, core_layers,  # noqa: E402
+                       export_tensors, finetune, finetune_args, finetune_plan, load_checkpoint,
+                       nm_eligible, nm_mask, nm_prune, regex_layers, write_nm_checkpoint)
+
+
+def select_layers(shapes: dict[str, tuple], m: int, pattern: str | None,
+                  all_eligible: bool) -> tuple[list[str], dict[str, str]]:
+    """(layers to prune, {layer left dense: why}). An explicitly requested layer (pattern)
+    that M does not fit is refused."""
+    names = list(shapes)
+    if pattern is not None:
+        chosen = regex_layers(names, pattern)
+        if not chosen:
+            raise NMError(f"--layers {pattern!r} matches no convolution")
+        bad = [n for n in chosen if not nm_eligible(shapes[n], m)]
+        if bad:
+            n = bad[0]
+            raise NMError(f"layer {n} has {shapes[n][1]} input channels, not divisible by M={m}"
+                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        return chosen, {}
+    candidates = names if all_eligible else core_layers(names)
+    chosen = [n for n in candidates if nm_eligible(shapes[n], m)]
+    dense = {n: f"{shapes[n][1]} input channels, not divisible by M={m}"
+             for n in candidates if n not in chosen}
+    return chosen, dense
+
+
+def prune_tensors(tensors: dict, layers: list[str], n: int, m: int) -> dict:
+    out = dict(tensors)
+    for name in layers:
+        out[name + ".weight"] = nm_prune(tensors[name + ".weight"], n, m)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--m", type=int, required=True)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--layers", help="regex over conv names: exactly these layers")
+    which.add_argument("--all-eligible", action="store_true",
+                       help="every ordinary conv M fits, not only the 20 core convs")
+    p.add_argument("--json", help="write a report (layers, fine-tuning) here")
+    finetune_args(p)
+    args = p.parse_args(argv)
+    prog = Path(sys.argv[0]).name if argv is None else "nm_prune.py"
+    try:
+        check_nm(args.n, args.m)
+        if Path(args.output).resolve() == Path(args.model).resolve():
+            raise NMError("refusing to overwrite the input checkpoint")
+        model_desc, tensors, metadata = load_checkpoint(args.model)
+        import torch
+        torch.set_num_threads(args.threads)
+        net = SMSR.from_state_dict(tensors)
+        shapes = {name: tuple(tensors[name + ".weight"].shape) for name in conv2d_names(net)}
+        layers, left_dense = select_layers(shapes, args.m, args.layers, args.all_eligible)
+    except (NMError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # CheckpointError and friends: one line, non-zero
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    tensors = prune_tensors(tensors, layers, args.n, args.m)
+    report = {"tool": "tools/nm_prune.py", "base": Path(args.model).name, "n": args.n, "m": args.m,
+              "layers": {n: args.n for n in layers}, "left_dense": left_dense}
+    steps, minutes = finetune_plan(args)
+    if steps:
+        net = SMSR.from_state_dict(tensors)
+        masks = {name: nm_mask(tensors[name + ".weight"], args.n, args.m) for name in layers}
+        sampler = PatchSampler(args.train_data, patch=args.patch, seed=args.seed)
+        report["finetune"] = finetune(net, masks, sampler, steps=steps, minutes=minutes,
+                                      lr=args.lr, batch=args.batch)
+        report["finetune"]["train_data"] = args.train_data + " HR, LR by PIL bicubic x2"
+        tensors = export_tensors(net, tensors)
+    report["seconds"] = time.perf_counter() - start
+    metadata = dict(metadata, tool="tools/nm_prune.py", nm=report)
+    write_nm_checkpoint(args.output, model_desc, tensors, report["layers"], args.m, metadata)
+    for name, why in left_dense.items():
+        print(f"left dense: {name} ({why})")
+    print(f"wrote {args.output}: {len(layers)} layers {args.n}:{args.m}"
+          + (f", fine-tuned {report['finetune']['steps']} steps in "
+             f"{report['finetune']['seconds']:.0f} s" if steps else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
