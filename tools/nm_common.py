@@ -14,6 +14,7 @@ with fixed masks, evaluation on Set5/Set14 and the writing of "nm" checkpoints.
 from __future__ import annotations
 
 import json
+import functools
 import math
 import re
 import sys
@@ -32,6 +33,7 @@ from sparsity_common import SMSR_CORE_LAYERS, load_rgb, shared_root, target_laye
 from torch_smsr import SMSR  # noqa: E402
 
 ALLOWED_M = (4, 8, 16, 32)
+log_line = functools.partial(print, flush=True)   # progress shows up in redirected logs
 TRAIN_SET = "B100"            # training patches only; never evaluated on
 EVAL_SETS = ("Set5", "Set14")
 
@@ -217,7 +219,7 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 def finetune(model: SMSR, masks: Mapping[str, torch.Tensor], sampler: PatchSampler, *,
              steps: int, minutes: float | None, lr: float = 1e-4, batch: int = 8,
-             log: Callable[[str], None] = print, log_every: int = 25) -> dict:
+             log: Callable[[str], None] = log_line, log_every: int = 25) -> dict:
     """L1 + Adam over all weights, cosine learning rate over `steps`; after every step the
     masked convs are multiplied by their fixed masks. Stops at `steps` or after `minutes`."""
     convs = smsr_param_names(model)
@@ -279,7 +281,7 @@ def finetune_plan(args) -> tuple[int, float | None]:
 def torch_upscaler(model: SMSR):
     """uint8 (H, W, 3) -> float (2H, 2W, 3) on 0..255 by tools/torch_smsr.py, masks=True."""
     def run(img: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)[None]
         with torch.no_grad():
             y = model(x, masks=True)
         return y[0].permute(1, 2, 0).numpy()

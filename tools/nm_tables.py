@@ -69,7 +69,7 @@ def describe(path) -> dict:
     nm = nm_layers(model)
     info = metadata.get("nm", {})
     ft = info.get("finetune")
-    search = metadata.get("nm_search")
+    search = info.get("search")
     row = {"path": str(path), "tool": metadata.get("tool", "tools/convert.py"),
            "nm": {k: list(v) for k, v in nm.items()},
            "finetune_steps": ft["steps"] if ft else 0,
@@ -94,6 +94,8 @@ def format_table(rows: list[dict]) -> str:
             nm_text = f"per layer, M={ns[0][1]}"
         ft = (f"{r['finetune_steps']} steps, {r['finetune_seconds'] / 60:.1f} min"
               if r["finetune_steps"] else "none")
+        if r.get("search"):
+            ft = f"search {r['search']['steps']} steps, {r['search']['seconds'] / 60:.1f} min; " + ft
         cells = [f"{r['eval']['sets'][s]['psnr']:.2f} / {r['eval']['sets'][s]['ssim']:.4f}" for s in sets]
         lines.append(f"| {r['label']} | {nm_text} | {ft} | {r['macs']['core_gmacs']:.2f} | "
                      f"{r['macs']['net_gmacs_masked']:.2f} | " + " | ".join(cells) + " |")

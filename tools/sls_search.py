@@ -45,7 +45,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nm_common import (ALLOWED_M, SMSR, NMError, PatchSampler, conv2d_names, core_layers,  # noqa: E402
                        export_tensors, finetune, finetune_args, finetune_plan, l1_loss,
-                       load_checkpoint, magnitude_ranks, nm_eligible, nm_mask, regex_layers,
+                       load_checkpoint, log_line, magnitude_ranks, nm_eligible, nm_mask, regex_layers,
                        smsr_param_names, write_nm_checkpoint)
 
 TAU, ALPHA, THRESHOLD = 0.5, 1.1, 0.1   # section 4.2 of the SLS paper
@@ -161,7 +161,7 @@ def search(pruner: SLSPruner, task_loss: Callable[[Mapping[str, torch.Tensor]], 
            budget: float, *, max_steps: int, minutes: float | None = None, lr_weights: float = 1e-4,
            lr_scores: float = 1e-2, lambda_init: float = 1e-2, alpha: float = ALPHA,
            threshold: float = THRESHOLD, anneal_every: int = 10, rerank_every: int = 25,
-           log: Callable[[str], None] = print, log_every: int = 10) -> dict:
+           log: Callable[[str], None] = log_line, log_every: int = 10) -> dict:
     """Trains weights and scores with L1 + lambda * MAC fraction until the hard MAC fraction
     is within the budget (or max_steps / minutes run out). task_loss(subs) runs the model
     with the substituted weights on one batch."""
@@ -284,8 +284,9 @@ def main(argv=None) -> int:
         report["finetune"] = finetune(net, masks, sampler, steps=steps, minutes=minutes,
                                       lr=args.lr, batch=args.batch)
         tensors = export_tensors(net, tensors)
+    summary = {k: v for k, v in result.items() if k not in ("history", "k")}
     metadata = dict(metadata, tool="tools/sls_search.py",
-                    nm={k: v for k, v in report.items() if k != "search"})
+                    nm=dict({k: v for k, v in report.items() if k != "search"}, search=summary))
     write_nm_checkpoint(args.output, model_desc, tensors, layer_n, args.m, metadata)
     print(f"wrote {args.output}")
     if args.json:
