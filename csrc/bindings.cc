@@ -200,6 +200,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("cout", &Conv2d::cout)
       .def_property_readonly("cin", &Conv2d::cin)
       .def_property_readonly("ksize", &Conv2d::ksize)
+      .def_static("use_gather", &Conv2d::use_gather, py::arg("pixels"),
+                  "Whether a pixel set is convolved by gather -> convolve -> scatter.")
       .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
                           const PixelSet& pixels, bool relu, int cin, int cout,
                           const Channels* residual) {

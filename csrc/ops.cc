@@ -188,6 +188,11 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
     if (residual->size() < cout) throw std::invalid_argument("residual has too few channels");
   }
   if (cout == 0 || pixels.runs.empty()) return;
+  const bool accumulate = residual && residual->planes == out.planes;
+  if ((!residual || accumulate) && use_gather(pixels)) {
+    run_gathered(in, out, pixels, relu, cin, cout, accumulate);
+    return;
+  }
   const int64_t cost = static_cast<int64_t>(cin) * cout * packed_.ksize * packed_.ksize;
   const auto tasks = split_runs(pixels, cost);
   parallel_for(tasks.size(), [&](size_t k) {
@@ -202,6 +207,124 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
     t.cout = cout;
     t.relu = relu;
     kernel_->fn(packed_, t);
+  });
+}
+
+int64_t Conv2d::gather_max_mean_run() {
+  // SPARSR_GATHER_MAX_RUN overrides the threshold (0 disables gathering), for
+  // measuring what gathering gains.
+  static const int64_t value = [] {
+    const char* env = std::getenv("SPARSR_GATHER_MAX_RUN");
+    return env && *env ? std::max<int64_t>(0, std::atoll(env)) : kGatherMaxMeanRun;
+  }();
+  return value;
+}
+
+bool Conv2d::use_gather(const PixelSet& pixels) {
+  // Short runs leave most vector lanes of a pixel tile idle; gathered into one
+  // long row they fill the tiles again. Whole rows (dense mode) never gather.
+  return pixels.count < static_cast<int64_t>(pixels.runs.size()) * gather_max_mean_run();
+}
+
+namespace {
+
+// Runs grouped so that each group's gathered row stays about this wide.
+constexpr int64_t kGatherColumns = 480;
+
+struct GatherBuffers {
+  std::vector<float> in, out;
+  std::vector<const float*> in_planes;
+  std::vector<float*> out_planes;
+};
+
+GatherBuffers& gather_buffers() {
+  thread_local GatherBuffers buffers;
+  return buffers;
+}
+
+}  // namespace
+
+// Gather -> convolve -> scatter. Each run is copied with a halo of ksize / 2
+// pixels on both sides (and the rows above and below for a 3x3) into a short
+// planar feature of a single row; the layer's own kernel then convolves that
+// row as one long run, halo positions included (their results are dropped),
+// and the run results are copied (or added, when accumulating) back.
+void Conv2d::run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels,
+                          bool relu, int cin, int cout, bool accumulate) const {
+  const int halo = packed_.ksize / 2;
+  std::vector<size_t> group_begin{0};
+  int64_t width = 0;
+  for (size_t r = 0; r < pixels.runs.size(); ++r) {
+    const int64_t w = pixels.runs[r].x1 - pixels.runs[r].x0 + 2 * halo;
+    if (width > 0 && width + w > kGatherColumns) {
+      group_begin.push_back(r);
+      width = 0;
+    }
+    width += w;
+  }
+  group_begin.push_back(pixels.runs.size());
+
+  parallel_for(group_begin.size() - 1, [&](size_t g) {
+    const size_t r0 = group_begin[g], r1 = group_begin[g + 1];
+    int64_t cols = 0;
+    for (size_t r = r0; r < r1; ++r) cols += pixels.runs[r].x1 - pixels.runs[r].x0 + 2 * halo;
+    // Plane column of segment data starts at 1 - halo, so that interior x = 0
+    // is the first output of the first run.
+    const int64_t end = 1 - halo + cols;
+    const int64_t ld = (end + 1 + kRowAlign - 1) / kRowAlign * kRowAlign;
+    const int64_t plane = 3 * ld;
+    GatherBuffers& buf = gather_buffers();
+    buf.in.resize(static_cast<size_t>(cin) * plane + kFeatureSlack);
+    buf.out.resize(static_cast<size_t>(cout) * plane + kFeatureSlack);
+    buf.in_planes.resize(cin);
+    buf.out_planes.resize(packed_.cout);
+    for (int c = 0; c < cin; ++c) buf.in_planes[c] = buf.in.data() + c * plane;
+    for (int c = 0; c < cout; ++c) buf.out_planes[c] = buf.out.data() + c * plane;
+
+    const int first_row = 1 - halo, n_rows = 2 * halo + 1;
+    for (int c = 0; c < cin; ++c) {
+      float* dst_plane = buf.in.data() + c * plane;
+      int64_t pos = 1 - halo;
+      for (size_t r = r0; r < r1; ++r) {
+        const Run run = pixels.runs[r];
+        const int64_t n = run.x1 - run.x0 + 2 * halo;
+        for (int dy = 0; dy < n_rows; ++dy) {
+          const float* src = in.planes[c] + (run.y + first_row + dy) * in.ld + run.x0 + 1 - halo;
+          std::memcpy(dst_plane + (first_row + dy) * ld + pos, src, n * sizeof(float));
+        }
+        pos += n;
+      }
+    }
+
+    ConvTask t;
+    t.in = buf.in_planes.data();
+    t.out = buf.out_planes.data();
+    t.residual = nullptr;
+    t.ld = ld;
+    const Run row{0, 0, static_cast<int32_t>(end - halo)};
+    t.runs = &row;
+    t.n_runs = 1;
+    t.cin = cin;
+    t.cout = cout;
+    t.relu = relu;
+    kernel_->fn(packed_, t);
+
+    for (int c = 0; c < cout; ++c) {
+      const float* src_plane = buf.out.data() + c * plane + ld + 1;  // interior row 0
+      int64_t pos = 0;
+      for (size_t r = r0; r < r1; ++r) {
+        const Run run = pixels.runs[r];
+        const int n = run.x1 - run.x0;
+        const float* src = src_plane + pos;
+        float* dst = out.planes[c] + (run.y + 1) * out.ld + run.x0 + 1;
+        if (accumulate) {
+          for (int i = 0; i < n; ++i) dst[i] += src[i];
+        } else {
+          std::memcpy(dst, src, n * sizeof(float));
+        }
+        pos += n + 2 * halo;
+      }
+    }
   });
 }
 

@@ -75,11 +75,18 @@ class Conv2d {
   void run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu, int cin,
            int cout, const Channels* residual) const;
   const KernelInfo& kernel() const { return *kernel_; }
+  // Pixel sets with a mean run shorter than this are gathered (run_gathered).
+  static constexpr int64_t kGatherMaxMeanRun = 40;
+  static bool use_gather(const PixelSet& pixels);
+  static int64_t gather_max_mean_run();
   int cout() const { return packed_.cout; }
   int cin() const { return packed_.cin; }
   int ksize() const { return packed_.ksize; }
 
  private:
+  void run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
+                    int cin, int cout, bool accumulate) const;
+
   const KernelInfo* kernel_;
   PackedConv packed_;
 };

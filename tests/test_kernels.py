@@ -241,3 +241,29 @@ def test_kernel_suite_on_a_lower_level_machine(level):
                        capture_output=True, text=True, env=dict(os.environ, SPARSR_ISA=level))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.7])
+def test_sparse_pixel_sets_gathered_and_accumulated(kernel, density):
+    """Pixel sets of short runs go through gather -> convolve -> scatter; with the
+    output as its own residual the result is added (relu first)."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    rng = np.random.default_rng(int(density * 100))
+    cout, cin, h, w = 20, 24, 15, 77
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, kernel["ksize"])
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    before = rng.standard_normal((cout, h, w)).astype(np.float32)
+    mask = rng.random((h, w)) < density
+    mask[0, :] = True    # one long run among the short ones
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    assert _core.Conv2d.use_gather(pixels) == (pixels.count < 40 * pixels.n_runs)
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    fi, fo = _core.Feature.from_numpy(x), _core.Feature.from_numpy(before)
+    layer(fi.view(), fo.view(), pixels, relu=True, cin=17, cout=11, residual=fo.view())
+    ref = reference_conv(x[:17], weights[:11, :17], bias[:11], relu=True)
+    expect = before.copy()
+    expect[:11][:, mask] += ref[:, mask]
+    np.testing.assert_allclose(fo.numpy(), expect, rtol=1e-4, atol=1e-4)
