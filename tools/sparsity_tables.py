@@ -164,13 +164,12 @@ def count_zero_weight_skips(net) -> None:
     """Counts the MACs of "sparse"-format layers as a zero-skipping kernel executes
     them (nonzero weights only), also where the engine runs them on the dense kernel
     (no CSR kernel in the build): the images are unchanged, only the counter."""
-    for module in net.modules:
-        for conv in module.layers + module.layers_plain + [module.collect, module.collect_plain]:
-            if net.specs[conv.name].format == "sparse":
-                conv.skips_zeros = True
-    for conv in net.convs:
-        if net.specs[conv.name].format == "sparse":
-            conv.skips_zeros = True
+    from sparsr.smsr import _Conv
+    for owner in [net, *net.modules]:
+        for value in vars(owner).values():
+            for conv in (value if isinstance(value, list) else [value]):
+                if isinstance(conv, _Conv) and net.specs[conv.name].format == "sparse":
+                    conv.skips_zeros = True
 
 
 def table3(args) -> dict:
