@@ -183,6 +183,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows and not RESULTS.kernels:
         return
     tr = terminalreporter
+    if rows:
+        _print_table4(tr, rows)
+    _print_rest(tr, rows)
+
+
+def _print_table4(tr, rows):
     tr.section("sparsr vs Table 4 of the SparSMSR paper (x2, 640x360 -> 1280x720)")
     dense = rows.get("sparsr dense")
     torch_row = rows.get("PyTorch dense (channels_last)")
@@ -203,6 +209,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"| {name} | {nz} | {_fmt(r.macs and r.macs / 1e9, '.2f')} | {_fmt(macs_ratio, '.2f')}x "
             f"| {r.median_s:.3f} | {_fmt(vs_dense, '.2f')}x | {_fmt(vs_torch, '.2f')}x | {quality} "
             f"| {paper_s} |")
+
+
+def _print_rest(tr, rows):
     if any(r.peak_rss_mb for r in rows.values()):
         tr.section("peak memory (RSS) of one 640x360 upscale, fresh process")
         for name, r in rows.items():
