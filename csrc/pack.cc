@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "sparsr.h"
 
 namespace sparsr {
@@ -25,11 +27,82 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
   return p;
 }
 
+// N:M format ("nm"): every group of M consecutive input channels at one
+// (output channel, ky, kx) keeps exactly N weights; groups with fewer nonzeros
+// are padded with zero weights at their lowest unused positions.
+//   weights: [cout][cin / M groups][ksize * ksize taps][N] kept values, in
+//            increasing channel order within a group;
+//   index:   same shape, int32 ci * taps + tap, i.e. the entry of the kept
+//            input row in a per-tile table of (channel, tap) row pointers;
+//   counts:  unused (every output channel keeps cin * taps * N / M weights);
+//   bias:    cout values, block = 1.
+// Throws std::invalid_argument if the weights are not N:M sparse or the
+// pattern is not supported (M in {4, 8, 16, 32}, 1 <= N <= M, M divides cin).
+PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                   int n, int m) {
+  if (m != 4 && m != 8 && m != 16 && m != 32)
+    throw std::invalid_argument("N:M sparsity needs M in {4, 8, 16, 32}, got M = " +
+                                std::to_string(m));
+  if (n < 1 || n > m)
+    throw std::invalid_argument("N:M sparsity needs 1 <= N <= M, got " + std::to_string(n) +
+                                ":" + std::to_string(m));
+  if (cin % m != 0)
+    throw std::invalid_argument("N:M sparsity " + std::to_string(n) + ":" + std::to_string(m) +
+                                " needs the input channels (" + std::to_string(cin) +
+                                ") to be a multiple of M");
+  PackedConv p;
+  p.cout = cout;
+  p.cin = cin;
+  p.ksize = ksize;
+  p.block = 1;
+  p.n = n;
+  p.m = m;
+  const int taps = ksize * ksize;
+  const int groups = cin / m;
+  p.bias.assign(static_cast<size_t>(cout), 0.0f);
+  if (bias)
+    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  const size_t entries = static_cast<size_t>(cout) * groups * taps * n;
+  p.weights.assign(entries, 0.0f);
+  p.index.assign(entries, 0);
+  std::vector<int> kept(n);
+  std::vector<bool> used(m);
+  size_t e = 0;
+  for (int o = 0; o < cout; ++o)
+    for (int g = 0; g < groups; ++g)
+      for (int t = 0; t < taps; ++t) {
+        int count = 0;
+        std::fill(used.begin(), used.end(), false);
+        for (int j = 0; j < m; ++j) {
+          const int ci = g * m + j;
+          if (weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t] == 0.0f) continue;
+          if (count == n)
+            throw std::invalid_argument(
+                "weights are not " + std::to_string(n) + ":" + std::to_string(m) +
+                " sparse: output channel " + std::to_string(o) + ", input channels " +
+                std::to_string(g * m) + ".." + std::to_string(g * m + m - 1) + ", tap (" +
+                std::to_string(t / ksize) + ", " + std::to_string(t % ksize) +
+                ") has more than " + std::to_string(n) + " nonzeros");
+          kept[count++] = j;
+          used[j] = true;
+        }
+        for (int j = 0; count < n; ++j)
+          if (!used[j]) kept[count++] = j;
+        std::sort(kept.begin(), kept.end());
+        for (int k = 0; k < n; ++k, ++e) {
+          const int ci = g * m + kept[k];
+          p.weights[e] = weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t];
+          p.index[e] = ci * taps + t;
+        }
+      }
+  return p;
+}
+
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
                     int cout, int cin, int ksize, const FormatOptions& options) {
   const std::string format = kernel.format;
-  (void)options;
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
+  if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);
   throw std::invalid_argument("unknown weight format '" + format + "'");
 }
 

@@ -91,6 +91,8 @@ struct FormatOptions {
 
 PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int cin,
                       int ksize, int block);
+PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                   int n, int m);
 
 // Packs OIHW weights for the given kernel (dispatches on kernel.format).
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
