@@ -1,5 +1,5 @@
 // N:M sparse convolution, AVX2+FMA: one output channel x 48 pixels per tile
-// (6 accumulators; see conv-nm-tile.h).
+// (6 accumulators, 7 more for the shifted kx sums; see conv-nm-tile.h).
 #include "conv-nm-tile.h"
 #include "simd.h"
 

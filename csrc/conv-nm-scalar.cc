@@ -8,25 +8,25 @@ namespace {
 
 template <int K>
 void conv_nm_scalar(const PackedConv& w, const ConvTask& t) {
-  constexpr int taps = K * K;
   constexpr int shift = K == 3 ? 0 : 1;  // a 1x1 reads the interior pixel itself
-  const int per_group = taps * w.n;
+  const int groups = w.cin / w.m;
   const int groups_read = (t.cin + w.m - 1) / w.m;
-  const size_t per_cout = static_cast<size_t>(w.cin / w.m) * per_group;
+  const int per_group = K * w.n;  // entries of one (kx, group): ky x N
+  const size_t per_kx = static_cast<size_t>(groups) * per_group;
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
     for (int o = 0; o < t.cout; ++o) {
-      const float* wo = w.weights.data() + o * per_cout;
-      const int32_t* io = w.index.data() + o * per_cout;
       float* dst = t.out[o] + (run.y + 1) * t.ld + 1;
       const float* res = t.residual ? t.residual[o] + (run.y + 1) * t.ld + 1 : nullptr;
       for (int x = run.x0; x < run.x1; ++x) {
         float acc = w.bias[o];
-        for (int e = 0; e < groups_read * per_group; ++e) {
-          const int ci = io[e] / taps, tap = io[e] % taps;
-          if (ci >= t.cin) continue;  // a group straddling the cin prefix
-          const int ky = tap / K, kx = tap % K;
-          acc += wo[e] * t.in[ci][(run.y + shift + ky) * t.ld + x + shift + kx];
+        for (int kx = 0; kx < K; ++kx) {
+          const size_t first = (static_cast<size_t>(o) * K + kx) * per_kx;
+          for (size_t e = first; e < first + static_cast<size_t>(groups_read) * per_group; ++e) {
+            const int ci = w.index[e] / K, ky = w.index[e] % K;
+            if (ci >= t.cin) continue;  // a group straddling the cin prefix
+            acc += w.weights[e] * t.in[ci][(run.y + shift + ky) * t.ld + x + shift + kx];
+          }
         }
         if (t.relu && acc < 0.0f) acc = 0.0f;
         if (res) acc += res[x];

@@ -30,11 +30,13 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
 // N:M format ("nm"): every group of M consecutive input channels at one
 // (output channel, ky, kx) keeps exactly N weights; groups with fewer nonzeros
 // are padded with zero weights at their lowest unused positions.
-//   weights: [cout][cin / M groups][ksize * ksize taps][N] kept values, in
-//            increasing channel order within a group;
-//   index:   same shape, int32 ci * taps + tap, i.e. the entry of the kept
-//            input row in a per-tile table of (channel, tap) row pointers;
-//   counts:  unused (every output channel keeps cin * taps * N / M weights);
+//   weights: [cout][kx][cin / M groups][ky][N] kept values, in increasing
+//            channel order within a group. kx outermost: the kernels sum the
+//            taps of one kx over aligned pixel vectors, then shift the sum by
+//            kx once (conv-nm-tile.h);
+//   index:   same shape, int32 ci * ksize + ky: the input row the weight reads,
+//            an entry of the kernels' per-tile table of row pointers;
+//   counts:  unused (every output channel keeps cin * ksize^2 * N / M weights);
 //   bias:    cout values, block = 1.
 // Throws std::invalid_argument if the weights are not N:M sparse or the
 // pattern is not supported (M in {4, 8, 16, 32}, 1 <= N <= M, M divides cin).
@@ -69,32 +71,34 @@ PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int ci
   std::vector<bool> used(m);
   size_t e = 0;
   for (int o = 0; o < cout; ++o)
-    for (int g = 0; g < groups; ++g)
-      for (int t = 0; t < taps; ++t) {
-        int count = 0;
-        std::fill(used.begin(), used.end(), false);
-        for (int j = 0; j < m; ++j) {
-          const int ci = g * m + j;
-          if (weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t] == 0.0f) continue;
-          if (count == n)
-            throw std::invalid_argument(
-                "weights are not " + std::to_string(n) + ":" + std::to_string(m) +
-                " sparse: output channel " + std::to_string(o) + ", input channels " +
-                std::to_string(g * m) + ".." + std::to_string(g * m + m - 1) + ", tap (" +
-                std::to_string(t / ksize) + ", " + std::to_string(t % ksize) +
-                ") has more than " + std::to_string(n) + " nonzeros");
-          kept[count++] = j;
-          used[j] = true;
+    for (int kx = 0; kx < ksize; ++kx)
+      for (int g = 0; g < groups; ++g)
+        for (int ky = 0; ky < ksize; ++ky) {
+          const int t = ky * ksize + kx;
+          int count = 0;
+          std::fill(used.begin(), used.end(), false);
+          for (int j = 0; j < m; ++j) {
+            const int ci = g * m + j;
+            if (weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t] == 0.0f) continue;
+            if (count == n)
+              throw std::invalid_argument(
+                  "weights are not " + std::to_string(n) + ":" + std::to_string(m) +
+                  " sparse: output channel " + std::to_string(o) + ", input channels " +
+                  std::to_string(g * m) + ".." + std::to_string(g * m + m - 1) + ", tap (" +
+                  std::to_string(ky) + ", " + std::to_string(kx) + ") has more than " +
+                  std::to_string(n) + " nonzeros");
+            kept[count++] = j;
+            used[j] = true;
+          }
+          for (int j = 0; count < n; ++j)
+            if (!used[j]) kept[count++] = j;
+          std::sort(kept.begin(), kept.end());
+          for (int k = 0; k < n; ++k, ++e) {
+            const int ci = g * m + kept[k];
+            p.weights[e] = weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t];
+            p.index[e] = ci * ksize + ky;
+          }
         }
-        for (int j = 0; count < n; ++j)
-          if (!used[j]) kept[count++] = j;
-        std::sort(kept.begin(), kept.end());
-        for (int k = 0; k < n; ++k, ++e) {
-          const int ci = g * m + kept[k];
-          p.weights[e] = weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t];
-          p.index[e] = ci * taps + t;
-        }
-      }
   return p;
 }
 
