@@ -1,18 +1,39 @@
 // Plain scalar twins of the N:M convolution kernels: they walk the packed
-// layout of pack_nm (pack.cc) one weight at a time and are the reference the
+// layouts of pack_nm (pack.cc) one weight at a time and are the reference the
 // vectorised kernels are tested against.
 #include "sparsr.h"
 
 namespace sparsr {
 namespace {
 
-template <int K>
-void conv_nm_scalar(const PackedConv& w, const ConvTask& t) {
-  constexpr int shift = K == 3 ? 0 : 1;  // a 1x1 reads the interior pixel itself
-  const int groups = w.cin / w.m;
+// 1x1: exactly N entries per group of M input channels.
+void conv1x1_nm_scalar(const PackedConv& w, const ConvTask& t) {
   const int groups_read = (t.cin + w.m - 1) / w.m;
-  const int per_group = K * w.n;  // entries of one (kx, group): ky x N
-  const size_t per_kx = static_cast<size_t>(groups) * per_group;
+  const size_t per_cout = static_cast<size_t>(w.cin / w.m) * w.n;
+  for (size_t r = 0; r < t.n_runs; ++r) {
+    const Run run = t.runs[r];
+    const int64_t row = (run.y + 1) * t.ld + 1;
+    for (int o = 0; o < t.cout; ++o) {
+      const float* wo = w.weights.data() + o * per_cout;
+      const int32_t* io = w.index.data() + o * per_cout;
+      float* dst = t.out[o] + row;
+      const float* res = t.residual ? t.residual[o] + row : nullptr;
+      for (int x = run.x0; x < run.x1; ++x) {
+        float acc = w.bias[o];
+        for (int e = 0; e < groups_read * w.n; ++e)
+          if (io[e] < t.cin) acc += wo[e] * t.in[io[e]][row + x];  // a group may straddle cin
+        if (t.relu && acc < 0.0f) acc = 0.0f;
+        if (res) acc += res[x];
+        dst[x] = acc;
+      }
+    }
+  }
+}
+
+// 3x3: per chunk of input channels, input rows grouped by their kept kx set.
+void conv3x3_nm_scalar(const PackedConv& w, const ConvTask& t) {
+  const int chunks = (w.cin + kNmChunkChannels - 1) / kNmChunkChannels;
+  const int chunks_read = (t.cin + kNmChunkChannels - 1) / kNmChunkChannels;
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
     for (int o = 0; o < t.cout; ++o) {
@@ -20,13 +41,19 @@ void conv_nm_scalar(const PackedConv& w, const ConvTask& t) {
       const float* res = t.residual ? t.residual[o] + (run.y + 1) * t.ld + 1 : nullptr;
       for (int x = run.x0; x < run.x1; ++x) {
         float acc = w.bias[o];
-        for (int kx = 0; kx < K; ++kx) {
-          const size_t first = (static_cast<size_t>(o) * K + kx) * per_kx;
-          for (size_t e = first; e < first + static_cast<size_t>(groups_read) * per_group; ++e) {
-            const int ci = w.index[e] / K, ky = w.index[e] % K;
-            if (ci >= t.cin) continue;  // a group straddling the cin prefix
-            acc += w.weights[e] * t.in[ci][(run.y + shift + ky) * t.ld + x + shift + kx];
-          }
+        for (int c = 0; c < chunks_read; ++c) {
+          const int32_t* count = w.counts.data() + (static_cast<size_t>(o) * chunks + c) * kNmCountStride;
+          size_t e = count[7], k = count[8];
+          for (int s = 1; s < 8; ++s)
+            for (int j = 0; j < count[s - 1]; ++j, ++e) {
+              const int ci = w.index[e] / 3, ky = w.index[e] % 3;
+              const float* src = ci < t.cin ? t.in[ci] + (run.y + ky) * t.ld + x : nullptr;
+              for (int kx = 0; kx < 3; ++kx)
+                if (s >> kx & 1) {
+                  const float wv = w.weights[k++];
+                  if (src) acc += wv * src[kx];
+                }
+            }
         }
         if (t.relu && acc < 0.0f) acc = 0.0f;
         if (res) acc += res[x];
@@ -38,7 +65,7 @@ void conv_nm_scalar(const PackedConv& w, const ConvTask& t) {
 
 }  // namespace
 
-void conv3x3_nm_1x1_scalar(const PackedConv& w, const ConvTask& t) { conv_nm_scalar<3>(w, t); }
-void conv1x1_nm_1x1_scalar(const PackedConv& w, const ConvTask& t) { conv_nm_scalar<1>(w, t); }
+void conv3x3_nm_1x1_scalar(const PackedConv& w, const ConvTask& t) { conv3x3_nm_scalar(w, t); }
+void conv1x1_nm_1x1_scalar(const PackedConv& w, const ConvTask& t) { conv1x1_nm_scalar(w, t); }
 
 }  // namespace sparsr
