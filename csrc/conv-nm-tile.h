@@ -131,7 +131,10 @@ inline void nm_rows_of_set(typename V::T* out, typename V::T* sum0, typename V::
     if constexpr (k2) w2 = V::set1(we[k0 + k1]);
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
-      const T x = V::load(src + v * W);
+      T x = V::load(src + v * W);
+      // One load for all the FMAs of the row: keep the compiler from folding
+      // it into each of them (it does, under -mtune=generic).
+      if constexpr (per_entry > 1) __asm__("" : "+v"(x));
       if constexpr (k1) out[v] = V::fmadd(w1, x, out[v]);
       if constexpr (k0) sum0[v] = V::fmadd(w0, x, sum0[v]);
       if constexpr (k2) sum2[v] = V::fmadd(w2, x, sum2[v]);
