@@ -129,6 +129,14 @@ PYBIND11_MODULE(_core, m) {
     }
     return out;
   }, "The micro-kernel table (csrc/kernels.inc).");
+  m.def("nm_unrolled_patterns", [] {
+    std::vector<std::pair<int, int>> patterns;
+#define SPARSR_NM_PATTERN(kept, group) patterns.emplace_back(kept, group);
+#include "nm-patterns.inc"
+#undef SPARSR_NM_PATTERN
+    return patterns;
+  }, "(N, M) patterns with a fully unrolled N:M kernel path (csrc/nm-patterns.inc); "
+     "other patterns run the generic path.");
 
   py::class_<Feature, std::shared_ptr<Feature>>(m, "Feature")
       .def(py::init<int, int, int>(), py::arg("channels"), py::arg("height"), py::arg("width"))
@@ -202,6 +210,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("ksize", &Conv2d::ksize)
       .def_static("use_gather", &Conv2d::use_gather, py::arg("pixels"),
                   "Whether a pixel set is convolved by gather -> convolve -> scatter.")
+      .def_property_readonly("n", &Conv2d::n, "N of an N:M format (0 otherwise).")
+      .def_property_readonly("m", &Conv2d::m, "M of an N:M format (0 otherwise).")
       .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
                           const PixelSet& pixels, bool relu, int cin, int cout,
                           const Channels* residual) {

@@ -82,6 +82,8 @@ class Conv2d {
   int cout() const { return packed_.cout; }
   int cin() const { return packed_.cin; }
   int ksize() const { return packed_.ksize; }
+  int n() const { return packed_.n; }  // N:M formats, else 0
+  int m() const { return packed_.m; }
 
  private:
   void run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,

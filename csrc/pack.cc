@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "sparsr.h"
 
 namespace sparsr {
@@ -25,11 +27,120 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
   return p;
 }
 
+// N:M format ("nm"): at most N nonzeros in every group of M consecutive input
+// channels at one (output channel, ky, kx). Two layouts, by kernel size.
+//
+// 1x1: every group keeps exactly N weights (groups with fewer nonzeros are
+// padded with zero weights at their lowest unused positions):
+//   weights: [cout][cin / M groups][N] kept values, increasing channel order;
+//   index:   same shape, int32 input channel.
+//
+// 3x3: the kept weights of one (output channel, input channel, ky) share one
+// input row whatever kx they sit at, so they are stored by input row: a row
+// with kept weights at the kx set s (bit kx, s = 1..7) is one entry with
+// popcount(s) weights, and the kernels load its pixels once for all of them.
+// Entries are grouped by chunks of kNmChunkChannels input channels (whose rows
+// of a tile stay in L1) and, within a chunk, by s:
+//   index:   [cout][chunk][s][entry] int32 ci * 3 + ky;
+//   weights: popcount(s) values per entry, in kx order, same order;
+//   counts:  [cout][chunk][kNmCountStride]: entries of s = 1..7, then the
+//            offsets of the chunk's first entry in index and in weights.
+// Rows with no kept weight are not stored; the count of kept weights is
+// N/M of dense whatever the layout.
+//
+// Both: bias has cout values, block = 1. Throws std::invalid_argument if the
+// weights are not N:M sparse or the pattern is not supported (M in
+// {4, 8, 16, 32}, 1 <= N <= M, M divides cin).
+PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                   int n, int m) {
+  if (m != 4 && m != 8 && m != 16 && m != 32)
+    throw std::invalid_argument("N:M sparsity needs M in {4, 8, 16, 32}, got M = " +
+                                std::to_string(m));
+  if (n < 1 || n > m)
+    throw std::invalid_argument("N:M sparsity needs 1 <= N <= M, got " + std::to_string(n) +
+                                ":" + std::to_string(m));
+  if (cin % m != 0)
+    throw std::invalid_argument("N:M sparsity " + std::to_string(n) + ":" + std::to_string(m) +
+                                " needs the input channels (" + std::to_string(cin) +
+                                ") to be a multiple of M");
+  const int taps = ksize * ksize;
+  const int groups = cin / m;
+  auto at = [&](int o, int ci, int t) {
+    return weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t];
+  };
+  for (int o = 0; o < cout; ++o)
+    for (int g = 0; g < groups; ++g)
+      for (int t = 0; t < taps; ++t) {
+        int count = 0;
+        for (int j = 0; j < m; ++j) count += at(o, g * m + j, t) != 0.0f;
+        if (count > n)
+          throw std::invalid_argument(
+              "weights are not " + std::to_string(n) + ":" + std::to_string(m) +
+              " sparse: output channel " + std::to_string(o) + ", input channels " +
+              std::to_string(g * m) + ".." + std::to_string(g * m + m - 1) + ", tap (" +
+              std::to_string(t / ksize) + ", " + std::to_string(t % ksize) + ") has " +
+              std::to_string(count) + " nonzeros");
+      }
+  PackedConv p;
+  p.cout = cout;
+  p.cin = cin;
+  p.ksize = ksize;
+  p.block = 1;
+  p.n = n;
+  p.m = m;
+  p.bias.assign(static_cast<size_t>(cout), 0.0f);
+  if (bias)
+    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  if (ksize == 1) {
+    for (int o = 0; o < cout; ++o)
+      for (int g = 0; g < groups; ++g) {
+        int kept = 0;
+        for (int j = 0; j < m && kept < n; ++j)
+          if (at(o, g * m + j, 0) != 0.0f) ++kept;
+        int pad = n - kept;  // zero weights at the lowest unused positions
+        for (int j = 0; j < m; ++j) {
+          const float v = at(o, g * m + j, 0);
+          if (v == 0.0f) {
+            if (pad == 0) continue;
+            --pad;
+          }
+          p.weights.push_back(v);
+          p.index.push_back(g * m + j);
+        }
+      }
+    return p;
+  }
+  const int chunks = (cin + kNmChunkChannels - 1) / kNmChunkChannels;
+  p.counts.reserve(static_cast<size_t>(cout) * chunks * kNmCountStride);
+  for (int o = 0; o < cout; ++o)
+    for (int c = 0; c < chunks; ++c) {
+      const int c0 = c * kNmChunkChannels, c1 = std::min(cin, c0 + kNmChunkChannels);
+      const size_t first_entry = p.index.size(), first_weight = p.weights.size();
+      for (int s = 1; s < 8; ++s) {
+        int entries = 0;
+        for (int ci = c0; ci < c1; ++ci)
+          for (int ky = 0; ky < ksize; ++ky) {
+            int kept = 0;
+            for (int kx = 0; kx < ksize; ++kx) kept |= (at(o, ci, ky * ksize + kx) != 0.0f) << kx;
+            if (kept != s) continue;
+            ++entries;
+            p.index.push_back(ci * ksize + ky);
+            for (int kx = 0; kx < ksize; ++kx)
+              if (s >> kx & 1) p.weights.push_back(at(o, ci, ky * ksize + kx));
+          }
+        p.counts.push_back(entries);
+      }
+      p.counts.push_back(static_cast<int32_t>(first_entry));
+      p.counts.push_back(static_cast<int32_t>(first_weight));
+    }
+  return p;
+}
+
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
                     int cout, int cin, int ksize, const FormatOptions& options) {
   const std::string format = kernel.format;
-  (void)options;
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
+  if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);
   throw std::invalid_argument("unknown weight format '" + format + "'");
 }
 

@@ -91,6 +91,12 @@ struct FormatOptions {
 
 PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int cin,
                       int ksize, int block);
+// N:M 3x3 layout (pack_nm): input channels per chunk, and ints per
+// (output channel, chunk) in PackedConv::counts.
+constexpr int kNmChunkChannels = 16;
+constexpr int kNmCountStride = 9;
+PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                   int n, int m);
 
 // Packs OIHW weights for the given kernel (dispatches on kernel.format).
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,

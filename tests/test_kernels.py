@@ -23,8 +23,20 @@ def dense_weights(rng, cout, cin, k, **_):
     return rng.standard_normal((cout, cin, k, k)).astype(np.float32) / np.sqrt(cin * k * k), {}
 
 
+def nm_weights(rng, cout, cin, k, n=2, m=4):
+    """2:4 along input channels (every group of 4 keeps its 2 largest)."""
+    if cin % m:
+        pytest.skip(f"N:M needs Cin divisible by M={m}, got {cin}")
+    w, _ = dense_weights(rng, cout, cin, k)
+    g = w.transpose(0, 2, 3, 1).reshape(cout, k, k, cin // m, m)
+    keep = np.zeros(g.shape, dtype=bool)
+    np.put_along_axis(keep, np.argsort(-np.abs(g), axis=-1)[..., :n], True, axis=-1)
+    w = (g * keep).reshape(cout, k, k, cin).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(w, dtype=np.float32), {"n": n, "m": m}
+
+
 # format -> function(rng, cout, cin, k) -> (weights, Conv2d keyword options)
-WEIGHT_MAKERS = {"dense": dense_weights}
+WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights}
 
 
 def reference_conv(x, w, b, relu=False, residual=None):

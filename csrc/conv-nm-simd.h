@@ -1,0 +1,74 @@
+// Vector operations the N:M kernels need beyond simd.h: lane masks, masked
+// loads and stores, and shifting a lane in from the next vector. Include only
+// from files compiled with the matching ISA flags (see CMakeLists.txt).
+#pragma once
+
+#include <immintrin.h>
+
+#include "simd.h"
+
+namespace sparsr {
+
+template <class V>
+struct NmVec;
+
+#if defined(__AVX512F__)
+template <>
+struct NmVec<VecAvx512> {
+  using T = __m512;
+  using Mask = __mmask16;
+  // Lanes [lo, hi) of a vector, clamped to [0, 16).
+  static Mask range(int lo, int hi) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > 16 ? 16 : hi;
+    if (hi <= lo) return 0;
+    return static_cast<Mask>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  }
+  static Mask all(bool on) { return on ? 0xffff : 0; }
+  static bool none(Mask m) { return m == 0; }
+  static bool full(Mask m) { return m == 0xffff; }
+  // Masked-off lanes are neither read nor faulted on.
+  static T load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  // Lanes 1..15 of lo then lane 0 of hi: the vector one column to the right.
+  static T next_column(T lo, T hi) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 1));
+  }
+  // Lane 15 of lo then lanes 0..14 of hi: the vector one column to the left.
+  static T previous_column(T lo, T hi) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 15));
+  }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+template <>
+struct NmVec<VecAvx2> {
+  using T = __m256;
+  using Mask = __m256i;
+  static Mask range(int lo, int hi) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lanes),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lanes));
+  }
+  static Mask all(bool on) { return _mm256_set1_epi32(on ? -1 : 0); }
+  static bool none(Mask m) { return _mm256_testz_si256(m, m); }
+  static bool full(Mask m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xff; }
+  static T load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, T v, Mask m) { _mm256_maskstore_ps(p, m, v); }
+  static T next_column(T lo, T hi) {
+    const __m256 mid = _mm256_permute2f128_ps(lo, hi, 0x21);  // lo[4..7], hi[0..3]
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(lo), 4));
+  }
+  static T previous_column(T lo, T hi) {
+    const __m256 mid = _mm256_permute2f128_ps(lo, hi, 0x21);
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(hi), _mm256_castps_si256(mid), 12));
+  }
+};
+#endif
+
+}  // namespace sparsr
