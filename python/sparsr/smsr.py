@@ -148,15 +148,20 @@ class _Module:
         self.perm = [np.concatenate([np.flatnonzero(d), np.flatnonzero(~d)]) for d in self.dense]
         self.n_dense = [int(d.sum()) for d in self.dense]
 
-        self.layers = []
-        self.layers_plain = []
+        # Layer i's inputs are layer i-1's outputs in storage order, so its
+        # weight columns are permuted too -- except for N:M weights, whose
+        # groups of M input channels are defined in the original order: those
+        # read their input through a pointer list in the original order and
+        # give up the input skip (sparse inputs are fed as zeros instead).
+        self.layers, self.natural_input = [], []
         for i in range(n_layers):
             spec = specs[f"{prefix}.body.body.{i}"]
+            natural = i == 0 or spec.format == "nm"
             w = spec.weight[self.perm[i]]
-            if i > 0:
+            if not natural:
                 w = w[:, self.perm[i - 1]]
             self.layers.append(_Conv(spec, isa, w))
-            self.layers_plain.append(_Conv(spec, isa))
+            self.natural_input.append(natural)
         # The collect 1x1 is applied as one slice per layer, accumulated, so a
         # layer's output can be freed as soon as the next layer has read it.
         # Layer i stores original channel perm[i][j] at position j, so its
@@ -164,11 +169,13 @@ class _Module:
         # reads the dense prefix only.
         collect = specs[f"{prefix}.body.collect"]
         self.collect_plain = _Conv(collect, isa)
-        self.collect_slices, self.collect_slices_plain = [], []
+        self.collect_natural = collect.format == "nm"
+        self.collect_slices = []
         for i in range(n_layers):
             cols = collect.weight[:, i * channels:(i + 1) * channels]
-            self.collect_slices.append(_Conv(collect, isa, cols[:, self.perm[i]], i == 0))
-            self.collect_slices_plain.append(_Conv(collect, isa, cols, i == 0))
+            if not self.collect_natural:
+                cols = cols[:, self.perm[i]]
+            self.collect_slices.append(_Conv(collect, isa, cols, i == 0))
         self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
         self.channels = channels
 
@@ -202,50 +209,56 @@ class _Module:
     def forward(self, counter: _Counter, x: _core.Feature, mode: str):
         h, w = x.height, x.width
         c = self.channels
-        full = _core.PixelSet.full(h, w)
         y = _core.Feature(c, h, w)
         if mode == "dense":
             mask = np.ones((h, w), dtype=bool)
-            src = x.view()
-            for i, layer in enumerate(self.layers_plain):
-                out = _core.Feature(c, h, w)
-                layer(counter, src, out.view(), full, relu=True, dense_pixels=h * w)
-                self.collect_slices_plain[i](counter, out.view(), y.view(), full,
-                                             residual=y.view() if i else None,
-                                             dense_pixels=h * w)
-                src = out.view()
+            important = _core.PixelSet.full(h, w)
         else:
             mask = self.spatial_mask(counter, x.view(), h, w)
             important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
-            unimportant = important.complement()
-            zero = None if self.input_skip else _core.Feature(1, h, w)
+        unimportant = important.complement()
+        zero = _core.Feature(1, h, w)
 
-            def at_unimportant(src, n_dense_in):
-                """The input of an unimportant-pixel pass and the channels it reads."""
-                if self.input_skip or n_dense_in == len(src):
-                    return src, n_dense_in
-                dense_part = src.select(list(range(n_dense_in)))
-                zeros = zero.view([0] * (len(src) - n_dense_in))
-                return _core.Channels.cat([dense_part, zeros]), len(src)
+        def inputs(stored, layer_before, natural):
+            """(input at important pixels, input at unimportant pixels, channels
+            read there) for a conv reading `stored`, layer layer_before's output.
 
-            src, n_in = x.view(), c                     # layer 0 reads dense input only
-            for i, layer in enumerate(self.layers):
-                out = _core.Feature(c, h, w)
-                dst = out.view()
-                nd = self.n_dense[i]
-                u_src, u_cin = at_unimportant(src, n_in)
-                # Sparse outputs stay zero at unimportant pixels: `out` is fresh.
-                layer(counter, u_src, dst, unimportant, relu=True, cin=u_cin, cout=nd,
-                      dense_pixels=unimportant.count)
-                layer(counter, src, dst, important, relu=True, dense_pixels=important.count)
-                part = self.collect_slices[i]
-                acc = y.view() if i else None
-                u_src, u_cin = at_unimportant(dst, nd)
-                part(counter, u_src, y.view(), unimportant, cin=u_cin, residual=acc,
-                     dense_pixels=unimportant.count)
-                part(counter, dst, y.view(), important, residual=acc,
-                     dense_pixels=important.count)
-                src, n_in = dst, nd
+            Storage order puts dense channels first: reading a prefix skips the
+            sparse ones, which are zero at unimportant pixels (input skip). An
+            input in the original order, or a network without input skip,
+            reads every channel, the sparse ones replaced by a zero plane."""
+            if layer_before < 0:
+                return stored, stored, c
+            order = self.perm[layer_before]
+            nd = self.n_dense[layer_before]
+            src = stored.select(np.argsort(order).tolist()) if natural else stored
+            if self.input_skip and not natural:
+                return src, src, nd
+            with_zero = _core.Channels.cat([stored, zero.view([0])])
+            if natural:
+                picks = [pos if pos < nd else c for pos in np.argsort(order)]
+            else:
+                picks = list(range(nd)) + [c] * (c - nd)
+            return src, with_zero.select(picks), c
+
+        src = x.view()
+        for i, layer in enumerate(self.layers):
+            out = _core.Feature(c, h, w)
+            dst = out.view()
+            nd = self.n_dense[i]
+            at_i, at_u, cin_u = inputs(src, i - 1, self.natural_input[i])
+            # Dense outputs at unimportant pixels; sparse outputs stay zero
+            # there (`out` is fresh).
+            layer(counter, at_u, dst, unimportant, relu=True, cin=cin_u, cout=nd,
+                  dense_pixels=unimportant.count)
+            layer(counter, at_i, dst, important, relu=True, dense_pixels=important.count)
+            part = self.collect_slices[i]
+            acc = y.view() if i else None
+            at_i, at_u, cin_u = inputs(dst, i, self.collect_natural)
+            part(counter, at_u, y.view(), unimportant, cin=cin_u, residual=acc,
+                 dense_pixels=unimportant.count)
+            part(counter, at_i, y.view(), important, residual=acc, dense_pixels=important.count)
+            src = dst
         # Channel attention and the residual connection of the module.
         means = np.asarray(_core.channel_means(y.view()), dtype=np.float32)
         w1, w2 = self.ca
@@ -403,7 +416,7 @@ class SmsrNetwork:
     def convs(self) -> list[_Conv]:
         out = list(self.head)
         for m in self.modules:
-            out += m.mask_convs + m.layers_plain + [m.collect_plain]
+            out += m.mask_convs + m.layers + [m.collect_plain]
         return out + list(self.collect) + [self.tail]
 
     def forward(self, rgb: np.ndarray, mode: str = "mask", cache: "Stages | None" = None,
