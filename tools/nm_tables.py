@@ -8,9 +8,11 @@ Per model: Set5 and Set14 mean Y PSNR/SSIM on the full images (the sparsr engine
 has the "nm" kernels, else tools/torch_smsr.py with masks=True; the column says which),
 and GMACs at a 640x360 input:
 * core (Eq. 5): the 20 core convs' dense MACs times N/M per layer;
-* net: every conv's MACs executed in SMSR mask mode by the sparsr engine on the centre
-  640x360 crop of Set14 barbara (masks depend on content), the core convs scaled by N/M
-  (what an N:M kernel executes).
+* net (masks): every conv's MACs executed in SMSR mask mode by the sparsr engine (dense
+  kernels) on the centre 640x360 crop of Set14 barbara (masks depend on content), the core
+  convs scaled by N/M (Eq. 5 per layer);
+* net (engine): once the engine has the nm kernels, the MACs its own kernels count on the
+  same image (nm layers count their nonzeros and, as they run, their whole input rows).
 The fine-tuning steps and time, and the searched N of every SLS model, come from the
 checkpoints' metadata. B100 (the training set) is not evaluated.
 """
@@ -64,6 +66,17 @@ def macs(path) -> dict:
             "net_gmacs_masked": net / 1e9, "mac_image": MAC_IMAGE}
 
 
+def engine_macs(path) -> float | None:
+    """Whole-net GMACs the engine's own kernels execute (nm layers: their nonzeros), or None
+    before the engine has the nm kernels."""
+    import sparsr
+    from nm_common import nm_kernels_available
+    from sparsity_tables import mac_image
+    if not nm_kernels_available():
+        return None
+    return sparsr.load(path).info(image=mac_image(MAC_IMAGE, MAC_SIZE))["executed_macs"] / 1e9
+
+
 def describe(path) -> dict:
     model, _, metadata = load_checkpoint(path)
     nm = nm_layers(model)
@@ -82,8 +95,9 @@ def describe(path) -> dict:
 def format_table(rows: list[dict]) -> str:
     sets = list(EVAL_SETS)
     head = ("| method | core N:M | fine-tuning | core GMACs (Eq. 5) | net GMACs (masks) | "
+            "net GMACs (engine) | "
             + " | ".join(f"{s} PSNR / SSIM" for s in sets) + " |")
-    lines = [head, "|" + "---|" * (5 + len(sets))]
+    lines = [head, "|" + "---|" * (6 + len(sets))]
     for r in rows:
         ns = sorted({tuple(v) for v in r["nm"].values()})
         if not ns:
@@ -98,7 +112,9 @@ def format_table(rows: list[dict]) -> str:
             ft = f"search {r['search']['steps']} steps, {r['search']['seconds'] / 60:.1f} min; " + ft
         cells = [f"{r['eval']['sets'][s]['psnr']:.2f} / {r['eval']['sets'][s]['ssim']:.4f}" for s in sets]
         lines.append(f"| {r['label']} | {nm_text} | {ft} | {r['macs']['core_gmacs']:.2f} | "
-                     f"{r['macs']['net_gmacs_masked']:.2f} | " + " | ".join(cells) + " |")
+                     f"{r['macs']['net_gmacs_masked']:.2f} | "
+                     + (f"{r['macs']['net_gmacs_engine']:.2f}" if r["macs"].get("net_gmacs_engine")
+                        else "-") + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -120,17 +136,25 @@ def main(argv=None) -> int:
     p.add_argument("--base", required=True, help="the dense SMSR checkpoint (first row)")
     p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH")
     p.add_argument("--json", help="write (and reuse, by path and mtime) the rows here")
-    p.add_argument("--engine", choices=["auto", "sparsr", "torch"], default="auto")
+    p.add_argument("--engine", choices=["auto", "sparsr", "torch"], default="auto",
+                   help="auto: the sparsr engine when it has the nm kernels, else PyTorch")
     args = p.parse_args(argv)
     import torch
+    import sparsr
     torch.set_num_threads(1)
+    sparsr.set_num_threads(1)
     cache = {}
     if args.json and Path(args.json).is_file():
         cache = {(r["path"], r.get("mtime")): r for r in json.loads(Path(args.json).read_text())["rows"]}
     engine = {"auto": None, "sparsr": True, "torch": False}[args.engine]
+    if engine is None:
+        from nm_common import nm_kernels_available
+        engine = nm_kernels_available()
+    evaluator = "sparsr engine" if engine else "tools/torch_smsr.py"
+    cache = {key: r for key, r in cache.items() if r["eval"]["evaluated_with"].startswith(evaluator)}
     rows = []
     for spec in [f"SMSR (dense weights)={args.base}"] + args.model:
-        label, _, path = spec.partition("=")
+        label, _, path = spec.rpartition("=")   # labels may hold "="
         mtime = Path(path).stat().st_mtime
         if (str(path), mtime) in cache:
             row = dict(cache[(str(path), mtime)], label=label)
@@ -142,6 +166,8 @@ def main(argv=None) -> int:
             row["eval_seconds"] = time.perf_counter() - start
             print(f"{label}: " + ", ".join(f"{s} {v['psnr']:.3f}" for s, v in row["eval"]["sets"].items())
                   + f" ({row['eval_seconds']:.0f} s)", flush=True)
+        if row["macs"].get("net_gmacs_engine") is None:
+            row["macs"]["net_gmacs_engine"] = engine_macs(path)
         rows.append(row)
         if args.json:
             Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
