@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "threadpool.h"
 
@@ -11,10 +13,68 @@ namespace sparsr {
 
 // ---------------------------------------------------------------- Feature
 
-void Feature::Free::operator()(float* p) const { std::free(p); }
+namespace {
+
+// Large feature buffers come back to this pool instead of the OS: a fresh
+// mapping costs a page fault per 4 KiB on first touch, which for a network
+// that allocates dozens of 60 MB features per pass costs more than the
+// convolutions it feeds. Freed buffers are kept up to a byte limit and reused
+// for requests of the same size.
+class BufferPool {
+ public:
+  static BufferPool& get() {
+    static BufferPool* pool = new BufferPool();  // outlives static teardown
+    return *pool;
+  }
+
+  float* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        float* p = it->second;
+        free_.erase(it);
+        pooled_ -= bytes;
+        return p;
+      }
+    }
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+
+  void give(float* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pooled_ + bytes > kMaxPooledBytes) {
+      std::free(p);
+      return;
+    }
+    free_.emplace(bytes, p);
+    pooled_ += bytes;
+  }
+
+ private:
+  static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
+  std::mutex mutex_;
+  std::multimap<size_t, float*> free_;
+  size_t pooled_ = 0;
+};
+
+// Buffers below this size come from malloc's own free lists cheaply.
+constexpr size_t kPoolMinBytes = size_t(1) << 20;
+
+}  // namespace
+
+void Feature::Free::operator()(float* p) const {
+  if (bytes >= kPoolMinBytes) {
+    BufferPool::get().give(p, bytes);
+  } else {
+    std::free(p);
+  }
+}
 
 Feature::Feature(int channels, int height, int width)
-    : channels_(channels), height_(height), width_(width) {
+    : channels_(channels), height_(height), width_(width), data_(nullptr, Free{}) {
   if (channels <= 0 || height <= 0 || width <= 0)
     throw std::invalid_argument("feature dimensions must be positive, got " +
                                 std::to_string(channels) + "x" + std::to_string(height) + "x" +
@@ -23,10 +83,24 @@ Feature::Feature(int channels, int height, int width)
   plane_ = (static_cast<int64_t>(height) + 2) * ld_;
   const size_t bytes =
       ((static_cast<size_t>(channels) * plane_ + kFeatureSlack) * sizeof(float) + 63) / 64 * 64;
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-  if (!p) throw std::bad_alloc();
-  std::memset(p, 0, bytes);
-  data_.reset(p);
+  float* p;
+  if (bytes >= kPoolMinBytes) {
+    p = BufferPool::get().take(bytes);
+    // Zero in parallel: every feature starts all zero (borders, and the
+    // sparse channels at unimportant pixels that SMSR never writes).
+    const size_t chunk = 1 << 20;
+    const size_t n = (bytes + chunk - 1) / chunk;
+    char* base = reinterpret_cast<char*>(p);
+    parallel_for(n, [&](size_t i) {
+      const size_t begin = i * chunk;
+      std::memset(base + begin, 0, std::min(chunk, bytes - begin));
+    });
+  } else {
+    p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+  }
+  data_ = std::unique_ptr<float, Free>(p, Free{bytes});
 }
 
 // ---------------------------------------------------------------- Channels

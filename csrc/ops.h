@@ -29,6 +29,7 @@ class Feature {
 
  private:
   struct Free {
+    size_t bytes = 0;
     void operator()(float* p) const;
   };
   int channels_, height_, width_;
