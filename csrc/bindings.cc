@@ -194,6 +194,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("cout", &Conv2d::cout)
       .def_property_readonly("cin", &Conv2d::cin)
       .def_property_readonly("ksize", &Conv2d::ksize)
+      .def_property_readonly("nnz", &Conv2d::nnz, "Nonzero weights of the layer.")
       .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
                           const PixelSet& pixels, bool relu, int cin, int cout,
                           const Channels* residual) {

@@ -78,10 +78,13 @@ class Conv2d {
   int cout() const { return packed_.cout; }
   int cin() const { return packed_.cin; }
   int ksize() const { return packed_.ksize; }
+  // Nonzero weights of the layer, whatever the format.
+  int64_t nnz() const { return nnz_; }
 
  private:
   const KernelInfo* kernel_;
   PackedConv packed_;
+  int64_t nnz_ = 0;
 };
 
 void fill(const Channels& out, const PixelSet& pixels, float value);

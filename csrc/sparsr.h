@@ -91,6 +91,7 @@ struct FormatOptions {
 
 PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int cin,
                       int ksize, int block);
+PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize);
 
 // Packs OIHW weights for the given kernel (dispatches on kernel.format).
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
