@@ -91,9 +91,10 @@ def test_layer_picks_the_csr_kernel_of_the_level(isa, ksize):
     assert _core.Conv2d(w, None, isa=isa).nnz == np.count_nonzero(w)
 
 
-SHAPES = [  # (cout, cin, h, w): odd sizes, tile and chunk boundaries, many channels
+SHAPES = [  # (cout, cin, h, w): odd sizes, tile and chunk boundaries, many channels,
+    # more outputs than one scratch block, planes 4 KB apart (smaller chunks)
     (3, 2, 1, 1), (5, 3, 3, 17), (7, 9, 37, 53), (20, 13, 4, 16), (17, 64, 3, 200),
-    (40, 30, 2, 257), (33, 256, 2, 48)]
+    (40, 30, 2, 257), (33, 256, 2, 48), (70, 21, 3, 40), (6, 48, 62, 14)]
 SPARSITIES = [0.0, 0.35, 0.7, 0.95, 1.0]
 
 
