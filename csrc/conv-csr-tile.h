@@ -68,7 +68,9 @@ inline int csr_chunk_channels(const ConvTask& t) {
     if (most <= std::max(kL1Ways, mean + mean / 2)) break;
     chunk = chunk * 3 / 4;
   }
-  return chunk;
+  // Equal chunks: a short last one would pay the per-chunk overhead for little work.
+  const int n_chunks = (t.cin + chunk - 1) / std::max(chunk, 1);
+  return n_chunks > 1 ? (t.cin + n_chunks - 1) / n_chunks : std::max(chunk, 1);
 }
 
 // Epilogue of one output channel: + residual after the activation, stored in
