@@ -196,3 +196,39 @@ def test_planes_from_several_features(isa):
         _core.Channels.cat([a.view(), b.view()]), out.view(), _core.PixelSet.full(8, 40))
     ref, scale = reference_conv(x, weights, bias)
     assert_close(out.numpy(), ref, scale)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("ksize", [1, 3])
+def test_cost_model_keeps_lightly_sparse_layers_dense(isa, ksize):
+    """csr_relative_cost falls with sparsity; a layer without zeros (or with 5 %)
+    is never sent to CSR; at 90 % zeros CSR is chosen; an all-zero layer costs
+    less than any other."""
+    rng = np.random.default_rng(2)
+    costs = [_core.csr_relative_cost(sparse_weights(rng, 32, 48, ksize, s), isa)
+             for s in (0.0, 0.05, 0.3, 0.6, 0.9, 1.0)]
+    assert all(a > b for a, b in zip(costs, costs[1:])), costs
+    assert costs[0] > 1.0
+    for s, expect in ((0.0, False), (0.05, False), (0.9, True)):
+        assert _core.csr_beneficial(sparse_weights(rng, 32, 48, ksize, s), isa) is expect
+
+
+def test_cost_model_counts_shared_row_loads():
+    """The same number of zeros costs less when a row's taps are all kept (one
+    load serves three FMAs) than when every row keeps a single tap."""
+    rng = np.random.default_rng(4)
+    w = sparse_weights(rng, 16, 16, 3, 0.0)
+    whole_rows = w.copy()
+    whole_rows[:, :, 1:] = 0          # a third of the weights: row ky = 0 whole
+    one_column = w.copy()
+    one_column[:, :, :, 1:] = 0       # a third of the weights: column kx = 0
+    assert np.count_nonzero(whole_rows) == np.count_nonzero(one_column)
+    assert (_core.csr_relative_cost(whole_rows, "avx512")
+            < _core.csr_relative_cost(one_column, "avx512"))
+
+
+def test_cost_model_rejects_other_kernel_sizes():
+    w = np.ones((2, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError):
+        _core.csr_relative_cost(w, "scalar")
+    assert _core.csr_beneficial(w, "scalar") is False
