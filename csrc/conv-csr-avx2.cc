@@ -26,6 +26,14 @@ struct CsrAvx2 : VecAvx2 {
     return _mm256_castsi256_ps(
         _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(cur), 4));
   }
+  // One input column: lane 0 of an xmm register.
+  using Edge = __m128;
+  static Edge edge_zero() { return _mm_setzero_ps(); }
+  static Edge edge_fmadd(T w, const float* p, Edge acc) {
+    return _mm_fmadd_ps(_mm256_castps256_ps128(w), _mm_load_ss(p), acc);
+  }
+  static T edge_as_last(Edge e) { return _mm256_broadcastss_ps(e); }
+  static T edge_as_first(Edge e) { return _mm256_zextps128_ps256(e); }
 };
 
 }  // namespace

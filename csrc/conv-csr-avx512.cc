@@ -22,6 +22,14 @@ struct CsrAvx512 : VecAvx512 {
     return _mm512_castsi512_ps(
         _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), 1));
   }
+  // One input column: lane 0 of an xmm register.
+  using Edge = __m128;
+  static Edge edge_zero() { return _mm_setzero_ps(); }
+  static Edge edge_fmadd(T w, const float* p, Edge acc) {
+    return _mm_fmadd_ps(_mm512_castps512_ps128(w), _mm_load_ss(p), acc);
+  }
+  static T edge_as_last(Edge e) { return _mm512_broadcastss_ps(e); }
+  static T edge_as_first(Edge e) { return _mm512_zextps128_ps512(e); }
 };
 
 }  // namespace

@@ -12,8 +12,8 @@
 //   Tiles start at a padded column that is a multiple of the vector width and
 //   load the row's aligned vectors once; kx = 1 accumulates them straight into
 //   the output, kx = 0 and kx = 2 into two spare sets that are shifted by one
-//   lane into the output once per output channel (one extra vector on the left
-//   or right). Entries are sorted by mask, so each mask runs straight-line
+//   lane into the output once per output channel (plus one scalar for the
+//   column just outside the tile). Entries are sorted by mask, so each mask runs straight-line
 //   code. A sparse kernel is otherwise bound by one vector load per FMA (about
 //   1.4 zmm loads a cycle on Sapphire Rapids against 2 FMAs); rows with two or
 //   three kx share their loads, and no load splits a cache line.
@@ -28,7 +28,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #include "sparsr.h"
@@ -98,12 +97,14 @@ inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, 
   }
 }
 
-// The entries [begin, end) of one kx mask. left[v + 1] / right[v] gather the
-// kx = 0 / kx = 2 products of aligned vector v; left[0] / right[NV] the
-// vectors just outside the tile.
+// The entries [begin, end) of one kx mask. left[v] / right[v] gather the
+// kx = 0 / kx = 2 products of aligned vector v; left_edge / right_edge the
+// single input column just left / right of the tile, the only lane of the
+// vectors outside the tile that reaches an output.
 template <class V, int NV, int MASK, int STRIDE>
-inline void csr_entries(typename V::T (&acc)[NV], typename V::T (&left)[NV + 1],
-                        typename V::T (&right)[NV + 1], const float* weights,
+inline void csr_entries(typename V::T (&acc)[NV], typename V::T (&left)[NV],
+                        typename V::T (&right)[NV], typename V::Edge& left_edge,
+                        typename V::Edge& right_edge, const float* weights,
                         const int32_t* index, int begin, int end, const float* const* rows,
                         int64_t left_step) {
   using T = typename V::T;
@@ -117,23 +118,23 @@ inline void csr_entries(typename V::T (&acc)[NV], typename V::T (&left)[NV + 1],
     if constexpr (k0) w0 = V::set1(we[0]);
     if constexpr (k1) w1 = V::set1(we[STRIDE == 1 ? 0 : 1]);
     if constexpr (k2) w2 = V::set1(we[2]);
-    if constexpr (k0) left[0] = V::fmadd(w0, V::load(src + left_step), left[0]);
+    if constexpr (k0) left_edge = V::edge_fmadd(w0, src + left_step, left_edge);
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
       const T x = V::load(src + v * W);
-      if constexpr (k0) left[v + 1] = V::fmadd(w0, x, left[v + 1]);
+      if constexpr (k0) left[v] = V::fmadd(w0, x, left[v]);
       if constexpr (k1) acc[v] = V::fmadd(w1, x, acc[v]);
       if constexpr (k2) right[v] = V::fmadd(w2, x, right[v]);
     }
-    if constexpr (k2) right[NV] = V::fmadd(w2, V::load(src + NV * W), right[NV]);
+    if constexpr (k2) right_edge = V::edge_fmadd(w2, src + NV * W, right_edge);
   }
 }
 
 // One tile: NV vectors from padded column X (a multiple of W) of output row
 // y, writing the padded columns [X + lo, X + hi). rows[ci * K + ky] points at
-// padded column X of the input row tap ky reads. left_step is -W, or 0 when
-// X = 0: the extra left vector then only feeds the left border column, which
-// is never stored.
+// padded column X of the input row tap ky reads. left_step is -1, or 0 when
+// X = 0: the left edge then only feeds the left border column, which is
+// never stored.
 template <class V, int K, int NV>
 inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const* rows,
                      int64_t left_step, int64_t offset, int lo, int hi, int chunk,
@@ -162,12 +163,13 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
 #pragma GCC unroll 16
           for (int v = 0; v < NV; ++v) acc[v] = V::load(part + v * W);
         }
-        T left[NV + 1], right[NV + 1];
+        T left[NV], right[NV];
 #pragma GCC unroll 16
-        for (int v = 0; v <= NV; ++v) left[v] = right[v] = V::zero();
+        for (int v = 0; v < NV; ++v) left[v] = right[v] = V::zero();
+        typename V::Edge left_edge = V::edge_zero(), right_edge = V::edge_zero();
         if constexpr (K == 1) {
-          csr_entries<V, NV, 2, 1>(acc, left, right, weights, index, prefix[c0], prefix[c1],
-                                   rows, 0);
+          csr_entries<V, NV, 2, 1>(acc, left, right, left_edge, right_edge, weights, index,
+                                   prefix[c0], prefix[c1], rows, 0);
         } else {
           // All bounds first: a segment's loads then wait on nothing but the
           // previous segment's loop exit.
@@ -178,16 +180,19 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
             end[m] = prefix[m * row + c1];
           }
 #define SPARSR_CSR_MASK(m)                                                                   \
-  csr_entries<V, NV, m, 3>(acc, left, right, weights, index, begin[m - 1], end[m - 1], rows, \
-                           left_step);
+  csr_entries<V, NV, m, 3>(acc, left, right, left_edge, right_edge, weights, index,        \
+                           begin[m - 1], end[m - 1], rows, left_step);
           SPARSR_CSR_MASK(1) SPARSR_CSR_MASK(2) SPARSR_CSR_MASK(3) SPARSR_CSR_MASK(4)
           SPARSR_CSR_MASK(5) SPARSR_CSR_MASK(6) SPARSR_CSR_MASK(7)
 #undef SPARSR_CSR_MASK
           // Output column c takes kx = 0 from input column c - 1, kx = 2 from c + 1.
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v)
-            acc[v] = V::add(acc[v], V::add(V::shift_in_prev(left[v], left[v + 1]),
-                                           V::shift_in_next(right[v], right[v + 1])));
+          for (int v = 0; v < NV; ++v) {
+            const T prev = v == 0 ? V::edge_as_last(left_edge) : left[v - 1];
+            const T next = v == NV - 1 ? V::edge_as_first(right_edge) : right[v + 1];
+            acc[v] = V::add(acc[v], V::add(V::shift_in_prev(prev, left[v]),
+                                           V::shift_in_next(right[v], next)));
+          }
         }
         if (last) {
           csr_store<V, NV>(t, acc, o, offset, lo, hi);
@@ -226,7 +231,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
     for (int i = 0, x = first; i < n_tiles; ++i) {
       const int nv = n_vec * (i + 1) / n_tiles - n_vec * i / n_tiles;
       for (int e = 0; e < n_rows; ++e) rows[e] = row_start[e] + x;
-      const int64_t left_step = x > 0 ? -W : 0;
+      const int64_t left_step = x > 0 ? -1 : 0;
       const int lo = std::max(c_begin - x, 0), hi = std::min(c_end - x, nv * W);
       switch (nv) {
 #define SPARSR_CSR_TILE(n)                                                                   \
