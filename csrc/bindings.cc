@@ -138,6 +138,26 @@ PYBIND11_MODULE(_core, m) {
   }, "(N, M) patterns with a fully unrolled N:M kernel path (csrc/nm-patterns.inc); "
      "other patterns run the generic path.");
 
+  m.def("csr_relative_cost", [](const FloatArray& weight, py::object isa) {
+    if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
+      throw std::invalid_argument("weight must be (cout, cin, k, k)");
+    return csr_relative_cost(weight.data(), static_cast<int>(weight.shape(0)),
+                             static_cast<int>(weight.shape(1)), static_cast<int>(weight.shape(2)),
+                             isa_arg(isa));
+  }, py::arg("weight"), py::arg("isa") = py::none(),
+     "Estimated time of the CSR kernel over the dense kernel for these (cout, cin, k, k) "
+     "weights at the ISA level (default: the active one); below 1, CSR is faster.");
+  m.def("csr_beneficial", [](const FloatArray& weight, py::object isa, double margin) {
+    if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
+      throw std::invalid_argument("weight must be (cout, cin, k, k)");
+    const int k = static_cast<int>(weight.shape(2));
+    if (k != 1 && k != 3) return false;
+    return csr_relative_cost(weight.data(), static_cast<int>(weight.shape(0)),
+                             static_cast<int>(weight.shape(1)), k, isa_arg(isa)) < 1.0 - margin;
+  }, py::arg("weight"), py::arg("isa") = py::none(), py::arg("margin") = 0.05,
+     "Whether format='csr' is expected to run these weights faster than 'dense' by more "
+     "than margin (the model's error is about 0.05), so a lightly sparse layer stays dense.");
+
   py::class_<Feature, std::shared_ptr<Feature>>(m, "Feature")
       .def(py::init<int, int, int>(), py::arg("channels"), py::arg("height"), py::arg("width"))
       .def_static("from_numpy", &feature_from_numpy, py::arg("array"))
@@ -212,6 +232,7 @@ PYBIND11_MODULE(_core, m) {
                   "Whether a pixel set is convolved by gather -> convolve -> scatter.")
       .def_property_readonly("n", &Conv2d::n, "N of an N:M format (0 otherwise).")
       .def_property_readonly("m", &Conv2d::m, "M of an N:M format (0 otherwise).")
+      .def_property_readonly("nnz", &Conv2d::nnz, "Nonzero weights of the layer.")
       .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
                           const PixelSet& pixels, bool relu, int cin, int cout,
                           const Channels* residual) {

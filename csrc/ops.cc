@@ -230,6 +230,8 @@ Conv2d::Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, i
                                 isa_name(active_isa()) + " (CPU or SPARSR_ISA)");
   kernel_ = &find_kernel(format, ksize, isa);
   packed_ = pack_for(*kernel_, weight_oihw, bias, cout, cin, ksize, options);
+  const size_t size = static_cast<size_t>(cout) * cin * ksize * ksize;
+  for (size_t i = 0; i < size; ++i) nnz_ += weight_oihw[i] != 0.0f;
 }
 
 static void check_geometry(const Channels& a, const Channels& b, const char* what) {

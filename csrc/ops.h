@@ -85,6 +85,8 @@ class Conv2d {
   int ksize() const { return packed_.ksize; }
   int n() const { return packed_.n; }  // N:M formats, else 0
   int m() const { return packed_.m; }
+  // Nonzero weights of the layer, whatever the format.
+  int64_t nnz() const { return nnz_; }
 
  private:
   void run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
@@ -92,6 +94,7 @@ class Conv2d {
 
   const KernelInfo* kernel_;
   PackedConv packed_;
+  int64_t nnz_ = 0;
 };
 
 void fill(const Channels& out, const PixelSet& pixels, float value);

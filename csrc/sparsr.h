@@ -97,6 +97,11 @@ constexpr int kNmChunkChannels = 16;
 constexpr int kNmCountStride = 9;
 PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
                    int n, int m);
+PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize);
+// Time of the CSR kernel over the dense one for these weights at this level,
+// estimated (< 1: CSR is faster); and the work measure it rests on. csr-cost.cc.
+double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa);
+double csr_work_fraction(const float* weight_oihw, int cout, int cin, int ksize);
 
 // Packs OIHW weights for the given kernel (dispatches on kernel.format).
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,

@@ -35,8 +35,17 @@ def nm_weights(rng, cout, cin, k, n=2, m=4):
     return np.ascontiguousarray(w, dtype=np.float32), {"n": n, "m": m}
 
 
+def csr_weights(rng, cout, cin, k):
+    """Unstructured: about 60 % zeros, one output and one input channel all zero."""
+    w, _ = dense_weights(rng, cout, cin, k)
+    w[rng.random(w.shape) < 0.6] = 0
+    w[cout // 2] = 0
+    w[:, cin // 3] = 0
+    return w, {}
+
+
 # format -> function(rng, cout, cin, k) -> (weights, Conv2d keyword options)
-WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights}
+WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights, "csr": csr_weights}
 
 
 def reference_conv(x, w, b, relu=False, residual=None):

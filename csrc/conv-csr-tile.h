@@ -1,0 +1,254 @@
+// Unstructured-sparse (CSR) convolution, shared by the AVX2 and AVX-512
+// kernels; the packed layout is documented beside pack_csr in pack.cc.
+//
+// Pixels are vectorised and weights broadcast; registers are blocked over
+// pixels only (output channels have different patterns): a tile is NV vectors
+// of one row, for one output channel at a time. Zero weights cost nothing: a
+// channel's nonzeros are walked through precomputed counts, with no branch on
+// a weight.
+//
+// - Aligned loads, each serving every kx of its input row. The unit of work
+//   is an entry: one (ci, ky) input row of an output channel with its kx mask.
+//   Tiles start at a padded column that is a multiple of the vector width and
+//   load the row's aligned vectors once; kx = 1 accumulates them straight into
+//   the output, kx = 0 and kx = 2 into two spare sets that are shifted by one
+//   lane into the output once per output channel (plus one scalar for the
+//   column just outside the tile). Entries are sorted by mask, so each mask runs straight-line
+//   code. A sparse kernel is otherwise bound by one vector load per FMA (about
+//   1.4 zmm loads a cycle on Sapphire Rapids against 2 FMAs); rows with two or
+//   three kx share their loads, and no load splits a cache line.
+// - Input channel chunks. A tile's inputs over 64 channels (~120 KB) do not
+//   fit in L1 and every output channel walks them, so input channels are
+//   taken in chunks, the partial sums of up to 64 output channels waiting in
+//   a scratch between chunks. A chunk's rows are brought into L1 once per tile;
+//   chunks are about L1-sized, larger than a strict fit, because every chunk
+//   adds seven short loops per output channel (measured on Sapphire Rapids:
+//   24 KB chunks or 16-channel blocks cost 5-10 % more).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "sparsr.h"
+
+namespace sparsr {
+
+// Bytes of input rows one channel chunk reads (L1 is 48 KB on current Intel cores).
+constexpr int kCsrChunkBytes = 48 * 1024;
+// Output channels whose partial sums live in the scratch at once.
+constexpr int kCsrOutBlock = 64;
+
+// kx masks of a 3x3 entry (bit kx), in the order pack_csr stores them.
+constexpr int kCsrMasks3x3 = 7;
+
+// Input channels per chunk for tiles of NV vectors: about kCsrChunkBytes of
+// input rows, fewer when the rows would crowd a few L1 sets. Planes or rows
+// 4 KB apart (ld = 1024, or a plane size that is a multiple of 4 KB) put every
+// channel's row on the same sets, and a 25-channel chunk then thrashes L1
+// (measured 1.4x slower); the set occupancy of the first chunk's rows decides.
+template <int K, int W, int NV>
+inline int csr_chunk_channels(const ConvTask& t) {
+  constexpr int shift = K == 3 ? 0 : 1;
+  constexpr int row_bytes = (K == 3 ? NV + 2 : NV) * W * 4;
+  constexpr int lines_per_row = (row_bytes + 63) / 64;
+  constexpr int kL1Sets = 64, kL1Ways = 12;
+  int chunk = std::max(1, kCsrChunkBytes / (K * row_bytes));
+  while (chunk > 1) {
+    const int channels = std::min(chunk, t.cin);
+    int count[kL1Sets] = {};
+    for (int i = 0; i < channels; ++i)
+      for (int ky = 0; ky < K; ++ky) {
+        const auto first = reinterpret_cast<uintptr_t>(t.in[i] + (ky + shift) * t.ld) / 64;
+        for (int l = 0; l < lines_per_row; ++l) ++count[(first + l) % kL1Sets];
+      }
+    const int most = *std::max_element(count, count + kL1Sets);
+    const int mean = channels * K * lines_per_row / kL1Sets;
+    if (most <= std::max(kL1Ways, mean + mean / 2)) break;
+    chunk = chunk * 3 / 4;
+  }
+  // Equal chunks: a short last one would pay the per-chunk overhead for little work.
+  const int n_chunks = (t.cin + chunk - 1) / std::max(chunk, 1);
+  return n_chunks > 1 ? (t.cin + n_chunks - 1) / n_chunks : std::max(chunk, 1);
+}
+
+// Epilogue of one output channel: + residual after the activation, stored in
+// the padded columns [lo, hi) of the tile (relative to its first column).
+template <class V, int NV>
+inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, int64_t offset,
+                      int lo, int hi) {
+  using T = typename V::T;
+  constexpr int W = V::kWidth;
+  const T zero = V::zero();
+  float* dst = t.out[o] + offset;
+  const float* res = t.residual ? t.residual[o] + offset : nullptr;
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    T x = acc[v];
+    if (t.relu) x = V::max(x, zero);
+    const int a = std::max(lo - v * W, 0), b = std::min(hi - v * W, W);
+    if (a == 0 && b == W) {
+      if (res) x = V::add(x, V::load(res + v * W));
+      V::store(dst + v * W, x);
+    } else if (a < b) {
+      if (res) x = V::add(x, V::load_lanes(res + v * W, a, b));
+      V::store_lanes(dst + v * W, x, a, b);
+    }
+  }
+}
+
+// The entries [begin, end) of one kx mask. left[v] / right[v] gather the
+// kx = 0 / kx = 2 products of aligned vector v; left_edge / right_edge the
+// single input column just left / right of the tile, the only lane of the
+// vectors outside the tile that reaches an output.
+template <class V, int NV, int MASK, int STRIDE>
+inline void csr_entries(typename V::T (&acc)[NV], typename V::T (&left)[NV],
+                        typename V::T (&right)[NV], typename V::Edge& left_edge,
+                        typename V::Edge& right_edge, const float* weights,
+                        const int32_t* index, int begin, int end, const float* const* rows,
+                        int64_t left_step) {
+  using T = typename V::T;
+  constexpr int W = V::kWidth;
+  constexpr bool k0 = MASK & 1, k1 = MASK & 2, k2 = MASK & 4;
+#pragma GCC unroll 2
+  for (int e = begin; e < end; ++e) {
+    const float* src = rows[index[e]];
+    const float* we = weights + static_cast<size_t>(e) * STRIDE;
+    T w0, w1, w2;
+    if constexpr (k0) w0 = V::set1(we[0]);
+    if constexpr (k1) w1 = V::set1(we[STRIDE == 1 ? 0 : 1]);
+    if constexpr (k2) w2 = V::set1(we[2]);
+    if constexpr (k0) left_edge = V::edge_fmadd(w0, src + left_step, left_edge);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      const T x = V::load(src + v * W);
+      if constexpr (k0) left[v] = V::fmadd(w0, x, left[v]);
+      if constexpr (k1) acc[v] = V::fmadd(w1, x, acc[v]);
+      if constexpr (k2) right[v] = V::fmadd(w2, x, right[v]);
+    }
+    if constexpr (k2) right_edge = V::edge_fmadd(w2, src + NV * W, right_edge);
+  }
+}
+
+// One tile: NV vectors from padded column X (a multiple of W) of output row
+// y, writing the padded columns [X + lo, X + hi). rows[ci * K + ky] points at
+// padded column X of the input row tap ky reads. left_step is -1, or 0 when
+// X = 0: the left edge then only feeds the left border column, which is
+// never stored.
+template <class V, int K, int NV>
+inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const* rows,
+                     int64_t left_step, int64_t offset, int lo, int hi, int chunk,
+                     float* scratch) {
+  using T = typename V::T;
+  constexpr int W = V::kWidth;
+  constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
+  const float* weights = w.weights.data();
+  const int32_t* index = w.index.data();
+  const int cin = t.cin;
+  const int row = w.cin + 1;
+  for (int ob = 0; ob < t.cout; ob += kCsrOutBlock) {
+    const int oe = std::min(t.cout, ob + kCsrOutBlock);
+    for (int c0 = 0;; c0 += chunk) {
+      const int c1 = std::min(cin, c0 + chunk);
+      const bool first = c0 == 0, last = c1 == cin;
+      for (int o = ob; o < oe; ++o) {
+        const int32_t* prefix = w.counts.data() + static_cast<size_t>(o) * masks * row;
+        float* part = scratch + (o - ob) * NV * W;
+        T acc[NV];
+        if (first) {
+          const T b = V::set1(w.bias[o]);
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[v] = b;
+        } else {
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[v] = V::load(part + v * W);
+        }
+        T left[NV], right[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) left[v] = right[v] = V::zero();
+        typename V::Edge left_edge = V::edge_zero(), right_edge = V::edge_zero();
+        if constexpr (K == 1) {
+          csr_entries<V, NV, 2, 1>(acc, left, right, left_edge, right_edge, weights, index,
+                                   prefix[c0], prefix[c1], rows, 0);
+        } else {
+          // All bounds first: a segment's loads then wait on nothing but the
+          // previous segment's loop exit.
+          int begin[kCsrMasks3x3], end[kCsrMasks3x3];
+#pragma GCC unroll 8
+          for (int m = 0; m < kCsrMasks3x3; ++m) {
+            begin[m] = prefix[m * row + c0];
+            end[m] = prefix[m * row + c1];
+          }
+#define SPARSR_CSR_MASK(m)                                                                   \
+  csr_entries<V, NV, m, 3>(acc, left, right, left_edge, right_edge, weights, index,        \
+                           begin[m - 1], end[m - 1], rows, left_step);
+          SPARSR_CSR_MASK(1) SPARSR_CSR_MASK(2) SPARSR_CSR_MASK(3) SPARSR_CSR_MASK(4)
+          SPARSR_CSR_MASK(5) SPARSR_CSR_MASK(6) SPARSR_CSR_MASK(7)
+#undef SPARSR_CSR_MASK
+          // Output column c takes kx = 0 from input column c - 1, kx = 2 from c + 1.
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) {
+            const T prev = v == 0 ? V::edge_as_last(left_edge) : left[v - 1];
+            const T next = v == NV - 1 ? V::edge_as_first(right_edge) : right[v + 1];
+            acc[v] = V::add(acc[v], V::add(V::shift_in_prev(prev, left[v]),
+                                           V::shift_in_next(right[v], next)));
+          }
+        }
+        if (last) {
+          csr_store<V, NV>(t, acc, o, offset, lo, hi);
+        } else {
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) V::store(part + v * W, acc[v]);
+        }
+      }
+      if (last) break;
+    }
+  }
+}
+
+// Every run of the task, in tiles over padded columns [x0 + 1, x1 + 1) from a
+// multiple of W: at most NV vectors each, widths balanced so that no narrow
+// tile pays the per-entry overhead for a few pixels.
+template <class V, int K, int NV>
+inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
+  static_assert(NV <= 12, "tile widths are dispatched up to 12 vectors");
+  constexpr int W = V::kWidth;
+  constexpr int shift = K == 3 ? 0 : 1;  // padded row of the first tap
+  alignas(64) float scratch[kCsrOutBlock * NV * W];
+  const int n_rows = t.cin * K;
+  std::vector<const float*> row_start(n_rows + 1), rows(n_rows + 1);
+  const int chunk = csr_chunk_channels<K, W, NV>(t);
+  for (size_t r = 0; r < t.n_runs; ++r) {
+    const Run run = t.runs[r];
+    for (int i = 0; i < t.cin; ++i)
+      for (int ky = 0; ky < K; ++ky)
+        row_start[i * K + ky] = t.in[i] + (run.y + ky + shift) * t.ld;
+    const int64_t out_row = (run.y + 1) * t.ld;
+    const int c_begin = run.x0 + 1, c_end = run.x1 + 1;
+    const int first = c_begin / W * W;
+    const int n_vec = (c_end - first + W - 1) / W;
+    const int n_tiles = (n_vec + NV - 1) / NV;
+    for (int i = 0, x = first; i < n_tiles; ++i) {
+      const int nv = n_vec * (i + 1) / n_tiles - n_vec * i / n_tiles;
+      for (int e = 0; e < n_rows; ++e) rows[e] = row_start[e] + x;
+      const int64_t left_step = x > 0 ? -1 : 0;
+      const int lo = std::max(c_begin - x, 0), hi = std::min(c_end - x, nv * W);
+      switch (nv) {
+#define SPARSR_CSR_TILE(n)                                                                   \
+  case n:                                                                                    \
+    if constexpr (n <= NV)                                                                   \
+      csr_tile<V, K, (n <= NV ? n : NV)>(w, t, rows.data(), left_step, out_row + x, lo, hi, \
+                                         chunk, scratch);                                    \
+    break;
+        SPARSR_CSR_TILE(1) SPARSR_CSR_TILE(2) SPARSR_CSR_TILE(3) SPARSR_CSR_TILE(4)
+        SPARSR_CSR_TILE(5) SPARSR_CSR_TILE(6) SPARSR_CSR_TILE(7) SPARSR_CSR_TILE(8)
+        SPARSR_CSR_TILE(9) SPARSR_CSR_TILE(10) SPARSR_CSR_TILE(11) SPARSR_CSR_TILE(12)
+#undef SPARSR_CSR_TILE
+        default: break;
+      }
+      x += nv * W;
+    }
+  }
+}
+
+}  // namespace sparsr

@@ -1,0 +1,64 @@
+// When the CSR kernels beat the dense ones: a cost model fitted to measurements.
+//
+// The CSR kernels' work is their entries (conv-csr-tile.h): a (ci, ky) input
+// row with its kx mask costs about the cycles below for a tile of 8 zmm
+// vectors (load-bound single taps, FMA-bound rows of two and three taps;
+// microbenchmark on Sapphire Rapids). work_fraction is a layer's entry cost
+// over the same layer with no zeros (a 1x1: its density). Relative to the
+// dense kernel, time is close to linear in it: alpha + beta * work_fraction,
+// fitted per ISA level and kernel size to csr / dense times with random
+// unstructured zeros, 2 threads at 360x640 (scalar 45x80), then moved to the
+// slow side of the shapes measured (cin->cout) so that no layer is made slower:
+//   3x3 AVX-512: 64->64 within 0.02 (sparsity 0-0.7); 32->64, 64->32, 64->16
+//                within 0.05; 128->64 runs 0.1 faster than modelled.
+//   1x1 AVX-512: fit to 32->32 and 64->256, the slowest relative to dense;
+//                256->64 and 64->64 run up to 0.2 faster than modelled.
+//   3x3 AVX2: raised by 0.14 to cover 32->64 and 64->16; 1x1 AVX2 and the
+//   scalar ones: 64->64, within 0.04 (scalar 3x3: 0.08).
+// csr_beneficial (bindings) asks for a margin of 0.05 on top.
+#include <cstddef>
+
+#include "sparsr.h"
+
+namespace sparsr {
+namespace {
+
+// Cycles per 3x3 entry by kx mask (bit kx), index = mask.
+constexpr double kEntryCycles[8] = {0.0, 6.0, 5.8, 9.7, 6.0, 9.3, 9.7, 13.1};
+
+struct Fit {
+  double alpha, beta;
+};
+
+// [isa][ksize == 3]
+constexpr Fit kFits[3][2] = {
+    {{-0.06, 1.54}, {0.55, 1.09}},  // scalar: 1x1, 3x3
+    {{0.63, 0.57}, {0.30, 0.85}},   // avx2
+    {{0.30, 0.92}, {0.21, 0.96}},   // avx512
+};
+
+}  // namespace
+
+double csr_work_fraction(const float* weight_oihw, int cout, int cin, int ksize) {
+  const size_t rows = static_cast<size_t>(cout) * cin * ksize;
+  if (rows == 0) return 0.0;
+  double work = 0.0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* w = weight_oihw + r * ksize;
+    if (ksize == 1) {
+      work += w[0] != 0.0f;
+    } else {
+      work += kEntryCycles[(w[0] != 0.0f) | (w[1] != 0.0f) << 1 | (w[2] != 0.0f) << 2];
+    }
+  }
+  return work / (static_cast<double>(rows) * (ksize == 1 ? 1.0 : kEntryCycles[7]));
+}
+
+double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa) {
+  if (ksize != 1 && ksize != 3)
+    throw std::invalid_argument("CSR kernels exist for 1x1 and 3x3 convolutions only");
+  const Fit fit = kFits[static_cast<int>(isa)][ksize == 3];
+  return fit.alpha + fit.beta * csr_work_fraction(weight_oihw, cout, cin, ksize);
+}
+
+}  // namespace sparsr
