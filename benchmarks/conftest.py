@@ -108,12 +108,14 @@ def smsr_path(shared_dir, work_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def sparsmsr_paths(smsr_path, work_dir) -> dict[str, Path]:
-    """SparSMSR 1a-3b made by tools/make_sparsmsr.py from the stored sensitivities."""
+    """SparSMSR 1a-3b made by tools/make_sparsmsr.py from the sensitivities that
+    tools/sensitivity.py measured (Table 1, kept in tools/data/)."""
     tool = TOOLS / "make_sparsmsr.py"
     if not tool.is_file():
         pytest.skip("tools/make_sparsmsr.py is not available")
     out = work_dir / "sparsmsr"
-    _run_tool(tool, "--base", smsr_path, "--out", out)
+    _run_tool(tool, "--base", smsr_path, "--sensitivity",
+              TOOLS / "data" / "sensitivity_smsr_x2_psnr.json", "--out-dir", out)
     paths = {p.stem.split("_")[-1]: p for p in out.glob("sparsmsr_*.pt")}
     if not paths:
         pytest.skip("make_sparsmsr.py produced no models")
