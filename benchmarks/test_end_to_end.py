@@ -1,7 +1,8 @@
 """End-to-end x2 upscale of a 640x360 photo: sparsr dense, SMSR with masks,
 SparSMSR 1b/2b/3b, SMSR + 2:4, and PyTorch's own dense run of the same network
 (channels_last, the strongest PyTorch CPU configuration), all in one session.
-Peak RSS of each is measured in a fresh process."""
+Peak RSS of each is measured in a fresh process, as its VmHWM (ru_maxrss would
+carry over the RSS of the pytest process that started it)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from conftest import TOOLS, Row
 ROUNDS = 5
 
 _RSS_SPARSR = """
-import resource, sys, numpy as np, sparsr
+import sys, numpy as np, sparsr
 m = sparsr.load(sys.argv[1])
 m.forward(np.load(sys.argv[3]), sys.argv[2])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024)
 """
 
 _RSS_TORCH = """
-import resource, sys, numpy as np, torch
+import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import torch_smsr
 from sparsr import checkpoint
@@ -32,7 +33,7 @@ net = torch_smsr.SMSR.from_state_dict(tensors).eval().to(memory_format=torch.cha
 x = torch.from_numpy(np.load(sys.argv[3])).permute(2, 0, 1)[None].float()
 with torch.inference_mode():
     net(x.contiguous(memory_format=torch.channels_last))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024)
 """
 
 

@@ -12,7 +12,6 @@ double fma_loop_avx512(long iterations) {
   for (long it = 0; it < iterations; ++it) {
 #pragma GCC unroll 24
     for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
   }
   __m512 s = acc[0];
   for (int i = 1; i < 24; ++i) s = _mm512_add_ps(s, acc[i]);
