@@ -71,7 +71,7 @@ class _Module(nn.Module):
                 dense_in = self.dense[i]
         else:
             for conv in self.layers:
-                y = F.relu(conv(y))
+                y = F.relu(conv(y), inplace=True)   # in place, as the authors' nn.ReLU(True)
                 outs.append(y)
         y = self.collect(torch.cat(outs, 1))
         s = torch.sigmoid(self.ca2(F.relu(self.ca1(y.mean(dim=(2, 3), keepdim=True)))))
@@ -110,12 +110,12 @@ class SMSR(nn.Module):
     def forward(self, x: torch.Tensor, masks: bool = False) -> torch.Tensor:
         """x: (N, 3, H, W) on 0..255 -> (N, 3, sH, sW) on 0..255, unrounded."""
         x0 = torch.einsum("oc,nchw->nohw", self.in_matrix, x) + self.in_bias.view(1, -1, 1, 1)
-        h = self.head2(F.relu(self.head1(x0)))
+        h = self.head2(F.relu(self.head1(x0), inplace=True))
         fea, outs = h, []
         for block in self.blocks:
             fea = block(fea, masks)
             outs.append(fea)
-        y = self.collect2(F.relu(self.collect1(torch.cat(outs, 1)))) + h
+        y = self.collect2(F.relu(self.collect1(torch.cat(outs, 1)), inplace=True)) + h
         y = F.pixel_shuffle(self.tail(y), self.scale)
         y = y + F.interpolate(x0, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return torch.einsum("oc,nchw->nohw", self.out_matrix, y) + self.out_bias.view(1, -1, 1, 1)
