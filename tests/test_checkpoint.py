@@ -35,6 +35,13 @@ def test_round_trip(tmp_path):
     assert loaded["a"].flags.writeable  # a private copy, not a view of the file
 
 
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    path, _ = _sample(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_save_refuses_unstorable_dtype_and_leaves_nothing(tmp_path):
     path = tmp_path / "m.pt"
     with pytest.raises(CheckpointError, match="dtype"):

@@ -80,11 +80,19 @@ def save(path: str | os.PathLike, model: Mapping[str, Any], tensors: Mapping[str
                 pos = off + len(data)
             f.flush()
             os.fsync(f.fileno())
+        _chmod_as_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _chmod_as_new_file(path: str) -> None:
+    """mkstemp makes 0600 files; give the result the mode a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _describe_foreign(head: bytes) -> str:

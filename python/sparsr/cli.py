@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import cpu_info, load
+from .checkpoint import _chmod_as_new_file
 from .errors import SparsrError
 from .image import read
 
@@ -29,6 +30,7 @@ def _save_atomic(img, path: str) -> None:
     os.close(fd)
     try:
         img.save(tmp)
+        _chmod_as_new_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
