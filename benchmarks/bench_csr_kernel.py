@@ -53,15 +53,18 @@ def time_layers(layers: dict, cin: int, cout: int, height: int, width: int, repe
 def csr_vs_dense(cout: int, cin: int, ksize: int, height: int, width: int,
                  sparsities=(0.35, 0.5, 0.7), isa: str = "avx512", repeats: int = 7,
                  seed: int = 0, clock=time.perf_counter) -> dict:
-    """{"dense": ms, s: ms, ...} for one layer shape (dense weights have no zeros)."""
+    """{"dense": ms, s: ms, ...} for one layer shape (dense weights have no zeros),
+    and {("model", s): csr / dense time predicted by _core.csr_relative_cost}."""
     rng = np.random.default_rng(seed)
     bias = rng.standard_normal(cout).astype(np.float32)
     layers = {"dense": _core.Conv2d(random_sparse_weight(rng, cout, cin, ksize, 0.0), bias,
                                     isa=isa, format="dense")}
+    model = {}
     for s in sparsities:
-        layers[s] = _core.Conv2d(random_sparse_weight(rng, cout, cin, ksize, s), bias, isa=isa,
-                                 format="csr")
-    return time_layers(layers, cin, cout, height, width, repeats, seed, clock)
+        weight = random_sparse_weight(rng, cout, cin, ksize, s)
+        layers[s] = _core.Conv2d(weight, bias, isa=isa, format="csr")
+        model[("model", s)] = _core.csr_relative_cost(weight, isa)
+    return {**time_layers(layers, cin, cout, height, width, repeats, seed, clock), **model}
 
 
 def main() -> None:
@@ -87,8 +90,9 @@ def main() -> None:
         for s in sparsities:
             ratio = ms[s] / ((1.0 - s) * ms["dense"])
             verdict = "ok" if ratio <= args.target else "SLOW"
-            print(f"  csr s={s:.2f}: {ms[s]:7.2f} ms  csr/((1-s) dense) = {ratio:.2f}  "
-                  f"(target {args.target}) {verdict}")
+            print(f"  csr s={s:.2f}: {ms[s]:7.2f} ms  csr/((1-s) dense) = {ratio:.2f} "
+                  f"(target {args.target}) {verdict:4}  csr/dense = {ms[s] / ms['dense']:.2f} "
+                  f"(cost model {ms[('model', s)]:.2f})")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ namespace sparsr {
 namespace {
 
 struct CsrAvx512 : VecAvx512 {
-  static __mmask16 lanes(int lo, int hi) {
-    return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  // The lanes whose bit is set in bits.
+  static void store_lanes(float* p, T v, uint32_t bits) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(bits), v);
   }
-  static void store_lanes(float* p, T v, int lo, int hi) { _mm512_mask_storeu_ps(p, lanes(lo, hi), v); }
-  static T load_lanes(const float* p, int lo, int hi) { return _mm512_maskz_loadu_ps(lanes(lo, hi), p); }
+  static T load_lanes(const float* p, uint32_t bits) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(bits), p);
+  }
   // [prev[15], cur[0..14]] and [cur[1..15], next[0]].
   static T shift_in_prev(T prev, T cur) {
     return _mm512_castsi512_ps(

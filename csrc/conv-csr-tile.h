@@ -73,12 +73,13 @@ inline int csr_chunk_channels(const ConvTask& t) {
 }
 
 // Epilogue of one output channel: + residual after the activation, stored in
-// the padded columns [lo, hi) of the tile (relative to its first column).
+// the lanes of each vector that lane_bits[v] selects (bit i: lane i).
 template <class V, int NV>
 inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, int64_t offset,
-                      int lo, int hi) {
+                      const uint32_t* lane_bits) {
   using T = typename V::T;
   constexpr int W = V::kWidth;
+  constexpr uint32_t all = (1u << W) - 1u;
   const T zero = V::zero();
   float* dst = t.out[o] + offset;
   const float* res = t.residual ? t.residual[o] + offset : nullptr;
@@ -86,13 +87,13 @@ inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, 
   for (int v = 0; v < NV; ++v) {
     T x = acc[v];
     if (t.relu) x = V::max(x, zero);
-    const int a = std::max(lo - v * W, 0), b = std::min(hi - v * W, W);
-    if (a == 0 && b == W) {
+    const uint32_t bits = lane_bits[v];
+    if (bits == all) {
       if (res) x = V::add(x, V::load(res + v * W));
       V::store(dst + v * W, x);
-    } else if (a < b) {
-      if (res) x = V::add(x, V::load_lanes(res + v * W, a, b));
-      V::store_lanes(dst + v * W, x, a, b);
+    } else if (bits) {
+      if (res) x = V::add(x, V::load_lanes(res + v * W, bits));
+      V::store_lanes(dst + v * W, x, bits);
     }
   }
 }
@@ -131,14 +132,14 @@ inline void csr_entries(typename V::T (&acc)[NV], typename V::T (&left)[NV],
 }
 
 // One tile: NV vectors from padded column X (a multiple of W) of output row
-// y, writing the padded columns [X + lo, X + hi). rows[ci * K + ky] points at
+// y, writing the lanes lane_bits selects. rows[ci * K + ky] points at
 // padded column X of the input row tap ky reads. left_step is -1, or 0 when
 // X = 0: the left edge then only feeds the left border column, which is
 // never stored.
 template <class V, int K, int NV>
 inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const* rows,
-                     int64_t left_step, int64_t offset, int lo, int hi, int chunk,
-                     float* scratch) {
+                     int64_t left_step, int64_t offset, const uint32_t* lane_bits,
+                     int chunk, float* scratch) {
   using T = typename V::T;
   constexpr int W = V::kWidth;
   constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
@@ -195,7 +196,7 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
           }
         }
         if (last) {
-          csr_store<V, NV>(t, acc, o, offset, lo, hi);
+          csr_store<V, NV>(t, acc, o, offset, lane_bits);
         } else {
 #pragma GCC unroll 16
           for (int v = 0; v < NV; ++v) V::store(part + v * W, acc[v]);
@@ -206,9 +207,11 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
   }
 }
 
-// Every run of the task, in tiles over padded columns [x0 + 1, x1 + 1) from a
-// multiple of W: at most NV vectors each, widths balanced so that no narrow
-// tile pays the per-entry overhead for a few pixels.
+// Every row of the task's runs: the runs of a row (consecutive in the list)
+// are merged into a lane mask over aligned vectors, so that short runs in one
+// vector share its work; each stretch of vectors with pixels is cut into tiles
+// of at most NV vectors, widths balanced so that no narrow tile pays the
+// per-entry overhead for a few pixels.
 template <class V, int K, int NV>
 inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   static_assert(NV <= 12, "tile widths are dispatched up to 12 vectors");
@@ -217,36 +220,63 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   alignas(64) float scratch[kCsrOutBlock * NV * W];
   const int n_rows = t.cin * K;
   std::vector<const float*> row_start(n_rows + 1), rows(n_rows + 1);
+  std::vector<uint32_t> lane_bits;
   const int chunk = csr_chunk_channels<K, W, NV>(t);
-  for (size_t r = 0; r < t.n_runs; ++r) {
-    const Run run = t.runs[r];
-    for (int i = 0; i < t.cin; ++i)
-      for (int ky = 0; ky < K; ++ky)
-        row_start[i * K + ky] = t.in[i] + (run.y + ky + shift) * t.ld;
-    const int64_t out_row = (run.y + 1) * t.ld;
-    const int c_begin = run.x0 + 1, c_end = run.x1 + 1;
-    const int first = c_begin / W * W;
-    const int n_vec = (c_end - first + W - 1) / W;
-    const int n_tiles = (n_vec + NV - 1) / NV;
-    for (int i = 0, x = first; i < n_tiles; ++i) {
-      const int nv = n_vec * (i + 1) / n_tiles - n_vec * i / n_tiles;
-      for (int e = 0; e < n_rows; ++e) rows[e] = row_start[e] + x;
-      const int64_t left_step = x > 0 ? -1 : 0;
-      const int lo = std::max(c_begin - x, 0), hi = std::min(c_end - x, nv * W);
-      switch (nv) {
-#define SPARSR_CSR_TILE(n)                                                                   \
-  case n:                                                                                    \
-    if constexpr (n <= NV)                                                                   \
-      csr_tile<V, K, (n <= NV ? n : NV)>(w, t, rows.data(), left_step, out_row + x, lo, hi, \
-                                         chunk, scratch);                                    \
-    break;
-        SPARSR_CSR_TILE(1) SPARSR_CSR_TILE(2) SPARSR_CSR_TILE(3) SPARSR_CSR_TILE(4)
-        SPARSR_CSR_TILE(5) SPARSR_CSR_TILE(6) SPARSR_CSR_TILE(7) SPARSR_CSR_TILE(8)
-        SPARSR_CSR_TILE(9) SPARSR_CSR_TILE(10) SPARSR_CSR_TILE(11) SPARSR_CSR_TILE(12)
-#undef SPARSR_CSR_TILE
-        default: break;
+  for (size_t r = 0; r < t.n_runs;) {
+    const int y = t.runs[r].y;
+    // Padded columns [x0 + 1, x1 + 1) of the row's runs, as bits from column `first`.
+    size_t r_end = r;
+    int c_lo = 0, c_hi = 0;
+    for (; r_end < t.n_runs && t.runs[r_end].y == y; ++r_end) {
+      const Run run = t.runs[r_end];
+      if (run.x1 <= run.x0) continue;
+      c_lo = c_hi > c_lo ? std::min(c_lo, run.x0 + 1) : run.x0 + 1;
+      c_hi = std::max(c_hi, run.x1 + 1);
+    }
+    const int first = c_lo / W * W;
+    const int n_vec = c_hi > c_lo ? (c_hi - first + W - 1) / W : 0;
+    lane_bits.assign(n_vec, 0u);
+    for (; r < r_end; ++r) {
+      for (int c = t.runs[r].x0 + 1; c < t.runs[r].x1 + 1;) {
+        const int v = (c - first) / W, lane = (c - first) % W;
+        const int take = std::min(t.runs[r].x1 + 1 - c, W - lane);
+        lane_bits[v] |= (take == 32 ? ~0u : (1u << take) - 1u) << lane;
+        c += take;
       }
-      x += nv * W;
+    }
+    if (n_vec == 0) continue;
+    for (int i = 0; i < t.cin; ++i)
+      for (int ky = 0; ky < K; ++ky) row_start[i * K + ky] = t.in[i] + (y + ky + shift) * t.ld;
+    const int64_t out_row = (y + 1) * t.ld;
+    for (int v = 0; v < n_vec;) {
+      if (!lane_bits[v]) {
+        ++v;
+        continue;
+      }
+      int stretch = 0;
+      while (v + stretch < n_vec && lane_bits[v + stretch]) ++stretch;
+      const int n_tiles = (stretch + NV - 1) / NV;
+      for (int i = 0; i < n_tiles; ++i) {
+        const int nv = stretch * (i + 1) / n_tiles - stretch * i / n_tiles;
+        const int x = first + v * W;
+        for (int e = 0; e < n_rows; ++e) rows[e] = row_start[e] + x;
+        const int64_t left_step = x > 0 ? -1 : 0;
+        const uint32_t* bits = lane_bits.data() + v;
+        switch (nv) {
+#define SPARSR_CSR_TILE(n)                                                                 \
+  case n:                                                                                  \
+    if constexpr (n <= NV)                                                                 \
+      csr_tile<V, K, (n <= NV ? n : NV)>(w, t, rows.data(), left_step, out_row + x, bits, \
+                                         chunk, scratch);                                  \
+    break;
+          SPARSR_CSR_TILE(1) SPARSR_CSR_TILE(2) SPARSR_CSR_TILE(3) SPARSR_CSR_TILE(4)
+          SPARSR_CSR_TILE(5) SPARSR_CSR_TILE(6) SPARSR_CSR_TILE(7) SPARSR_CSR_TILE(8)
+          SPARSR_CSR_TILE(9) SPARSR_CSR_TILE(10) SPARSR_CSR_TILE(11) SPARSR_CSR_TILE(12)
+#undef SPARSR_CSR_TILE
+          default: break;
+        }
+        v += nv;
+      }
     }
   }
 }
