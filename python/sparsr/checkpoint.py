@@ -66,18 +66,27 @@ def save(path: str | os.PathLike, model: Mapping[str, Any], tensors: Mapping[str
     header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
     data_start = _align(_PREFIX.size + len(header_bytes))
 
+    def write(f) -> None:
+        f.write(_PREFIX.pack(MAGIC, VERSION, 0, len(header_bytes)))
+        f.write(header_bytes)
+        f.write(b"\0" * (data_start - _PREFIX.size - len(header_bytes)))
+        pos = 0
+        for off, data in blobs:
+            f.write(b"\0" * (off - pos))
+            f.write(data)
+            pos = off + len(data)
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
+    """Calls write(binary file) on a temporary file beside path, then renames it
+    into place: a failure never leaves half a file nor touches an existing one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, VERSION, 0, len(header_bytes)))
-            f.write(header_bytes)
-            f.write(b"\0" * (data_start - _PREFIX.size - len(header_bytes)))
-            pos = 0
-            for off, data in blobs:
-                f.write(b"\0" * (off - pos))
-                f.write(data)
-                pos = off + len(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         _chmod_as_new_file(tmp)

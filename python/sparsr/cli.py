@@ -11,31 +11,23 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from . import cpu_info, load
-from .checkpoint import _chmod_as_new_file
+from .checkpoint import write_atomically
 from .errors import SparsrError
 from .image import read
 
 
 def _save_atomic(img, path: str) -> None:
     """Writes next to the target, then renames: a failure never leaves half a file."""
-    target = Path(path)
-    suffix = target.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=suffix,
-                               dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
-    try:
-        img.save(tmp)
-        _chmod_as_new_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image file extension {Path(path).suffix!r}")
+    write_atomically(path, lambda f: img.save(f, format=fmt))
 
 
 def _upscale(args) -> int:
