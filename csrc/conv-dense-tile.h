@@ -9,7 +9,7 @@ namespace sparsr {
 
 template <class V, int K, int BLOCK, int NV>
 inline void dense_tile(const float* wblock, const float* bias, const ConvTask& t, int cin_total,
-                       int y, int x, int n_pixels, int n_out, float* const* out,
+                       int y, int x, int lo, int hi, int n_out, float* const* out,
                        const float* const* residual) {
   using T = typename V::T;
   constexpr int W = V::kWidth;
@@ -54,13 +54,13 @@ inline void dense_tile(const float* wblock, const float* bias, const ConvTask& t
     for (int v = 0; v < NV; ++v) {
       T r = acc[c][v];
       if (t.relu) r = V::max(r, zero);
-      const int left = n_pixels - v * W;
-      if (left >= W) {
+      const int first = lo - v * W, end = hi - v * W;  // stored lanes [first, end)
+      if (first <= 0 && end >= W) {
         if (res) r = V::add(r, V::load(res + v * W));
         V::store(dst + v * W, r);
-      } else if (left > 0) {
-        if (res) r = V::add(r, V::load_first(res + v * W, left));
-        V::store_first(dst + v * W, r, left);
+      } else if (end > 0 && first < W) {
+        if (res) r = V::add(r, V::load_range(res + v * W, first, end));
+        V::store_range(dst + v * W, r, first, end);
       }
     }
   }
@@ -81,16 +81,26 @@ inline void conv_dense_simd(const PackedConv& w, const ConvTask& t) {
       const int n_out = t.cout - b * BLOCK < BLOCK ? t.cout - b * BLOCK : BLOCK;
       float* const* out = t.out + b * BLOCK;
       const float* const* res = t.residual ? t.residual + b * BLOCK : nullptr;
-      int x = run.x0;
-      for (; x + NV * W <= run.x1; x += NV * W)
-        dense_tile<V, K, BLOCK, NV>(wb, bias, t, w.cin, run.y, x, NV * W, n_out, out, res);
-      const int left = run.x1 - x;
+      // A 1x1 tile starts at an aligned padded column (interior x + 1), so that
+      // no load splits a cache line (measured: 1.2x faster at 256->64); the
+      // lanes before the run are not stored. A 3x3 reads three columns
+      // anyway, and its x = 0 tile already has the kx = 0 loads aligned.
+      int x = run.x0, lo = 0;
+      if (K == 1) {
+        lo = (run.x0 + 1) % W;
+        x = run.x0 - lo;
+      }
+      const int end = run.x1 - x;  // stored lanes of the run: [lo, end) from x
+      int done = 0;
+      for (; done + NV * W <= end; done += NV * W, lo = 0)
+        dense_tile<V, K, BLOCK, NV>(wb, bias, t, w.cin, run.y, x + done, lo, NV * W, n_out, out, res);
+      const int left = end - done;
       if (left > 2 * W && NV >= 3)
-        dense_tile<V, K, BLOCK, (NV >= 3 ? 3 : NV)>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+        dense_tile<V, K, BLOCK, (NV >= 3 ? 3 : NV)>(wb, bias, t, w.cin, run.y, x + done, lo, left, n_out, out, res);
       else if (left > W && NV >= 2)
-        dense_tile<V, K, BLOCK, (NV >= 2 ? 2 : NV)>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+        dense_tile<V, K, BLOCK, (NV >= 2 ? 2 : NV)>(wb, bias, t, w.cin, run.y, x + done, lo, left, n_out, out, res);
       else if (left > 0)
-        dense_tile<V, K, BLOCK, 1>(wb, bias, t, w.cin, run.y, x, left, n_out, out, res);
+        dense_tile<V, K, BLOCK, 1>(wb, bias, t, w.cin, run.y, x + done, lo, left, n_out, out, res);
     }
   }
 }

@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace sparsr {
 
 #if defined(__AVX512F__)
@@ -25,6 +27,18 @@ struct VecAvx512 {
   static T load_first(const float* p, int n) {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
   }
+  // Lanes [first, end), with first < end, clipped to the vector.
+  static __mmask16 range_mask(int first, int end) {
+    const uint32_t lo = first <= 0 ? 0u : (1u << first) - 1u;
+    const uint32_t hi = end >= 16 ? 0xffffu : (1u << end) - 1u;
+    return static_cast<__mmask16>(hi & ~lo);
+  }
+  static void store_range(float* p, T v, int first, int end) {
+    _mm512_mask_storeu_ps(p, range_mask(first, end), v);
+  }
+  static T load_range(const float* p, int first, int end) {
+    return _mm512_maskz_loadu_ps(range_mask(first, end), p);
+  }
 };
 #endif
 
@@ -45,6 +59,18 @@ struct VecAvx2 {
   }
   static void store_first(float* p, T v, int n) { _mm256_maskstore_ps(p, first_mask(n), v); }
   static T load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_mask(n)); }
+  // Lanes [first, end), with first < end, clipped to the vector.
+  static __m256i range_mask(int first, int end) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(first), lanes),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(end), lanes));
+  }
+  static void store_range(float* p, T v, int first, int end) {
+    _mm256_maskstore_ps(p, range_mask(first, end), v);
+  }
+  static T load_range(const float* p, int first, int end) {
+    return _mm256_maskload_ps(p, range_mask(first, end));
+  }
 };
 #endif
 
