@@ -7,6 +7,8 @@
 #include <map>
 #include <mutex>
 
+#include <sys/mman.h>
+
 #include "threadpool.h"
 
 namespace sparsr {
@@ -38,9 +40,16 @@ class BufferPool {
         return p;
       }
     }
-    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    // 2 MB aligned and advised as huge pages: a convolution tile reads a row
+    // of every input channel, each in its own 4 KB page, which alone overflows
+    // the first-level TLB (measured: 1x1 256->64 ran 1.4x faster on huge pages).
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
     if (!p) throw std::bad_alloc();
-    return p;
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+    return static_cast<float*>(p);
   }
 
   void give(float* p, size_t bytes) {
@@ -54,6 +63,7 @@ class BufferPool {
   }
 
  private:
+  static constexpr size_t kHugePage = size_t(2) << 20;
   static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
   std::mutex mutex_;
   std::multimap<size_t, float*> free_;
@@ -320,6 +330,19 @@ GatherBuffers& gather_buffers() {
 
 }  // namespace
 
+// Copies n floats in blocks of kCopyOver, the last block whole: inline, with
+// no call and no tail loop, for the many short runs of a gather.
+constexpr int64_t kCopyOver = 16;
+// Runs are scattered over features far larger than the caches, so copies wait
+// on memory: while copying channel c, the same runs of channel c + kGatherAhead
+// are prefetched (measured: a 1x1 over SMSR's important pixels 1.6x faster,
+// a 3x3 1.2x; 2 and 8 channels ahead did less well than 4).
+constexpr int kGatherAhead = 4;
+static_assert(kFeatureSlack >= kCopyOver, "over-copies must stay inside a feature");
+inline void copy_over(float* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; i += kCopyOver) std::memcpy(dst + i, src + i, kCopyOver * sizeof(float));
+}
+
 // Gather -> convolve -> scatter. Each run is copied with a halo of ksize / 2
 // pixels on both sides (and the rows above and below for a 3x3) into a short
 // planar feature of a single row; the layer's own kernel then convolves that
@@ -357,18 +380,30 @@ void Conv2d::run_gathered(const Channels& in, const Channels& out, const PixelSe
     for (int c = 0; c < cin; ++c) buf.in_planes[c] = buf.in.data() + c * plane;
     for (int c = 0; c < cout; ++c) buf.out_planes[c] = buf.out.data() + c * plane;
 
+    // Rows of every run, in increasing buffer order: a copy may write up to
+    // kCopyOver - 1 floats past its end (into buffer slack, or a place a
+    // later copy fills), and reads as far past the run in the source
+    // (features carry kFeatureSlack floats after the last plane).
     const int first_row = 1 - halo, n_rows = 2 * halo + 1;
     for (int c = 0; c < cin; ++c) {
       float* dst_plane = buf.in.data() + c * plane;
-      int64_t pos = 1 - halo;
-      for (size_t r = r0; r < r1; ++r) {
-        const Run run = pixels.runs[r];
-        const int64_t n = run.x1 - run.x0 + 2 * halo;
-        for (int dy = 0; dy < n_rows; ++dy) {
-          const float* src = in.planes[c] + (run.y + first_row + dy) * in.ld + run.x0 + 1 - halo;
-          std::memcpy(dst_plane + (first_row + dy) * ld + pos, src, n * sizeof(float));
+      for (int dy = 0; dy < n_rows; ++dy) {
+        float* dst_row = dst_plane + (first_row + dy) * ld;
+        const float* src_row = in.planes[c] + (first_row + dy + 1) * in.ld + 1 - halo;
+        int64_t pos = 1 - halo;
+        const float* ahead_row = c + kGatherAhead < cin
+            ? in.planes[c + kGatherAhead] + (first_row + dy + 1) * in.ld + 1 - halo : nullptr;
+        for (size_t r = r0; r < r1; ++r) {
+          const Run run = pixels.runs[r];
+          const int64_t n = run.x1 - run.x0 + 2 * halo;
+          const int64_t at = (run.y - 1) * in.ld + run.x0;
+          if (ahead_row) {
+            __builtin_prefetch(ahead_row + at);
+            __builtin_prefetch(ahead_row + at + n - 1);
+          }
+          copy_over(dst_row + pos, src_row + at, n);
+          pos += n;
         }
-        pos += n;
       }
     }
 
@@ -387,16 +422,23 @@ void Conv2d::run_gathered(const Channels& in, const Channels& out, const PixelSe
 
     for (int c = 0; c < cout; ++c) {
       const float* src_plane = buf.out.data() + c * plane + ld + 1;  // interior row 0
+      float* ahead = c + kGatherAhead < cout ? out.planes[c + kGatherAhead] : nullptr;
       int64_t pos = 0;
       for (size_t r = r0; r < r1; ++r) {
         const Run run = pixels.runs[r];
         const int n = run.x1 - run.x0;
         const float* src = src_plane + pos;
-        float* dst = out.planes[c] + (run.y + 1) * out.ld + run.x0 + 1;
+        const int64_t at = (run.y + 1) * out.ld + run.x0 + 1;
+        if (ahead) {
+          __builtin_prefetch(ahead + at, 1);
+          __builtin_prefetch(ahead + at + n - 1, 1);
+        }
+        float* dst = out.planes[c] + at;
+        // Exact and inline: runs average 5-10 pixels.
         if (accumulate) {
           for (int i = 0; i < n; ++i) dst[i] += src[i];
         } else {
-          std::memcpy(dst, src, n * sizeof(float));
+          for (int i = 0; i < n; ++i) dst[i] = src[i];
         }
         pos += n + 2 * halo;
       }
