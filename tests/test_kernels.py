@@ -280,7 +280,7 @@ def test_sparse_pixel_sets_gathered_and_accumulated(kernel, density):
     mask = rng.random((h, w)) < density
     mask[0, :] = True    # one long run among the short ones
     pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
-    assert _core.Conv2d.use_gather(pixels) == (pixels.count < 40 * pixels.n_runs)
+    assert _core.Conv2d.use_gather(pixels) == (pixels.count < 16 * pixels.n_runs)
     layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
     fi, fo = _core.Feature.from_numpy(x), _core.Feature.from_numpy(before)
     layer(fi.view(), fo.view(), pixels, relu=True, cin=17, cout=11, residual=fo.view())
