@@ -14,7 +14,7 @@ sparse->dense, sparse->sparse at important pixels) with one kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class _Conv:
     """A packed convolution plus its bookkeeping."""
 
     def __init__(self, spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None,
-                 with_bias: bool = True):
+                 with_bias: bool = True, dense_cin: int | None = None):
         w = np.ascontiguousarray(spec.weight if weight is None else weight, dtype=np.float32)
         self.name = spec.name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
@@ -102,6 +102,9 @@ class _Conv:
         self.native = _core.Conv2d(w, spec.bias if with_bias else None, isa=isa,
                                    format=self.format, **spec.options)
         self.weight = w
+        # Input channels of the whole layer this conv computes part of: dense
+        # MACs are counted as for the whole layer.
+        self.dense_cin = self.cin if dense_cin is None else dense_cin
         # Formats other than dense skip zero weights: only nonzeros cost a MAC.
         self.skips_zeros = self.format != "dense"
         self._nonzeros_in = {}
@@ -119,7 +122,7 @@ class _Conv:
         self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual)
         ci = self.cin if cin < 0 else cin
         co = self.cout if cout < 0 else cout
-        dense = (dense_pixels or 0) * self.cin * self.cout * self.k * self.k
+        dense = (dense_pixels or 0) * self.dense_cin * self.cout * self.k * self.k
         counter.add(self.name, pixels.count * self.macs_per_pixel(ci, co), dense)
 
 
@@ -148,17 +151,27 @@ class _Module:
         # Layer i's inputs are layer i-1's outputs in storage order, so its
         # weight columns are permuted too -- except for N:M weights, whose
         # groups of M input channels are defined in the original order: those
-        # read their input through a pointer list in the original order and
-        # give up the input skip (sparse inputs are fed as zeros instead).
-        self.layers, self.natural_input = [], []
+        # read their input through a pointer list in the original order, the
+        # sparse inputs fed as zeros where they are zero (important pixels
+        # around unimportant ones).
+        #
+        # At unimportant pixels such a layer runs instead as a zero-skip conv
+        # over the dense inputs in storage order: its N:M groups lose their
+        # shape once the sparse inputs are cut away, but the zeros it keeps
+        # are still skipped, and so are the sparse inputs (input skip).
+        self.layers, self.natural_input, self.unimportant_layers = [], [], []
         for i in range(n_layers):
             spec = specs[f"{prefix}.body.body.{i}"]
             natural = i == 0 or spec.format == "nm"
             w = spec.weight[self.perm[i]]
-            if not natural:
-                w = w[:, self.perm[i - 1]]
-            self.layers.append(_Conv(spec, isa, w))
+            stored = w if i == 0 else w[:, self.perm[i - 1]]
+            self.layers.append(_Conv(spec, isa, w if natural else stored))
             self.natural_input.append(natural)
+            skip = None
+            if natural and i > 0 and input_skip:
+                skip = _Conv(replace(spec, format="sparse", options={}), isa,
+                             stored[:, :self.n_dense[i - 1]], dense_cin=channels)
+            self.unimportant_layers.append(skip)
         # The collect 1x1 is applied as one slice per layer, accumulated, so a
         # layer's output can be freed as soon as the next layer has read it.
         # Layer i stores original channel perm[i][j] at position j, so its
@@ -167,12 +180,17 @@ class _Module:
         collect = specs[f"{prefix}.body.collect"]
         self.collect_plain = _Conv(collect, isa)
         self.collect_natural = collect.format == "nm"
-        self.collect_slices = []
+        self.collect_slices, self.unimportant_slices = [], []
         for i in range(n_layers):
             cols = collect.weight[:, i * channels:(i + 1) * channels]
-            if not self.collect_natural:
-                cols = cols[:, self.perm[i]]
-            self.collect_slices.append(_Conv(collect, isa, cols, i == 0))
+            stored = cols[:, self.perm[i]]
+            self.collect_slices.append(
+                _Conv(collect, isa, cols if self.collect_natural else stored, i == 0))
+            skip = None
+            if self.collect_natural and input_skip:   # as for the N:M layers above
+                skip = _Conv(replace(collect, format="sparse", options={}), isa,
+                             stored[:, :self.n_dense[i]], i == 0, dense_cin=channels)
+            self.unimportant_slices.append(skip)
         self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
         self.channels = channels
 
@@ -246,14 +264,22 @@ class _Module:
             at_i, at_u, cin_u = inputs(src, i - 1, self.natural_input[i])
             # Dense outputs at unimportant pixels; sparse outputs stay zero
             # there (`out` is fresh).
-            layer(counter, at_u, dst, unimportant, relu=True, cin=cin_u, cout=nd,
-                  dense_pixels=unimportant.count)
+            if self.unimportant_layers[i] is not None:
+                self.unimportant_layers[i](counter, src, dst, unimportant, relu=True, cout=nd,
+                                           dense_pixels=unimportant.count)
+            else:
+                layer(counter, at_u, dst, unimportant, relu=True, cin=cin_u, cout=nd,
+                      dense_pixels=unimportant.count)
             layer(counter, at_i, dst, important, relu=True, dense_pixels=important.count)
             part = self.collect_slices[i]
             acc = y.view() if i else None
             at_i, at_u, cin_u = inputs(dst, i, self.collect_natural)
-            part(counter, at_u, y.view(), unimportant, cin=cin_u, residual=acc,
-                 dense_pixels=unimportant.count)
+            if self.unimportant_slices[i] is not None:
+                self.unimportant_slices[i](counter, dst, y.view(), unimportant, residual=acc,
+                                           dense_pixels=unimportant.count)
+            else:
+                part(counter, at_u, y.view(), unimportant, cin=cin_u, residual=acc,
+                     dense_pixels=unimportant.count)
             part(counter, at_i, y.view(), important, residual=acc, dense_pixels=important.count)
             src = dst
         # Channel attention and the residual connection of the module.
