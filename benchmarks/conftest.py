@@ -54,6 +54,7 @@ class Results:
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
         self.kernels: list[dict] = []
+        self.scaling: dict[tuple[str, int], float] = {}  # (model, threads) -> median s
         self.notes: list[str] = []
         self.peak_gflops: float | None = None
 
@@ -182,7 +183,7 @@ def _fmt(v, spec, missing="–"):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = RESULTS.rows
-    if not rows and not RESULTS.kernels:
+    if not rows and not RESULTS.kernels and not RESULTS.scaling:
         return
     tr = terminalreporter
     if rows:
@@ -230,5 +231,14 @@ def _print_rest(tr, rows):
             tr.write_line(f"| {k['name']} | {k['shape']} | {k['kept']:.3f} | {k['ms']:.2f} "
                           f"| {k['gflops']:.1f} | {_fmt(k.get('peak_pct'), '.0f')}% "
                           f"| {_fmt(k.get('efficiency'), '.2f')} |")
+    if RESULTS.scaling:
+        tr.section("thread scaling (640x360 upscale, median s)")
+        tr.write_line("| model | 1 thread | 2 threads | speed-up |")
+        tr.write_line("|---|---|---|---|")
+        for name in dict.fromkeys(k[0] for k in RESULTS.scaling):
+            one, two = RESULTS.scaling.get((name, 1)), RESULTS.scaling.get((name, 2))
+            speedup = one / two if one and two else None
+            tr.write_line(f"| {name} | {_fmt(one, '.3f')} | {_fmt(two, '.3f')} "
+                          f"| {_fmt(speedup, '.2f')}x |")
     for note in RESULTS.notes:
         tr.write_line(note)

@@ -108,3 +108,49 @@ def test_sparsmsr(benchmark, results, sparsmsr_paths, bench_image, bench_image_f
 def test_smsr_2of4(benchmark, results, nm_paths, bench_image, bench_image_file, set14_quality):
     _sparsr_row(benchmark, results, "SMSR + 2:4", nm_paths["2:4"], bench_image, bench_image_file,
                 "mask", set14_quality)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("model", ["sparsr dense", "SMSR (masks)", "SparSMSR 3b",
+                                   "PyTorch dense (channels_last)"])
+def test_thread_scaling(benchmark, results, smsr_path, sparsmsr_paths, bench_image, model,
+                        threads):
+    """The same upscale on 1 and on 2 threads; the summary prints the speed-up."""
+    if model.startswith("PyTorch"):
+        torch = pytest.importorskip("torch", reason="the PyTorch baseline needs torch")
+        sys.path.insert(0, str(TOOLS))
+        import torch_smsr
+
+        from sparsr import checkpoint
+        _, tensors, _ = checkpoint.load(smsr_path)
+        net = torch_smsr.SMSR.from_state_dict(tensors).eval()
+        net = net.to(memory_format=torch.channels_last)
+        x = torch.from_numpy(bench_image.copy()).permute(2, 0, 1)[None].float()
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode():
+                return net(x)
+
+        set_threads = torch.set_num_threads
+    else:
+        import sparsr
+        if model == "SparSMSR 3b":
+            if "3b" not in sparsmsr_paths:
+                pytest.skip("SparSMSR 3b was not built")
+            path = sparsmsr_paths["3b"]
+        else:
+            path = smsr_path
+        m = sparsr.load(path)
+        mode = "dense" if model == "sparsr dense" else "mask"
+
+        def run():
+            return m.forward(bench_image, mode)
+
+        set_threads = sparsr.set_num_threads
+    set_threads(threads)
+    try:
+        median = _bench(benchmark, run)
+    finally:
+        set_threads(2)
+    results.scaling[(model, threads)] = median
