@@ -300,3 +300,50 @@ def test_nm_checkpoint_loads_in_sparsr_and_matches_torch(nm_core_checkpoint, sha
     _, tensors, _ = nm_common.load_checkpoint(path)
     ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(tensors).eval())(lr)
     assert np.abs(np.asarray(ours, np.float32) - ref).max() <= 1e-2
+
+
+def _butterfly_crop(shared_dir):
+    from PIL import Image
+    with Image.open(shared_dir / "data" / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png") as im:
+        return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:40, :48])
+
+
+def test_all_eligible_nm_checkpoint_matches_torch(nm_checkpoint, shared_dir):
+    """N:M collect convs too: at unimportant pixels their slices run as zero-skip
+    convs over the dense inputs (input skip), which must not change the image."""
+    import sparsr
+    if not nm_common.nm_kernels_available():
+        pytest.skip("the engine has no 'nm' kernel")
+    path, _ = nm_checkpoint
+    net = sparsr.load(path)
+    module = net._net.modules[0]
+    assert module.collect_natural and all(s is not None for s in module.unimportant_slices)
+    assert all(u is not None for u in module.unimportant_layers[1:])
+    lr = _butterfly_crop(shared_dir)
+    fwd = net.forward(lr, mode="mask")
+    assert 0 < sum(m.sum() for m in fwd.masks) < sum(m.size for m in fwd.masks)
+    _, tensors, _ = nm_common.load_checkpoint(path)
+    ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(tensors).eval())(lr)
+    assert np.abs(np.asarray(fwd.output, np.float32) - ref).max() <= 1e-2
+
+
+def test_nm_core_model_counts_macs_against_the_same_dense_layers(nm_core_checkpoint,
+                                                                 smsr_checkpoint, shared_dir):
+    """The first SMM of the core N:M model sees SMSR's input, so it has SMSR's
+    mask: its dense MACs per layer are SMSR's, and its executed MACs in the core
+    layers are below SMSR's (weight skip at important pixels, weight and input
+    skip at unimportant ones)."""
+    import sparsr
+    if not nm_common.nm_kernels_available():
+        pytest.skip("the engine has no 'nm' kernel")
+    lr = _butterfly_crop(shared_dir)
+    base = sparsr.load(smsr_checkpoint).forward(lr, mode="mask")
+    nm = sparsr.load(nm_core_checkpoint).forward(lr, mode="mask")
+    np.testing.assert_array_equal(base.masks[0], nm.masks[0])
+    first = [name for name in base.layers if name.startswith("body.0.")]
+    core = nm_common.core_layers(first)
+    assert len(core) == 4
+    for name in first:
+        assert nm.layers[name].dense_macs == base.layers[name].dense_macs, name
+    for name in core:
+        assert nm.layers[name].macs < base.layers[name].macs, name
