@@ -159,7 +159,10 @@ PYBIND11_MODULE(_core, m) {
      "than margin (the model's error is about 0.05), so a lightly sparse layer stays dense.");
 
   py::class_<Feature, std::shared_ptr<Feature>>(m, "Feature")
-      .def(py::init<int, int, int>(), py::arg("channels"), py::arg("height"), py::arg("width"))
+      .def(py::init<int, int, int, int>(), py::arg("channels"), py::arg("height"),
+           py::arg("width"), py::arg("written") = 0,
+           "All zero, except the interiors of planes [0, written), which the caller "
+           "promises to write before reading (their borders are zero).")
       .def_static("from_numpy", &feature_from_numpy, py::arg("array"))
       .def_property_readonly("channels", &Feature::channels)
       .def_property_readonly("height", &Feature::height)

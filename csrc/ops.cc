@@ -83,12 +83,15 @@ void Feature::Free::operator()(float* p) const {
   }
 }
 
-Feature::Feature(int channels, int height, int width)
+Feature::Feature(int channels, int height, int width, int written)
     : channels_(channels), height_(height), width_(width), data_(nullptr, Free{}) {
   if (channels <= 0 || height <= 0 || width <= 0)
     throw std::invalid_argument("feature dimensions must be positive, got " +
                                 std::to_string(channels) + "x" + std::to_string(height) + "x" +
                                 std::to_string(width));
+  if (written < 0 || written > channels)
+    throw std::invalid_argument("written planes must be in [0, channels], got " +
+                                std::to_string(written));
   ld_ = padded_row_stride(width);
   plane_ = (static_cast<int64_t>(height) + 2) * ld_;
   const size_t bytes =
@@ -97,13 +100,25 @@ Feature::Feature(int channels, int height, int width)
   if (bytes >= kPoolMinBytes) {
     p = BufferPool::get().take(bytes);
     // Zero in parallel: every feature starts all zero (borders, and the
-    // sparse channels at unimportant pixels that SMSR never writes).
+    // sparse channels at unimportant pixels that SMSR never writes), except
+    // the interiors of the planes the caller writes.
     const size_t chunk = 1 << 20;
-    const size_t n = (bytes + chunk - 1) / chunk;
+    const size_t skip = static_cast<size_t>(written) * plane_ * sizeof(float);
+    const size_t n = (bytes - skip + chunk - 1) / chunk;
     char* base = reinterpret_cast<char*>(p);
     parallel_for(n, [&](size_t i) {
-      const size_t begin = i * chunk;
+      const size_t begin = skip + i * chunk;
       std::memset(base + begin, 0, std::min(chunk, bytes - begin));
+    });
+    parallel_for(static_cast<size_t>(written), [&](size_t c) {
+      float* plane = p + c * plane_;
+      std::memset(plane, 0, ld_ * sizeof(float));                            // top border row
+      std::memset(plane + (height + 1) * ld_, 0, ld_ * sizeof(float));       // bottom border row
+      for (int y = 1; y <= height; ++y) {
+        float* row = plane + y * ld_;
+        row[0] = 0.0f;                                                       // left border
+        std::memset(row + width + 1, 0, (ld_ - width - 1) * sizeof(float));  // right border, padding
+      }
     });
   } else {
     p = static_cast<float*>(std::aligned_alloc(64, bytes));

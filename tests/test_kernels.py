@@ -288,3 +288,33 @@ def test_sparse_pixel_sets_gathered_and_accumulated(kernel, density):
     expect = before.copy()
     expect[:11][:, mask] += ref[:, mask]
     np.testing.assert_allclose(fo.numpy(), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_written_planes_keep_zero_borders():
+    """Feature(written=k): planes from k on and the borders of every plane are
+    zero even on a reused pool buffer, so a 3x3 over written planes reads zero
+    padding; k outside [0, channels] is refused."""
+    c, h, w = 8, 200, 700                       # > 1 MB: a pooled buffer, rows of 704
+    # Same bytes, rows of 352: its NaN interior lies on the new feature's top
+    # border and right border columns when the pool hands the buffer back.
+    junk = _core.Feature.from_numpy(np.full((c, 402, 350), np.nan, np.float32))
+    del junk
+    f = _core.Feature(c, h, w, written=5)
+    x = np.random.default_rng(0).standard_normal((5, h, w)).astype(np.float32)
+    src = _core.Feature.from_numpy(x)
+    ident = np.zeros((5, 5, 1, 1), np.float32)
+    ident[np.arange(5), np.arange(5)] = 1.0
+    _core.Conv2d(ident, None)(src.view(), f.view(list(range(5))), _core.PixelSet.full(h, w))
+    out = f.numpy()
+    np.testing.assert_array_equal(out[:5], x)
+    assert not np.any(out[5:])                  # never written: zero
+    # A 3x3 that reads the written planes sees zero borders (no NaN from the pool).
+    ones = np.ones((1, 5, 3, 3), np.float32)
+    dst = _core.Feature(1, h, w)
+    _core.Conv2d(ones, None)(f.view(list(range(5))), dst.view(), _core.PixelSet.full(h, w))
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    expect = sum(pad[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)).sum(0)
+    np.testing.assert_allclose(dst.numpy()[0], expect, rtol=1e-4, atol=1e-3)
+    for bad in (-1, c + 1):
+        with pytest.raises(ValueError, match="written planes"):
+            _core.Feature(c, h, w, written=bad)

@@ -200,7 +200,7 @@ class _Module:
         """(h, w) bool: True at important pixels."""
         c_mid = self.mask_convs[0].cout
         full = _core.PixelSet.full(h, w)
-        f1 = _core.Feature(c_mid, h, w)
+        f1 = _core.Feature(c_mid, h, w, written=c_mid)
         self.mask_convs[0](counter, x_view, f1.view(), full, relu=True, dense_pixels=h * w)
         hh, hw = h // 2, w // 2
         mask = np.zeros((h, w), dtype=bool)
@@ -224,7 +224,9 @@ class _Module:
     def forward(self, counter: _Counter, x: _core.Feature, mode: str):
         h, w = x.height, x.width
         c = self.channels
-        y = _core.Feature(c, h, w)
+        # written=...: planes every interior pixel of which is written below
+        # need no zeroing (the sparse channels of a layer's output do).
+        y = _core.Feature(c, h, w, written=c)
         if mode == "dense":
             mask = np.ones((h, w), dtype=bool)
             important = _core.PixelSet.full(h, w)
@@ -258,7 +260,7 @@ class _Module:
 
         src = x.view()
         for i, layer in enumerate(self.layers):
-            out = _core.Feature(c, h, w)
+            out = _core.Feature(c, h, w, written=self.n_dense[i])
             dst = out.view()
             nd = self.n_dense[i]
             at_i, at_u, cin_u = inputs(src, i - 1, self.natural_input[i])
@@ -471,7 +473,7 @@ class SmsrNetwork:
             keep.x0, keep.head = x0, head
         h, w = head.height, head.width
         full = _core.PixelSet.full(h, w)
-        acc = _core.Feature(self.n_feats, h, w)
+        acc = _core.Feature(self.n_feats, h, w, written=self.n_feats)
         fea, masks = head, []
         for k, module in enumerate(self.modules):
             if k < start_module:
@@ -486,12 +488,12 @@ class SmsrNetwork:
                                    residual=acc.view() if k else None, dense_pixels=h * w)
         del fea
         _core.relu_inplace(acc.view())
-        body = _core.Feature(self.n_feats, h, w)
+        body = _core.Feature(self.n_feats, h, w, written=self.n_feats)
         self.collect[1](counter, acc.view(), body.view(), full, residual=head.view(),
                         dense_pixels=h * w)
         del acc
         s = self.scale
-        tail = _core.Feature(3 * s * s, h, w)
+        tail = _core.Feature(3 * s * s, h, w, written=3 * s * s)
         self.tail(counter, body.view(), tail.view(), full, dense_pixels=h * w)
         del body
         base = _core.Feature(3, s * h, s * w)
@@ -503,9 +505,9 @@ class SmsrNetwork:
         h, w = rgb.shape[:2]
         full = _core.PixelSet.full(h, w)
         x0 = _core.image_to_feature(rgb, self.in_matrix, self.in_bias)
-        t = _core.Feature(self.n_feats, h, w)
+        t = _core.Feature(self.n_feats, h, w, written=self.n_feats)
         self.head[0](counter, x0.view(), t.view(), full, relu=True, dense_pixels=h * w)
-        head = _core.Feature(self.n_feats, h, w)
+        head = _core.Feature(self.n_feats, h, w, written=self.n_feats)
         self.head[1](counter, t.view(), head.view(), full, dense_pixels=h * w)
         return x0, head
 
