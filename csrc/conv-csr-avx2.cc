@@ -8,25 +8,6 @@ namespace sparsr {
 namespace {
 
 struct CsrAvx2 : VecAvx2 {
-  // The lanes whose bit is set in bits.
-  static __m256i lanes(uint32_t bits) {
-    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit);
-    return _mm256_cmpeq_epi32(set, lane_bit);
-  }
-  static void store_lanes(float* p, T v, uint32_t bits) { _mm256_maskstore_ps(p, lanes(bits), v); }
-  static T load_lanes(const float* p, uint32_t bits) { return _mm256_maskload_ps(p, lanes(bits)); }
-  // [prev[7], cur[0..6]] and [cur[1..7], next[0]]: a 128-bit lane swap, then a byte shift.
-  static T shift_in_prev(T prev, T cur) {
-    const __m256 mid = _mm256_permute2f128_ps(prev, cur, 0x21);  // [prev_hi, cur_lo]
-    return _mm256_castsi256_ps(
-        _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 12));
-  }
-  static T shift_in_next(T cur, T next) {
-    const __m256 mid = _mm256_permute2f128_ps(cur, next, 0x21);  // [cur_hi, next_lo]
-    return _mm256_castsi256_ps(
-        _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(cur), 4));
-  }
   // One input column: lane 0 of an xmm register.
   using Edge = __m128;
   static Edge edge_zero() { return _mm_setzero_ps(); }

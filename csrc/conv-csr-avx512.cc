@@ -8,22 +8,6 @@ namespace sparsr {
 namespace {
 
 struct CsrAvx512 : VecAvx512 {
-  // The lanes whose bit is set in bits.
-  static void store_lanes(float* p, T v, uint32_t bits) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(bits), v);
-  }
-  static T load_lanes(const float* p, uint32_t bits) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(bits), p);
-  }
-  // [prev[15], cur[0..14]] and [cur[1..15], next[0]].
-  static T shift_in_prev(T prev, T cur) {
-    return _mm512_castsi512_ps(
-        _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), 15));
-  }
-  static T shift_in_next(T cur, T next) {
-    return _mm512_castsi512_ps(
-        _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), 1));
-  }
   // One input column: lane 0 of an xmm register.
   using Edge = __m128;
   static Edge edge_zero() { return _mm_setzero_ps(); }

@@ -92,8 +92,9 @@ inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, 
       if (res) x = V::add(x, V::load(res + v * W));
       V::store(dst + v * W, x);
     } else if (bits) {
-      if (res) x = V::add(x, V::load_lanes(res + v * W, bits));
-      V::store_lanes(dst + v * W, x, bits);
+      const typename V::Mask lanes = V::from_bits(bits);
+      if (res) x = V::add(x, V::load(res + v * W, lanes));
+      V::store(dst + v * W, x, lanes);
     }
   }
 }
@@ -191,8 +192,8 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
           for (int v = 0; v < NV; ++v) {
             const T prev = v == 0 ? V::edge_as_last(left_edge) : left[v - 1];
             const T next = v == NV - 1 ? V::edge_as_first(right_edge) : right[v + 1];
-            acc[v] = V::add(acc[v], V::add(V::shift_in_prev(prev, left[v]),
-                                           V::shift_in_next(right[v], next)));
+            acc[v] = V::add(acc[v], V::add(V::previous_column(prev, left[v]),
+                                           V::next_column(right[v], next)));
           }
         }
         if (last) {

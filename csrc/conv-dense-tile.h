@@ -59,8 +59,9 @@ inline void dense_tile(const float* wblock, const float* bias, const ConvTask& t
         if (res) r = V::add(r, V::load(res + v * W));
         V::store(dst + v * W, r);
       } else if (end > 0 && first < W) {
-        if (res) r = V::add(r, V::load_range(res + v * W, first, end));
-        V::store_range(dst + v * W, r, first, end);
+        const typename V::Mask lanes = V::range(first, end);
+        if (res) r = V::add(r, V::load(res + v * W, lanes));
+        V::store(dst + v * W, r, lanes);
       }
     }
   }

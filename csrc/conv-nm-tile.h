@@ -25,7 +25,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "conv-nm-simd.h"
+#include "simd.h"
 #include "sparsr.h"
 
 namespace sparsr {
@@ -64,9 +64,8 @@ inline void nm_fill_rows(const NmPlan& p, int c0, int c1, int y, int ca) {
 // (+ ReLU, + residual) within the lanes of store_mask.
 template <class V, int NV>
 inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, bool last,
-                     const typename NmVec<V>::Mask* store_mask) {
+                     const typename V::Mask* store_mask) {
   using T = typename V::T;
-  using Ops = NmVec<V>;
   constexpr int W = V::kWidth;
   const ConvTask& t = *p.t;
   if (!last) {
@@ -83,12 +82,12 @@ inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, 
   for (int v = 0; v < NV; ++v) {
     T r = acc[v];
     if (t.relu) r = V::max(r, zero);
-    if (Ops::full(store_mask[v])) {
+    if (V::full(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W));
       V::store(dst + v * W, r);
-    } else if (!Ops::none(store_mask[v])) {
-      if (res) r = V::add(r, Ops::load(res + v * W, store_mask[v]));
-      Ops::store(dst + v * W, r, store_mask[v]);
+    } else if (!V::none(store_mask[v])) {
+      if (res) r = V::add(r, V::load(res + v * W, store_mask[v]));
+      V::store(dst + v * W, r, store_mask[v]);
     }
   }
 }
@@ -115,7 +114,7 @@ inline void nm_start(const NmPlan& p, int o, typename V::T* acc, bool first) {
 // shifted left (kx = 2, plus the vector after the tile).
 template <class V, int NV, int S>
 inline void nm_rows_of_set(typename V::T* out, typename V::T* sum0, typename V::T& before,
-                           typename V::T* sum2, typename NmVec<V>::Mask left_mask,
+                           typename V::T* sum2, typename V::Mask left_mask,
                            const float* const* rows, const float*& wp, const int32_t*& ip,
                            int entries) {
   using T = typename V::T;
@@ -139,7 +138,7 @@ inline void nm_rows_of_set(typename V::T* out, typename V::T* sum0, typename V::
       if constexpr (k0) sum0[v] = V::fmadd(w0, x, sum0[v]);
       if constexpr (k2) sum2[v] = V::fmadd(w2, x, sum2[v]);
     }
-    if constexpr (k0) before = V::fmadd(w0, NmVec<V>::load(src - W, left_mask), before);
+    if constexpr (k0) before = V::fmadd(w0, V::load(src - W, left_mask), before);
     if constexpr (k2) sum2[NV] = V::fmadd(w2, V::load(src + NV * W), sum2[NV]);
   }
   wp += entries * per_entry;
@@ -151,15 +150,14 @@ inline void nm_rows_of_set(typename V::T* out, typename V::T* sum0, typename V::
 template <class V, int NV>
 inline void nm_tile_3x3(const NmPlan& p, int y, int ca, int col_lo, int col_hi) {
   using T = typename V::T;
-  using Ops = NmVec<V>;
   constexpr int W = V::kWidth;
   const PackedConv& w = *p.w;
   const ConvTask& t = *p.t;
   const int chunks = (w.cin + kNmChunkChannels - 1) / kNmChunkChannels;
-  const typename Ops::Mask left_mask = Ops::all(ca > 0);  // column ca - 1 exists
-  typename Ops::Mask store_mask[NV];
+  const typename V::Mask left_mask = V::all(ca > 0);  // column ca - 1 exists
+  typename V::Mask store_mask[NV];
   for (int v = 0; v < NV; ++v)
-    store_mask[v] = Ops::range(col_lo - (ca + v * W), col_hi - (ca + v * W));
+    store_mask[v] = V::range(col_lo - (ca + v * W), col_hi - (ca + v * W));
   const T zero = V::zero();
   for (int c0 = 0; c0 < p.channels; c0 += kNmChunkChannels) {
     const int c = c0 / kNmChunkChannels;
@@ -188,11 +186,11 @@ inline void nm_tile_3x3(const NmPlan& p, int y, int ca, int col_lo, int col_hi) 
       nm_rows_of_set<V, NV, 5>(out, sum0, before, sum2, left_mask, p.rows, wp, ip, count[4]);
       nm_rows_of_set<V, NV, 6>(out, sum0, before, sum2, left_mask, p.rows, wp, ip, count[5]);
       nm_rows_of_set<V, NV, 7>(out, sum0, before, sum2, left_mask, p.rows, wp, ip, count[6]);
-      out[0] = V::add(out[0], Ops::previous_column(before, sum0[0]));
+      out[0] = V::add(out[0], V::previous_column(before, sum0[0]));
 #pragma GCC unroll 16
-      for (int v = 1; v < NV; ++v) out[v] = V::add(out[v], Ops::previous_column(sum0[v - 1], sum0[v]));
+      for (int v = 1; v < NV; ++v) out[v] = V::add(out[v], V::previous_column(sum0[v - 1], sum0[v]));
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) out[v] = V::add(out[v], Ops::next_column(sum2[v], sum2[v + 1]));
+      for (int v = 0; v < NV; ++v) out[v] = V::add(out[v], V::next_column(sum2[v], sum2[v + 1]));
       nm_store<V, NV>(p, o, y, ca, out, last, store_mask);
     }
   }
@@ -230,16 +228,15 @@ inline void nm_groups(typename V::T* acc, const float* const* rows, const float*
 template <class V, int NV, int N, int M>
 inline void nm_tile_1x1(const NmPlan& p, int y, int ca, int col_lo, int col_hi) {
   using T = typename V::T;
-  using Ops = NmVec<V>;
   constexpr int W = V::kWidth;
   const PackedConv& w = *p.w;
   const ConvTask& t = *p.t;
   const int m = M > 0 ? M : w.m;
   const int n = N > 0 ? N : w.n;
   const size_t per_cout = static_cast<size_t>(w.cin / m) * n;
-  typename Ops::Mask store_mask[NV];
+  typename V::Mask store_mask[NV];
   for (int v = 0; v < NV; ++v)
-    store_mask[v] = Ops::range(col_lo - (ca + v * W), col_hi - (ca + v * W));
+    store_mask[v] = V::range(col_lo - (ca + v * W), col_hi - (ca + v * W));
   for (int c0 = 0; c0 < p.channels; c0 += p.chunk_channels) {
     const int c1 = std::min(c0 + p.chunk_channels, p.channels);
     nm_fill_rows<1>(p, c0, c1, y, ca);

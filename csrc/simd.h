@@ -1,5 +1,7 @@
-// Vector traits for the SIMD kernel templates. Include only from files compiled
-// with the matching ISA flags (see CMakeLists.txt).
+// Vector traits for the SIMD kernel templates: arithmetic, lane masks with
+// masked loads and stores, and one-column shifts across a pair of vectors.
+// Include only from files compiled with the matching ISA flags (see
+// CMakeLists.txt).
 #pragma once
 
 #include <immintrin.h>
@@ -11,6 +13,7 @@ namespace sparsr {
 #if defined(__AVX512F__)
 struct VecAvx512 {
   using T = __m512;
+  using Mask = __mmask16;
   static constexpr int kWidth = 16;
   static T zero() { return _mm512_setzero_ps(); }
   static T set1(float v) { return _mm512_set1_ps(v); }
@@ -19,25 +22,32 @@ struct VecAvx512 {
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
-  // Stores the first n lanes (1 <= n <= kWidth); loads stay unmasked because
-  // feature buffers carry slack.
-  static void store_first(float* p, T v, int n) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
+
+  // Lanes [lo, hi) of a vector, clamped to [0, 16).
+  static Mask range(int lo, int hi) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > 16 ? 16 : hi;
+    if (hi <= lo) return 0;
+    return static_cast<Mask>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
   }
-  static T load_first(const float* p, int n) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  // The lanes whose bit is set (bit i: lane i).
+  static Mask from_bits(uint32_t bits) { return static_cast<Mask>(bits); }
+  static Mask all(bool on) { return on ? 0xffff : 0; }
+  static bool none(Mask m) { return m == 0; }
+  static bool full(Mask m) { return m == 0xffff; }
+  // Masked-off lanes are neither read nor faulted on.
+  static T load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+
+  // Lanes 1..15 of lo then lane 0 of hi: the vector one column to the right.
+  static T next_column(T lo, T hi) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 1));
   }
-  // Lanes [first, end), with first < end, clipped to the vector.
-  static __mmask16 range_mask(int first, int end) {
-    const uint32_t lo = first <= 0 ? 0u : (1u << first) - 1u;
-    const uint32_t hi = end >= 16 ? 0xffffu : (1u << end) - 1u;
-    return static_cast<__mmask16>(hi & ~lo);
-  }
-  static void store_range(float* p, T v, int first, int end) {
-    _mm512_mask_storeu_ps(p, range_mask(first, end), v);
-  }
-  static T load_range(const float* p, int first, int end) {
-    return _mm512_maskz_loadu_ps(range_mask(first, end), p);
+  // Lane 15 of lo then lanes 0..14 of hi: the vector one column to the left.
+  static T previous_column(T lo, T hi) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 15));
   }
 };
 #endif
@@ -45,6 +55,7 @@ struct VecAvx512 {
 #if defined(__AVX2__) && defined(__FMA__)
 struct VecAvx2 {
   using T = __m256;
+  using Mask = __m256i;
   static constexpr int kWidth = 8;
   static T zero() { return _mm256_setzero_ps(); }
   static T set1(float v) { return _mm256_set1_ps(v); }
@@ -53,23 +64,35 @@ struct VecAvx2 {
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-  static __m256i first_mask(int n) {
+
+  // Lanes [lo, hi) of a vector, clamped to [0, 8).
+  static Mask range(int lo, int hi) {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lanes),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lanes));
   }
-  static void store_first(float* p, T v, int n) { _mm256_maskstore_ps(p, first_mask(n), v); }
-  static T load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_mask(n)); }
-  // Lanes [first, end), with first < end, clipped to the vector.
-  static __m256i range_mask(int first, int end) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(first), lanes),
-                               _mm256_cmpgt_epi32(_mm256_set1_epi32(end), lanes));
+  // The lanes whose bit is set (bit i: lane i).
+  static Mask from_bits(uint32_t bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit);
+    return _mm256_cmpeq_epi32(set, lane_bit);
   }
-  static void store_range(float* p, T v, int first, int end) {
-    _mm256_maskstore_ps(p, range_mask(first, end), v);
+  static Mask all(bool on) { return _mm256_set1_epi32(on ? -1 : 0); }
+  static bool none(Mask m) { return _mm256_testz_si256(m, m); }
+  static bool full(Mask m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xff; }
+  static T load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, T v, Mask m) { _mm256_maskstore_ps(p, m, v); }
+
+  // A 128-bit lane swap, then a byte shift.
+  static T next_column(T lo, T hi) {
+    const __m256 mid = _mm256_permute2f128_ps(lo, hi, 0x21);  // lo[4..7], hi[0..3]
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(lo), 4));
   }
-  static T load_range(const float* p, int first, int end) {
-    return _mm256_maskload_ps(p, range_mask(first, end));
+  static T previous_column(T lo, T hi) {
+    const __m256 mid = _mm256_permute2f128_ps(lo, hi, 0x21);
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(hi), _mm256_castps_si256(mid), 12));
   }
 };
 #endif
