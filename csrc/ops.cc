@@ -42,7 +42,8 @@ class BufferPool {
     }
     // 2 MB aligned and advised as huge pages: a convolution tile reads a row
     // of every input channel, each in its own 4 KB page, which alone overflows
-    // the first-level TLB (measured: 1x1 256->64 ran 1.4x faster on huge pages).
+    // the first-level TLB (measured: a 1x1 256->64 over 360x640 on one thread,
+    // 135 -> 130 ms).
     const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
     void* p = std::aligned_alloc(kHugePage, rounded);
     if (!p) throw std::bad_alloc();

@@ -15,7 +15,8 @@ class Feature {
  public:
   // All zero. Planes [0, written) are zeroed on their borders and row padding
   // only: the caller writes their every interior pixel before anything reads
-  // them (zeroing 60 MB features took a tenth of an SMSR pass).
+  // them (measured: zeroing every plane cost SMSR about 0.02 s of a 1.1 s pass
+  // at 640x360).
   Feature(int channels, int height, int width, int written = 0);
   Feature(const Feature&) = delete;
   Feature& operator=(const Feature&) = delete;
