@@ -60,24 +60,30 @@ def _sparsr_row(benchmark, results, name, path, image, image_file, mode, quality
     benchmark.extra_info.update(macs=fwd.macs)
 
 
-def test_pytorch_dense_channels_last(benchmark, results, smsr_path, bench_image,
-                                     bench_image_file):
+def _torch_dense_run(smsr_path, image):
+    """(torch module, a function running PyTorch's dense SMSR on image in channels_last)."""
     torch = pytest.importorskip("torch", reason="the PyTorch baseline needs torch")
     sys.path.insert(0, str(TOOLS))
     import torch_smsr
 
-    import sparsr
     from sparsr import checkpoint
-    torch.set_num_threads(2)
     _, tensors, _ = checkpoint.load(smsr_path)
     net = torch_smsr.SMSR.from_state_dict(tensors).eval().to(memory_format=torch.channels_last)
-    x = torch.from_numpy(bench_image.copy()).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()
     x = x.contiguous(memory_format=torch.channels_last)
 
     def run():
         with torch.inference_mode():
             return net(x)
 
+    return torch, run
+
+
+def test_pytorch_dense_channels_last(benchmark, results, smsr_path, bench_image,
+                                     bench_image_file):
+    import sparsr
+    torch, run = _torch_dense_run(smsr_path, bench_image)
+    torch.set_num_threads(2)
     median = _bench(benchmark, run)
     row = Row("PyTorch dense (channels_last)", median,
               macs=sparsr.load(smsr_path)._net.dense_macs(*bench_image.shape[:2]))
@@ -117,21 +123,7 @@ def test_thread_scaling(benchmark, results, smsr_path, sparsmsr_paths, bench_ima
                         threads):
     """The same upscale on 1 and on 2 threads; the summary prints the speed-up."""
     if model.startswith("PyTorch"):
-        torch = pytest.importorskip("torch", reason="the PyTorch baseline needs torch")
-        sys.path.insert(0, str(TOOLS))
-        import torch_smsr
-
-        from sparsr import checkpoint
-        _, tensors, _ = checkpoint.load(smsr_path)
-        net = torch_smsr.SMSR.from_state_dict(tensors).eval()
-        net = net.to(memory_format=torch.channels_last)
-        x = torch.from_numpy(bench_image.copy()).permute(2, 0, 1)[None].float()
-        x = x.contiguous(memory_format=torch.channels_last)
-
-        def run():
-            with torch.inference_mode():
-                return net(x)
-
+        torch, run = _torch_dense_run(smsr_path, bench_image)
         set_threads = torch.set_num_threads
     else:
         import sparsr
