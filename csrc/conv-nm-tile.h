@@ -78,13 +78,17 @@ inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, 
   float* dst = t.out[o] + offset;
   const float* res = t.residual ? t.residual[o] + offset : nullptr;
   const T zero = V::zero();
+  const bool stream = t.stream_out && reinterpret_cast<uintptr_t>(dst) % (W * 4) == 0;
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     T r = acc[v];
     if (t.relu) r = V::max(r, zero);
     if (V::full(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W));
-      V::store(dst + v * W, r);
+      if (stream)
+        V::stream(dst + v * W, r);
+      else
+        V::store(dst + v * W, r);
     } else if (!V::none(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W, store_mask[v]));
       V::store(dst + v * W, r, store_mask[v]);
@@ -304,6 +308,7 @@ void conv_nm_simd(const PackedConv& w, const ConvTask& t) {
       ca += nv * W;
     }
   }
+  if (t.stream_out) _mm_sfence();
 }
 
 // The kernel for the packed weights: 3x3 has one path (templated on the kx

@@ -217,6 +217,9 @@ PixelSet PixelSet::complement() const {
   return s;
 }
 
+// Outputs of more bytes than this are streamed past the caches (ConvTask::stream_out).
+constexpr int64_t kStreamOutBytes = 16 << 20;
+
 std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel) {
   // Enough tasks to balance two or more threads, few enough to keep the
   // per-task overhead (a run costs a little even when short) small.
@@ -297,6 +300,9 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
   }
   const int64_t cost = static_cast<int64_t>(cin) * cout * packed_.ksize * packed_.ksize;
   const auto tasks = split_runs(pixels, cost);
+  // An output far larger than L2 leaves the caches before the next layer
+  // reads it: its whole lines are better written without first reading them.
+  const bool stream_out = !residual && pixels.count * cout * int64_t{4} > kStreamOutBytes;
   parallel_for(tasks.size(), [&](size_t k) {
     ConvTask t;
     t.in = in.planes.data();
@@ -308,6 +314,7 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
     t.cin = cin;
     t.cout = cout;
     t.relu = relu;
+    t.stream_out = stream_out;
     kernel_->fn(packed_, t);
   });
 }

@@ -22,6 +22,8 @@ struct VecAvx512 {
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  // A whole 64-byte line past the caches; p must be 64-byte aligned.
+  static void stream(float* p, T v) { _mm512_stream_ps(p, v); }
 
   // Lanes [lo, hi) of a vector, clamped to [0, 16).
   static Mask range(int lo, int hi) {
@@ -64,6 +66,8 @@ struct VecAvx2 {
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  // Half a line past the caches; p must be 32-byte aligned.
+  static void stream(float* p, T v) { _mm256_stream_ps(p, v); }
 
   // Lanes [lo, hi) of a vector, clamped to [0, 8).
   static Mask range(int lo, int hi) {

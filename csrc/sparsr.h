@@ -52,6 +52,9 @@ struct ConvTask {
   int cin;                       // input channels read (a prefix of the layer's)
   int cout;                      // output channels written (a prefix)
   bool relu;
+  // The output is larger than the caches and nothing reads it soon: whole
+  // aligned vectors may be stored past the caches (no read for ownership).
+  bool stream_out = false;
 };
 
 // Weights of one layer, packed for one micro-kernel. Each format documents

@@ -318,3 +318,29 @@ def test_feature_written_planes_keep_zero_borders():
     for bad in (-1, c + 1):
         with pytest.raises(ValueError, match="written planes"):
             _core.Feature(c, h, w, written=bad)
+
+
+@pytest.mark.parametrize("kernel", [k for k in kernels_of() if k.values[0]["isa"] != "scalar"])
+def test_large_outputs_streamed_past_the_caches(kernel):
+    """An output above 16 MB is stored with non-temporal stores where whole
+    vectors are written: the pixels of the set match the dense kernel of the
+    same level, and no pixel outside the set is touched (NaN stays NaN)."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    rng = np.random.default_rng(11)
+    cout, cin, h, w = 64, 64, 260, 280           # 64 x 260 x 280 floats: 18.6 MB
+    k = kernel["ksize"]
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, k)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    mask = np.ones((h, w), bool)
+    mask[40:90, 13:61] = False                   # holes: vectors partly in the set
+    mask[200:203, :] = False
+    mask[:, 151] = False
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    assert pixels.count * cout * 4 > 16 << 20
+    layer = _core.Conv2d(weights, None, isa=kernel["isa"], format=kernel["format"], **options)
+    dense = _core.Conv2d(weights, None, isa=kernel["isa"], format="dense")
+    got = _run(layer, x, cout, pixels, fill=np.full((cout, h, w), np.nan, np.float32), relu=True)
+    expect = _run(dense, x, cout, _core.PixelSet.full(h, w), relu=True)
+    assert np.isnan(got[:, ~mask]).all()
+    np.testing.assert_allclose(got[:, mask], expect[:, mask], rtol=1e-4, atol=1e-4)
