@@ -94,7 +94,8 @@ def _run(layer, x, cout_total, pixels, fill=None, **kw):
 
 SHAPES = [  # (cout, cin, h, w)
     (8, 3, 1, 1), (16, 16, 3, 17), (64, 64, 13, 53), (12, 64, 7, 49), (5, 7, 9, 96),
-    (64, 256, 5, 33), (2, 16, 4, 4)]
+    (64, 256, 5, 33), (2, 16, 4, 4),
+    (16, 16, 3, 419), (9, 64, 2, 530)]  # several dense bands (192 px) per row
 
 
 @pytest.mark.parametrize("kernel", kernels_of())
