@@ -172,7 +172,7 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
   const float* weights = w.weights.data();
   const int32_t* index = w.index.data();
   const int cin = t.cin;
-  const int n_chunks = (cin + chunk - 1) / chunk;
+  const int n_chunks = std::max(1, (cin + chunk - 1) / chunk);
   for (int ob = 0; ob < t.cout; ob += kCsrOutBlock) {
     const int oe = std::min(t.cout, ob + kCsrOutBlock);
     for (int c0 = 0;; c0 += chunk) {
@@ -252,7 +252,8 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   // together: the packed prefix counts of one output channel span 7 x (cin + 1)
   // ints, which every tile would otherwise stream through L1.
   constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
-  const int n_chunks = (t.cin + chunk - 1) / chunk;
+  // At least one chunk: a task that reads no input channel still adds the bias.
+  const int n_chunks = std::max(1, (t.cin + chunk - 1) / chunk);
   std::vector<int32_t> bounds(static_cast<size_t>(t.cout) * n_chunks * 2 * masks);
   for (int o = 0; o < t.cout; ++o)
     for (int c = 0; c < n_chunks; ++c)

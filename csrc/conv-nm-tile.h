@@ -287,8 +287,9 @@ void conv_nm_simd(const PackedConv& w, const ConvTask& t) {
   }
   // 1x1 reads whole groups (a straddling one partly from the zero row).
   const int step = K == 3 ? 1 : w.m;
-  p.channels = (t.cin + step - 1) / step * step;
-  if (p.channels == 0) return;
+  // A task that reads no input channel still adds the bias: one chunk of
+  // zero rows.
+  p.channels = std::max(step, (t.cin + step - 1) / step * step);
   std::vector<const float*> rows(static_cast<size_t>(w.cin) * K);
   p.rows = rows.data();
   std::vector<float> scratch;

@@ -345,3 +345,19 @@ def test_large_outputs_streamed_past_the_caches(kernel):
     expect = _run(dense, x, cout, _core.PixelSet.full(h, w), relu=True)
     assert np.isnan(got[:, ~mask]).all()
     np.testing.assert_allclose(got[:, mask], expect[:, mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+def test_kernel_reading_no_input_channel_writes_the_bias(kernel):
+    """cin = 0 (an SMSR layer whose inputs are all sparse at unimportant
+    pixels) leaves only the bias, through ReLU."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    rng = np.random.default_rng(5)
+    cout, cin, h, w = 12, 16, 5, 41
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, kernel["ksize"])
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    got = _run(layer, x, cout, _core.PixelSet.full(h, w), relu=True, cin=0)
+    np.testing.assert_array_equal(got, np.broadcast_to(np.maximum(bias, 0)[:, None, None], got.shape))
