@@ -13,10 +13,11 @@
 //   load the row's aligned vectors once; kx = 1 accumulates them straight into
 //   the output, kx = 0 and kx = 2 into two spare sets that are shifted by one
 //   lane into the output once per output channel (plus one scalar for the
-//   column just outside the tile). Entries are sorted by mask, so each mask runs straight-line
-//   code. A sparse kernel is otherwise bound by one vector load per FMA (about
-//   1.4 zmm loads a cycle on Sapphire Rapids against 2 FMAs); rows with two or
-//   three kx share their loads, and no load splits a cache line.
+//   column just outside the tile). Entries are sorted by mask, so each mask
+//   runs straight-line code. A sparse kernel is otherwise bound by one vector
+//   load per FMA (measured on the Xeon this was tuned on: about 1.2 zmm loads
+//   a cycle from L1, 0.65 when they split lines, against 2 FMAs); rows with
+//   two or three kx share their loads, and no load splits a cache line.
 // - Input channel chunks. A tile's inputs over 64 channels (~120 KB) do not
 //   fit in L1 and every output channel walks them, so input channels are
 //   taken in chunks, the partial sums of up to 64 output channels waiting in
@@ -28,9 +29,12 @@
 //   3x3 tiles prefetch into L2 the input row the next row of tiles adds (the
 //   tile reads cin x 3 rows at once, too many streams for the hardware
 //   prefetcher), and outputs the caller marks ConvTask::stream_out store
-//   whole vectors past the caches. Measured at 64->64, 360x640, 2 threads: CSR 3x3 35.0 ->
-//   32.2 ms at s = 0.7; 1x1 256->64 24.7 -> 20.8 ms (where prefetching the
-//   256 input rows cost more than it saved, so 1x1 does not).
+//   whole vectors past the caches. Measured at 360x640, 2 threads: 3x3
+//   64->64 35.0 -> 32.2 ms at s = 0.7; 1x1 256->64 24.7 -> 20.8 ms (where
+//   prefetching the 256 input rows cost more than it saved, so 1x1 does not).
+// - The bounds of each (output channel, chunk) are gathered per task into one
+//   small array; the packed prefix counts span 7 x (cin + 1) ints per output
+//   channel and would stream through L1 on every tile.
 #pragma once
 
 #include <algorithm>
@@ -120,7 +124,8 @@ template <int FLOATS>
 inline void csr_prefetch(const float* const* ahead, int begin, int end) {
   for (int i = begin; i < end; ++i)
 #pragma GCC unroll 16
-    for (int f = -16; f < FLOATS; f += 16) _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + f), _MM_HINT_T1);
+    for (int f = -16; f < FLOATS; f += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + f), _MM_HINT_T1);
 }
 
 // The entries [begin, end) of one kx mask. left[v] / right[v] gather the
@@ -179,8 +184,10 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
       const int c1 = std::min(cin, c0 + chunk);
       const bool first = c0 == 0, last = c1 == cin;
       for (int o = ob; o < oe; ++o) {
-        const int32_t* bound = bounds + (static_cast<size_t>(o) * n_chunks + c0 / chunk) * 2 * masks;
-        if (ahead && first) csr_prefetch<NV * W + W>(ahead, o * cin / t.cout, (o + 1) * cin / t.cout);
+        const int32_t* bound =
+            bounds + (static_cast<size_t>(o) * n_chunks + c0 / chunk) * 2 * masks;
+        if (ahead && first)
+          csr_prefetch<NV * W + W>(ahead, o * cin / t.cout, (o + 1) * cin / t.cout);
         float* part = scratch + (o - ob) * NV * W;
         T acc[NV];
         if (first) {
@@ -248,9 +255,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   const int n_rows = t.cin * K;
   const int chunk = csr_chunk_channels<K, W, NV>(t);
   std::vector<const float*> row_start(n_rows + 1), rows(n_rows + 1);
-  // [begin, end) of the entries of each (output channel, chunk, kx mask),
-  // together: the packed prefix counts of one output channel span 7 x (cin + 1)
-  // ints, which every tile would otherwise stream through L1.
+  // [begin, end) of the entries of each (output channel, chunk, kx mask).
   constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
   // At least one chunk: a task that reads no input channel still adds the bias.
   const int n_chunks = std::max(1, (t.cin + chunk - 1) / chunk);
@@ -258,7 +263,8 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   for (int o = 0; o < t.cout; ++o)
     for (int c = 0; c < n_chunks; ++c)
       for (int m = 0; m < masks; ++m) {
-        const int32_t* prefix = w.counts.data() + (static_cast<size_t>(o) * masks + m) * (w.cin + 1);
+        const int32_t* prefix =
+            w.counts.data() + (static_cast<size_t>(o) * masks + m) * (w.cin + 1);
         int32_t* b = bounds.data() + ((static_cast<size_t>(o) * n_chunks + c) * masks + m) * 2;
         b[0] = prefix[c * chunk];
         b[1] = prefix[std::min(t.cin, (c + 1) * chunk)];

@@ -3,6 +3,8 @@
 // weight is broadcast and the input row loaded once per (channel, tap).
 #pragma once
 
+#include <type_traits>
+
 #include "sparsr.h"
 
 namespace sparsr {
@@ -104,15 +106,19 @@ inline void conv_dense_simd(const PackedConv& w, const ConvTask& t) {
         float* const* out = t.out + b * BLOCK;
         const float* const* res = t.residual ? t.residual + b * BLOCK : nullptr;
         int done = b0, first = b0 == 0 ? lo : 0;
+        auto tile = [&](auto nv, int hi) {
+          dense_tile<V, K, BLOCK, decltype(nv)::value>(wb, bias, t, w.cin, run.y, x + done, first,
+                                                       hi, n_out, out, res);
+        };
         for (; done + NV * W <= b1; done += NV * W, first = 0)
-          dense_tile<V, K, BLOCK, NV>(wb, bias, t, w.cin, run.y, x + done, first, NV * W, n_out, out, res);
+          tile(std::integral_constant<int, NV>(), NV * W);
         const int left = b1 - done;
         if (left > 2 * W && NV >= 3)
-          dense_tile<V, K, BLOCK, (NV >= 3 ? 3 : NV)>(wb, bias, t, w.cin, run.y, x + done, first, left, n_out, out, res);
+          tile(std::integral_constant<int, (NV >= 3 ? 3 : NV)>(), left);
         else if (left > W && NV >= 2)
-          dense_tile<V, K, BLOCK, (NV >= 2 ? 2 : NV)>(wb, bias, t, w.cin, run.y, x + done, first, left, n_out, out, res);
+          tile(std::integral_constant<int, (NV >= 2 ? 2 : NV)>(), left);
         else if (left > 0)
-          dense_tile<V, K, BLOCK, 1>(wb, bias, t, w.cin, run.y, x + done, first, left, n_out, out, res);
+          tile(std::integral_constant<int, 1>(), left);
       }
     }
   }
