@@ -57,6 +57,7 @@ class Results:
         self.scaling: dict[tuple[str, int], float] = {}  # (model, threads) -> median s
         self.notes: list[str] = []
         self.peak_gflops: float | None = None
+        self.load_peak_gflops: float | None = None
 
     def add(self, row: Row) -> None:
         self.rows[row.name] = row
@@ -224,6 +225,10 @@ def _print_rest(tr, rows):
         tr.section("kernels at SMSR layer shapes (360x640, 2 threads)")
         if RESULTS.peak_gflops:
             tr.write_line(f"FMA peak measured in this run: {RESULTS.peak_gflops:.1f} GFLOP/s")
+        if RESULTS.peak_gflops and RESULTS.load_peak_gflops:
+            tr.write_line(f"FMA with one L1 vector load each: {RESULTS.load_peak_gflops:.1f} GFLOP/s "
+                          f"({100 * RESULTS.load_peak_gflops / RESULTS.peak_gflops:.0f}% of peak), "
+                          "the ceiling of a kernel whose input loads are not shared")
         tr.write_line("| kernel | shape | kept MAC fraction | time (ms) | GFLOP/s | % of peak "
                       "| time / (kept x dense) |")
         tr.write_line("|---|---|---|---|---|---|---|")

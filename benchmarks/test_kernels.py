@@ -30,6 +30,8 @@ def _formats():
 def peak(results):
     isa = _core.active_isa()
     results.peak_gflops = _core.fma_peak_gflops(isa, 1.0)
+    # The ceiling of a sparse kernel: one input vector load per FMA.
+    results.load_peak_gflops = _core.fma_peak_gflops(isa, 1.0, loads=True)
     return results.peak_gflops
 
 

@@ -109,11 +109,12 @@ PYBIND11_MODULE(_core, m) {
         "Instruction set in use (detected, lowered by SPARSR_ISA).");
   m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
   m.def("num_threads", &num_threads);
-  m.def("fma_peak_gflops", [](const std::string& isa, double seconds) {
+  m.def("fma_peak_gflops", [](const std::string& isa, double seconds, bool loads) {
     py::gil_scoped_release release;
-    return measure_fma_peak(isa_from_name(isa), seconds);
-  }, py::arg("isa"), py::arg("seconds") = 0.5,
-     "Measured GFLOP/s of a register-only FMA loop on every kernel thread.");
+    return measure_fma_peak(isa_from_name(isa), seconds, loads);
+  }, py::arg("isa"), py::arg("seconds") = 0.5, py::arg("loads") = false,
+     "Measured GFLOP/s of an FMA loop on every kernel thread: register only, or "
+     "(loads=True) each FMA reading one aligned vector from L1.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("kernels", [] {
     py::list out;

@@ -18,11 +18,30 @@ double fma_loop_scalar(long iterations) {
   return 2.0 * 8 * static_cast<double>(iterations);
 }
 
-double measure_fma_peak(Isa isa, double seconds) {
-  double (*loop)(long) = isa == Isa::kAvx512 ? fma_loop_avx512
-                         : isa == Isa::kAvx2 ? fma_loop_avx2
-                                             : fma_loop_scalar;
+double fma_load_loop_scalar(long iterations, const float* data) {
+  float acc[8] = {};
+  for (long it = 0; it < iterations; ++it)
+    for (int base = 0; base < kLoadPeakFloats; base += 8)
+      for (int i = 0; i < 8; ++i) acc[i] += 1e-7f * data[base + i];
+  volatile float sink = acc[0] + acc[7];
+  (void)sink;
+  return 2.0 * kLoadPeakFloats * static_cast<double>(iterations);
+}
+
+double measure_fma_peak(Isa isa, double seconds, bool with_loads) {
   if (!isa_supported(isa)) throw std::invalid_argument("level not available on this CPU");
+  double (*plain)(long) = isa == Isa::kAvx512 ? fma_loop_avx512
+                          : isa == Isa::kAvx2 ? fma_loop_avx2
+                                              : fma_loop_scalar;
+  double (*loading)(long, const float*) = isa == Isa::kAvx512 ? fma_load_loop_avx512
+                                          : isa == Isa::kAvx2 ? fma_load_loop_avx2
+                                                              : fma_load_loop_scalar;
+  auto loop = [&](long iterations) {
+    if (!with_loads) return plain(iterations);
+    alignas(64) float data[kLoadPeakFloats];  // per thread
+    for (int i = 0; i < kLoadPeakFloats; ++i) data[i] = 1e-3f * static_cast<float>(i % 97);
+    return loading(iterations, data);
+  };
   // Calibrate an iteration count of about seconds / 4 per call, then take the
   // best of four timed calls on every thread at once.
   long iterations = 1 << 16;

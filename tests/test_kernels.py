@@ -361,3 +361,15 @@ def test_kernel_reading_no_input_channel_writes_the_bias(kernel):
     layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
     got = _run(layer, x, cout, _core.PixelSet.full(h, w), relu=True, cin=0)
     np.testing.assert_array_equal(got, np.broadcast_to(np.maximum(bias, 0)[:, None, None], got.shape))
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+def test_fma_peak_with_loads_is_below_the_register_peak(level):
+    """The benchmarks' two ceilings: FMAs that each load a vector from L1 run
+    at most as fast as register-only FMAs (one vector load per FMA is what a
+    sparse kernel pays), and both are measured, positive rates."""
+    if not _core.isa_supported(level):
+        pytest.skip(f"this CPU lacks {level}")
+    peak = _core.fma_peak_gflops(level, 0.2)
+    loaded = _core.fma_peak_gflops(level, 0.2, loads=True)
+    assert 0 < loaded <= 1.1 * peak
