@@ -1,6 +1,8 @@
 #include <immintrin.h>
 
+#include "peak-loop.h"
 #include "peak.h"
+#include "simd.h"
 
 namespace sparsr {
 
@@ -20,23 +22,9 @@ double fma_loop_avx512(long iterations) {
   return 2.0 * 16 * 24 * static_cast<double>(iterations);
 }
 
-// 16 chains, each FMA reading its own vector: 12 groups of 16 over the buffer.
+// 16 chains: enough to hide the FMA latency when loads do not limit.
 double fma_load_loop_avx512(long iterations, const float* data) {
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const __m512 w = _mm512_set1_ps(1e-7f);
-  for (long it = 0; it < iterations; ++it) {
-    for (int base = 0; base < kLoadPeakFloats; base += 16 * 16) {
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        acc[i] = _mm512_fmadd_ps(w, _mm512_load_ps(data + base + 16 * i), acc[i]);
-    }
-  }
-  __m512 s = acc[0];
-  for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
-  volatile float sink = _mm512_reduce_add_ps(s);
-  (void)sink;
-  return 2.0 * kLoadPeakFloats * static_cast<double>(iterations);
+  return fma_load_loop<VecAvx512, 16>(iterations, data);
 }
 
 }  // namespace sparsr
