@@ -60,29 +60,40 @@ constexpr int kCsrMasks3x3 = 7;
 // 4 KB apart (ld = 1024, or a plane size that is a multiple of 4 KB) put every
 // channel's row on the same sets, and a 25-channel chunk then thrashes L1
 // (measured 1.4x slower); the set occupancy of the first chunk's rows decides.
+//
+// The chunks depend on the layer (its cin) and the geometry (ld, the distance
+// between the first two input planes), never on how many input channels the
+// task reads: a prefix of the inputs is summed in the same chunks, in the same
+// order, as the whole layer over zero planes. The "a" and "b" SparSMSR models
+// (without and with the input skip) then give identical images.
 template <int K, int W, int NV>
-inline int csr_chunk_channels(const ConvTask& t) {
+inline int csr_chunk_channels(const PackedConv& w, const ConvTask& t) {
   constexpr int shift = K == 3 ? 0 : 1;
   constexpr int row_bytes = (K == 3 ? NV + 2 : NV) * W * 4;
   constexpr int lines_per_row = (row_bytes + 63) / 64;
   constexpr int kL1Sets = 64, kL1Ways = 12;
   int chunk = std::max(1, kCsrChunkBytes / (K * row_bytes));
-  while (chunk > 1) {
-    const int channels = std::min(chunk, t.cin);
-    int count[kL1Sets] = {};
-    for (int i = 0; i < channels; ++i)
-      for (int ky = 0; ky < K; ++ky) {
-        const auto first = reinterpret_cast<uintptr_t>(t.in[i] + (ky + shift) * t.ld) / 64;
-        for (int l = 0; l < lines_per_row; ++l) ++count[(first + l) % kL1Sets];
-      }
-    const int most = *std::max_element(count, count + kL1Sets);
-    const int mean = channels * K * lines_per_row / kL1Sets;
-    if (most <= std::max(kL1Ways, mean + mean / 2)) break;
-    chunk = chunk * 3 / 4;
+  if (t.cin >= 2) {
+    const auto first_plane = reinterpret_cast<intptr_t>(t.in[0]);
+    const intptr_t plane = reinterpret_cast<intptr_t>(t.in[1]) - first_plane;
+    while (chunk > 1) {
+      const int channels = std::min(chunk, w.cin);
+      int count[kL1Sets] = {};
+      for (int i = 0; i < channels; ++i)
+        for (int ky = 0; ky < K; ++ky) {
+          const auto row = static_cast<uintptr_t>(
+              first_plane + i * plane + (ky + shift) * t.ld * static_cast<intptr_t>(sizeof(float)));
+          for (int l = 0; l < lines_per_row; ++l) ++count[(row / 64 + l) % kL1Sets];
+        }
+      const int most = *std::max_element(count, count + kL1Sets);
+      const int mean = channels * K * lines_per_row / kL1Sets;
+      if (most <= std::max(kL1Ways, mean + mean / 2)) break;
+      chunk = chunk * 3 / 4;
+    }
   }
   // Equal chunks: a short last one would pay the per-chunk overhead for little work.
-  const int n_chunks = (t.cin + chunk - 1) / std::max(chunk, 1);
-  return n_chunks > 1 ? (t.cin + n_chunks - 1) / n_chunks : std::max(chunk, 1);
+  const int n_chunks = (w.cin + chunk - 1) / std::max(chunk, 1);
+  return n_chunks > 1 ? (w.cin + n_chunks - 1) / n_chunks : std::max(chunk, 1);
 }
 
 // Epilogue of one output channel: + residual after the activation, stored in
@@ -253,7 +264,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
   constexpr int shift = K == 3 ? 0 : 1;  // padded row of the first tap
   alignas(64) float scratch[kCsrOutBlock * NV * W];
   const int n_rows = t.cin * K;
-  const int chunk = csr_chunk_channels<K, W, NV>(t);
+  const int chunk = csr_chunk_channels<K, W, NV>(w, t);
   std::vector<const float*> row_start(n_rows + 1), rows(n_rows + 1);
   // [begin, end) of the entries of each (output channel, chunk, kx mask).
   constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
