@@ -41,8 +41,7 @@
 #include <cstdint>
 #include <vector>
 
-#include <immintrin.h>
-
+#include "simd.h"
 #include "sparsr.h"
 
 namespace sparsr {
@@ -115,28 +114,13 @@ inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, 
     const uint32_t bits = lane_bits[v];
     if (bits == all) {
       if (res) x = V::add(x, V::load(res + v * W));
-      if (stream)
-        V::stream(dst + v * W, x);
-      else
-        V::store(dst + v * W, x);
+      store_whole<V>(dst + v * W, x, stream);
     } else if (bits) {
       const typename V::Mask lanes = V::from_bits(bits);
       if (res) x = V::add(x, V::load(res + v * W, lanes));
       V::store(dst + v * W, x, lanes);
     }
   }
-}
-
-// Brings the input rows ahead[i], i in [begin, end), into L2 for the next
-// row of tiles, FLOATS floats from one vector before each. A tile row reads
-// cin x K input rows at once, far more streams than the hardware prefetcher
-// follows; each output channel of the first chunk fetches its share.
-template <int FLOATS>
-inline void csr_prefetch(const float* const* ahead, int begin, int end) {
-  for (int i = begin; i < end; ++i)
-#pragma GCC unroll 16
-    for (int f = -16; f < FLOATS; f += 16)
-      _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + f), _MM_HINT_T1);
 }
 
 // The entries [begin, end) of one kx mask. left[v] / right[v] gather the
@@ -181,7 +165,7 @@ template <class V, int K, int NV>
 inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const* rows,
                      int64_t left_step, int64_t offset, const uint32_t* lane_bits,
                      int chunk, const int32_t* bounds, float* scratch,
-                     const float* const* ahead) {
+                     const float* const* ahead, int64_t x) {
   using T = typename V::T;
   constexpr int W = V::kWidth;
   constexpr int masks = K == 3 ? kCsrMasks3x3 : 1;
@@ -197,8 +181,13 @@ inline void csr_tile(const PackedConv& w, const ConvTask& t, const float* const*
       for (int o = ob; o < oe; ++o) {
         const int32_t* bound =
             bounds + (static_cast<size_t>(o) * n_chunks + c0 / chunk) * 2 * masks;
+        // The input row the next row of tiles adds, from the vector before
+        // the tile to the one after: a tile row reads cin x 3 rows at once,
+        // more streams than the hardware prefetcher follows, so each output
+        // channel of the first chunk fetches its share.
         if (ahead && first)
-          csr_prefetch<NV * W + W>(ahead, o * cin / t.cout, (o + 1) * cin / t.cout);
+          for (int i = o * cin / t.cout; i < (o + 1) * cin / t.cout; ++i)
+            prefetch_l2(ahead[i] + x - W, (NV + 2) * W);
         float* part = scratch + (o - ob) * NV * W;
         T acc[NV];
         if (first) {
@@ -280,7 +269,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
         b[0] = prefix[c * chunk];
         b[1] = prefix[std::min(t.cin, (c + 1) * chunk)];
       }
-  std::vector<const float*> ahead_start(t.cin), ahead(t.cin);
+  std::vector<const float*> ahead(t.cin);
   std::vector<uint32_t> lane_bits;
   for (size_t r = 0; r < t.n_runs;) {
     const int y = t.runs[r].y;
@@ -312,7 +301,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
     const bool prefetch = K == 3 && r < t.n_runs;
     if (prefetch) {
       const int64_t next = (t.runs[r].y + K - 1 + shift) * t.ld;
-      for (int i = 0; i < t.cin; ++i) ahead_start[i] = t.in[i] + next;
+      for (int i = 0; i < t.cin; ++i) ahead[i] = t.in[i] + next;
     }
     for (int v = 0; v < n_vec;) {
       if (!lane_bits[v]) {
@@ -326,8 +315,6 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
         const int nv = stretch * (i + 1) / n_tiles - stretch * i / n_tiles;
         const int x = first + v * W;
         for (int e = 0; e < n_rows; ++e) rows[e] = row_start[e] + x;
-        if (prefetch)
-          for (int i = 0; i < t.cin; ++i) ahead[i] = ahead_start[i] + x;
         const int64_t left_step = x > 0 ? -1 : 0;
         const uint32_t* bits = lane_bits.data() + v;
         switch (nv) {
@@ -336,7 +323,7 @@ inline void conv_csr_simd(const PackedConv& w, const ConvTask& t) {
     if constexpr (n <= NV)                                                                 \
       csr_tile<V, K, (n <= NV ? n : NV)>(w, t, rows.data(), left_step, out_row + x, bits, \
                                          chunk, bounds.data(), scratch,                    \
-                                         prefetch ? ahead.data() : nullptr);               \
+                                         prefetch ? ahead.data() : nullptr, x);            \
     break;
           SPARSR_CSR_TILE(1) SPARSR_CSR_TILE(2) SPARSR_CSR_TILE(3) SPARSR_CSR_TILE(4)
           SPARSR_CSR_TILE(5) SPARSR_CSR_TILE(6) SPARSR_CSR_TILE(7) SPARSR_CSR_TILE(8)

@@ -85,10 +85,7 @@ inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, 
     if (t.relu) r = V::max(r, zero);
     if (V::full(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W));
-      if (stream)
-        V::stream(dst + v * W, r);
-      else
-        V::store(dst + v * W, r);
+      store_whole<V>(dst + v * W, r, stream);
     } else if (!V::none(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W, store_mask[v]));
       V::store(dst + v * W, r, store_mask[v]);
@@ -168,11 +165,8 @@ inline void nm_tile_3x3(const NmPlan& p, int y, int ca, int col_lo, int col_hi) 
     nm_fill_rows<3>(p, c0, std::min(c0 + kNmChunkChannels, w.cin), y, ca);
     // The row the next output row adds (y + 3) comes from memory on a large
     // image: fetch it now, or every output channel waits for it then.
-    for (int ci = c0; ci < std::min(c0 + kNmChunkChannels, t.cin); ++ci) {
-      const char* next = reinterpret_cast<const char*>(t.in[ci] + (y + 3) * t.ld + ca - W);
-      for (int line = 0; line < (NV + 2) * W * 4; line += 64)
-        _mm_prefetch(next + line, _MM_HINT_T1);
-    }
+    for (int ci = c0; ci < std::min(c0 + kNmChunkChannels, t.cin); ++ci)
+      prefetch_l2(t.in[ci] + (y + 3) * t.ld + ca - W, (NV + 2) * W);
     const bool first = c0 == 0, last = c0 + kNmChunkChannels >= p.channels;
     for (int o = 0; o < t.cout; ++o) {
       T out[NV], sum0[NV], sum2[NV + 1], before = zero;

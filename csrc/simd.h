@@ -10,6 +10,22 @@
 
 namespace sparsr {
 
+// Brings the floats [p, p + n) into L2. A hint: it never faults.
+inline void prefetch_l2(const float* p, int64_t n) {
+  for (int64_t f = 0; f < n; f += 16)
+    _mm_prefetch(reinterpret_cast<const char*>(p + f), _MM_HINT_T1);
+}
+
+// Stores a whole vector, past the caches when stream (p then aligned to the
+// vector width).
+template <class V>
+inline void store_whole(float* p, typename V::T v, bool stream) {
+  if (stream)
+    V::stream(p, v);
+  else
+    V::store(p, v);
+}
+
 #if defined(__AVX512F__)
 struct VecAvx512 {
   using T = __m512;
