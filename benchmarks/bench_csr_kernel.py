@@ -29,16 +29,20 @@ def random_sparse_weight(rng: np.random.Generator, cout: int, cin: int, ksize: i
 
 
 def time_layers(layers: dict, cin: int, cout: int, height: int, width: int, repeats: int,
-                seed: int = 0, clock=time.perf_counter) -> dict:
+                seed: int = 0, clock=time.perf_counter, input_planes: int | None = None) -> dict:
     """Median milliseconds of each layer over full frames; runs are interleaved so
     that the machine's slow phases hit every layer alike. clock=time.process_time
     measures CPU time of all threads instead, which a busy shared machine
-    disturbs much less than wall time (the pool's threads block, never spin)."""
+    disturbs much less than wall time (the pool's threads block, never spin).
+    input_planes=k reads input channel i from plane i % k: with few planes the
+    inputs stay in L1, which separates a kernel's own loads and arithmetic from
+    the memory system."""
     rng = np.random.default_rng(seed)
     x = _core.Feature.from_numpy(rng.standard_normal((cin, height, width)).astype(np.float32))
     y = _core.Feature(cout, height, width)
     pixels = _core.PixelSet.full(height, width)
-    xv, yv = x.view(), y.view()
+    xv = x.view() if input_planes is None else x.view([i % input_planes for i in range(cin)])
+    yv = y.view()
     times = {name: [] for name in layers}
     for layer in layers.values():  # warm-up: page faults, thread start
         layer(xv, yv, pixels)
@@ -52,9 +56,10 @@ def time_layers(layers: dict, cin: int, cout: int, height: int, width: int, repe
 
 def csr_vs_dense(cout: int, cin: int, ksize: int, height: int, width: int,
                  sparsities=(0.35, 0.5, 0.7), isa: str = "avx512", repeats: int = 7,
-                 seed: int = 0, clock=time.perf_counter) -> dict:
+                 seed: int = 0, clock=time.perf_counter, input_planes: int | None = None) -> dict:
     """{"dense": ms, s: ms, ...} for one layer shape (dense weights have no zeros),
-    and {("model", s): csr / dense time predicted by _core.csr_relative_cost}."""
+    and {("model", s): csr / dense time predicted by _core.csr_relative_cost}.
+    input_planes: see time_layers."""
     rng = np.random.default_rng(seed)
     bias = rng.standard_normal(cout).astype(np.float32)
     layers = {"dense": _core.Conv2d(random_sparse_weight(rng, cout, cin, ksize, 0.0), bias,
@@ -64,7 +69,8 @@ def csr_vs_dense(cout: int, cin: int, ksize: int, height: int, width: int,
         weight = random_sparse_weight(rng, cout, cin, ksize, s)
         layers[s] = _core.Conv2d(weight, bias, isa=isa, format="csr")
         model[("model", s)] = _core.csr_relative_cost(weight, isa)
-    return {**time_layers(layers, cin, cout, height, width, repeats, seed, clock), **model}
+    times = time_layers(layers, cin, cout, height, width, repeats, seed, clock, input_planes)
+    return {**times, **model}
 
 
 def main() -> None:
@@ -77,15 +83,19 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.3)
     parser.add_argument("--cpu-time", action="store_true",
                         help="measure CPU time of all threads (steadier on a busy machine)")
+    parser.add_argument("--input-planes", type=int, default=None,
+                        help="read every input channel from this many distinct planes, which "
+                             "then stay in L1 (default: every channel its own plane)")
     args = parser.parse_args()
     clock = time.process_time if args.cpu_time else time.perf_counter
     _core.set_num_threads(args.threads)
     sparsities = (0.35, 0.5, 0.7, 0.9)
     for cout, cin, ksize in ((64, 64, 3), (64, 256, 1)):
         ms = csr_vs_dense(cout, cin, ksize, args.height, args.width, sparsities, args.isa,
-                          args.repeats, clock=clock)
+                          args.repeats, clock=clock, input_planes=args.input_planes)
         print(f"{cin}->{cout} {ksize}x{ksize} {args.height}x{args.width} {args.isa} "
-              f"{args.threads} threads, {'cpu' if args.cpu_time else 'wall'} time: "
+              f"{args.threads} threads, {'cpu' if args.cpu_time else 'wall'} time"
+              f"{'' if args.input_planes is None else f', inputs from {args.input_planes} planes'}: "
               f"dense {ms['dense']:.2f} ms")
         for s in sparsities:
             ratio = ms[s] / ((1.0 - s) * ms["dense"])

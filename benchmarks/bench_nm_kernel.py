@@ -28,8 +28,12 @@ def random_nm_weight(cout, cin, ksize, n, m, rng):
     return (groups * keep).reshape(cout, cin, ksize, ksize)
 
 
-def conv_runner(cin, cout, ksize, height, width, fmt="dense", n=0, m=0, isa=None, seed=0):
-    """A function running one full-image call of one convolution layer."""
+def conv_runner(cin, cout, ksize, height, width, fmt="dense", n=0, m=0, isa=None, seed=0,
+                input_planes=None):
+    """A function running one full-image call of one convolution layer.
+    input_planes=k reads input channel i from plane i % k: with few planes the
+    inputs stay in L1, which separates a kernel's own loads and arithmetic from
+    the memory system."""
     rng = np.random.default_rng(seed)
     weight = random_nm_weight(cout, cin, ksize, n, m, rng)
     bias = rng.standard_normal(cout).astype(np.float32)
@@ -38,8 +42,10 @@ def conv_runner(cin, cout, ksize, height, width, fmt="dense", n=0, m=0, isa=None
     dst = _core.Feature(cout, height, width)
     pixels = _core.PixelSet.full(height, width)
 
+    src_view = src.view() if input_planes is None else src.view([i % input_planes for i in range(cin)])
+
     def run():
-        layer(src.view(), dst.view(), pixels, relu=True)
+        layer(src_view, dst.view(), pixels, relu=True)
 
     run.kernel = layer.kernel
     return run
@@ -69,6 +75,9 @@ def main():
     parser.add_argument("--isa", default=None, help="scalar, avx2 or avx512 (default: active)")
     parser.add_argument("--patterns", default=None, help="e.g. 2:4,8:32")
     parser.add_argument("--height", type=int, default=360, help="image height (width 640)")
+    parser.add_argument("--input-planes", type=int, default=None,
+                        help="read every input channel from this many distinct planes, which "
+                             "then stay in L1 (default: every channel its own plane)")
     args = parser.parse_args()
     _core.set_num_threads(args.threads)
     patterns = PATTERNS
@@ -77,12 +86,15 @@ def main():
     unrolled = set(_core.nm_unrolled_patterns())
     for cin, cout, k, _, w in SHAPES:
         h = args.height
-        dense = conv_runner(cin, cout, k, h, w, isa=args.isa)
-        sparse = [conv_runner(cin, cout, k, h, w, "nm", n, m, args.isa) for n, m in patterns]
+        planes = args.input_planes
+        dense = conv_runner(cin, cout, k, h, w, isa=args.isa, input_planes=planes)
+        sparse = [conv_runner(cin, cout, k, h, w, "nm", n, m, args.isa, input_planes=planes)
+                  for n, m in patterns]
         times = time_interleaved([dense] + sparse, args.repeats)
         dense_ms = statistics.median(times[0]) * 1e3
         dense_min = min(times[0]) * 1e3
-        print(f"{cin}->{cout} {k}x{k} {h}x{w}, {args.threads} threads, median of {args.repeats}: "
+        where = "" if planes is None else f", inputs from {planes} planes"
+        print(f"{cin}->{cout} {k}x{k} {h}x{w}{where}, {args.threads} threads, median of {args.repeats}: "
               f"dense {dense_ms:.2f} ms (min {dense_min:.2f}; {dense.kernel}, "
               f"{h * w * cin * cout * k * k / dense_ms / 1e6:.0f} GMAC/s)")
         for (n, m), run, t in zip(patterns, sparse, times[1:]):

@@ -114,6 +114,40 @@ def test_nm(benchmark, results, peak, shape, n, m):
             H * W * cout * cin * k * k)
 
 
+# The 3x3 goal shape again with every input channel read from one of two
+# planes (channel i from plane i % 2): the ~8 KB of input rows a tile reads
+# then stay in L1, for the dense and the sparse kernels alike. The ratios that
+# remain are the kernels' own (loads, FMAs, loop structure), not the memory
+# system's. The dense case runs first: the others are measured against it.
+L1_SHAPE = "3x3 64->64, inputs in L1"
+L1_CASES = [("dense", 1, 1), ("csr", 0.35, 0), ("csr", 0.5, 0), ("csr", 0.7, 0),
+            ("nm", 2, 4), ("nm", 1, 4), ("nm", 2, 8), ("nm", 8, 32), ("nm", 4, 32)]
+
+
+@pytest.mark.parametrize("fmt, a, b", L1_CASES, ids=lambda v: str(v))
+def test_inputs_in_l1(benchmark, results, peak, fmt, a, b):
+    if fmt not in _formats():
+        pytest.skip(f"no {fmt} kernels in this build")
+    if fmt != "dense" and L1_SHAPE not in DENSE_TIMES:
+        pytest.skip("the dense case with inputs in L1 did not run")
+    rng, (cout, cin, k), x, y = _setup("3x3 64->64")
+    w = _weights(rng, cout, cin, k)
+    if fmt == "dense":
+        layer, kept, label = _core.Conv2d(w), 1.0, ""
+    elif fmt == "csr":
+        layer, kept, label = _core.Conv2d(_prune_unstructured(w, a), format="csr"), 1 - a, f" s={a}"
+    else:
+        layer, kept, label = _core.Conv2d(_prune_nm(w, a, b), format="nm", n=a, m=b), a / b, f" {a}:{b}"
+    aliased = x.view([i % 2 for i in range(cin)])
+    pixels = _core.PixelSet.full(H, W)
+    benchmark.pedantic(lambda: layer(aliased, y.view(), pixels), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    t = benchmark.stats.stats.median
+    if fmt == "dense":
+        DENSE_TIMES[L1_SHAPE] = t
+    _record(results, peak, layer.kernel + label, L1_SHAPE, kept, t, H * W * cout * cin * k * k)
+
+
 def _blob_mask(rng, density):
     """A realistic mask: a smooth random field thresholded, so pixels come in
     runs and blobs as an SMSR spatial mask does (not salt-and-pepper)."""
