@@ -168,6 +168,46 @@ def test_cli_upscale_and_refusals(tmp_path, smsr_checkpoint, small_rgb):
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
 
 
+def test_cli_upscale_batch_into_directory(tmp_path, smsr_checkpoint, small_rgb):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    a, b, bad = frames / "f001.png", frames / "f002.png", frames / "f003.png"
+    Image.fromarray(small_rgb).save(a)
+    Image.fromarray(small_rgb[:17, :20]).save(b)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    out = tmp_path / "out"
+    # A bad frame is named and skipped; the others are written; the exit code says it failed.
+    r = _cli("upscale", a, b, bad, "-o", out, "-m", smsr_checkpoint)
+    assert r.returncode == 2, r.stdout
+    assert "f003.png" in r.stderr and "1 of 3 images failed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["f001.png", "f002.png"]
+    model = sparsr.load(smsr_checkpoint)
+    for src, img in ((a, small_rgb), (b, small_rgb[:17, :20])):
+        with Image.open(out / src.name) as im:
+            np.testing.assert_array_equal(np.asarray(im), model.upscale(img))
+    # Refusals come before any work: one existing output stops the whole batch.
+    c = frames / "f004.png"
+    Image.fromarray(small_rgb).save(c)
+    r = _cli("upscale", a, c, "-o", out, "-m", smsr_checkpoint)
+    assert r.returncode == 2 and "f001.png exists" in r.stderr
+    assert not (out / "f004.png").exists()
+    # Two inputs of one name would overwrite each other.
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(small_rgb).save(other / "f001.png")
+    r = _cli("upscale", a, other / "f001.png", "-o", tmp_path / "out2", "-m", smsr_checkpoint)
+    assert r.returncode == 2 and "would both be written" in r.stderr
+    assert not (tmp_path / "out2").exists()
+    # Several inputs need a directory, not a file.
+    r = _cli("upscale", a, c, "-o", a, "-m", smsr_checkpoint)
+    assert r.returncode == 2 and "is a file" in r.stderr
+    # One input into an existing directory keeps its name.
+    r = _cli("upscale", c, "-o", out, "-m", smsr_checkpoint)
+    assert r.returncode == 0, r.stderr
+    assert (out / "f004.png").exists()
+
+
 def test_cli_info_and_cpu(smsr_checkpoint):
     r = _cli("info", smsr_checkpoint, "--size", 360, 640)
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,6 @@
 """The sparsr command line.
 
-    sparsr upscale IN -o OUT -m MODEL [--mode mask|dense]
+    sparsr upscale IN [IN ...] -o OUT -m MODEL [--mode mask|dense] [--force]
     sparsr info MODEL [--size H W] [--image IN]
     sparsr cpu
 """
@@ -30,25 +30,69 @@ def _save_atomic(img, path: str) -> None:
     write_atomically(path, lambda f: img.save(f, format=fmt))
 
 
+def _output_paths(inputs: list[str], output: str) -> list[str]:
+    """Where each input goes: OUT itself for one input, or OUT/<input's name>
+    when OUT is a directory (several inputs, an existing directory, or a path
+    ending in a separator)."""
+    as_dir = len(inputs) > 1 or os.path.isdir(output) or output.endswith(("/", os.sep))
+    if not as_dir:
+        return [output]
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise SparsrError(f"{output} is a file; several inputs need an output directory")
+    outs, seen = [], {}
+    for path in inputs:
+        name = os.path.basename(path)
+        if name in seen:
+            raise SparsrError(f"{seen[name]} and {path} would both be written to "
+                              f"{os.path.join(output, name)}")
+        seen[name] = path
+        outs.append(os.path.join(output, name))
+    return outs
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
 def _upscale(args) -> int:
-    same = os.path.abspath(args.input) == os.path.abspath(args.output) or (
-        os.path.exists(args.output) and os.path.exists(args.input)
-        and os.path.samefile(args.input, args.output))
-    if same:
-        raise SparsrError(f"refusing to overwrite the input {args.input} with its upscaled copy")
-    if os.path.exists(args.output) and not args.force:
-        raise SparsrError(f"{args.output} exists (pass --force to overwrite)")
+    outputs = _output_paths(args.input, args.output)
+    # Every refusal comes before any work: a batch never stops half-way on
+    # a name it could have checked first.
+    for out in outputs:
+        for src in args.input:
+            if _same_file(src, out):
+                raise SparsrError(f"refusing to overwrite the input {src} with its upscaled copy")
+        if os.path.exists(out) and not args.force:
+            raise SparsrError(f"{out} exists (pass --force to overwrite)")
+        if Image.registered_extensions().get(Path(out).suffix.lower()) is None:
+            raise SparsrError(f"cannot write {out}: unknown image file extension "
+                              f"{Path(out).suffix!r}")
     model = load(args.model)
-    img = read(args.input)
-    start = time.perf_counter()
-    out = model.upscale(img, mode=args.mode)
-    elapsed = time.perf_counter() - start
-    try:
-        _save_atomic(out, args.output)
-    except (ValueError, KeyError) as e:
-        raise SparsrError(f"cannot write {args.output}: {e}") from None
-    print(f"{args.input} {img.width}x{img.height} -> {args.output} {out.width}x{out.height} "
-          f"({args.mode} mode, {elapsed:.2f} s)")
+    if len(outputs) > 1 or os.path.dirname(outputs[0]):
+        os.makedirs(os.path.dirname(outputs[0]) or ".", exist_ok=True)
+    failed = []
+    for src, out in zip(args.input, outputs):
+        try:
+            img = read(src)
+            start = time.perf_counter()
+            big = model.upscale(img, mode=args.mode)
+            elapsed = time.perf_counter() - start
+            try:
+                _save_atomic(big, out)
+            except (ValueError, KeyError, OSError) as e:
+                raise SparsrError(f"cannot write {out}: {e}") from None
+        except SparsrError as e:
+            if len(outputs) == 1:
+                raise
+            # One bad frame of a batch: say which, go on with the others.
+            print(f"sparsr: error: {e}", file=sys.stderr)
+            failed.append(src)
+            continue
+        print(f"{src} {img.width}x{img.height} -> {out} {big.width}x{big.height} "
+              f"({args.mode} mode, {elapsed:.2f} s)")
+    if failed:
+        raise SparsrError(f"{len(failed)} of {len(outputs)} images failed: {', '.join(failed)}")
     return 0
 
 
@@ -88,9 +132,12 @@ def _cpu(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sparsr", description="Fast sparse super-resolution on CPUs.")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upscale", help="upscale an image")
-    up.add_argument("input")
-    up.add_argument("-o", "--output", required=True)
+    up = sub.add_parser("upscale", help="upscale images",
+                        description="Upscale one image to OUT, or several (video frames, a "
+                                    "folder) into the directory OUT, loading the model once.")
+    up.add_argument("input", nargs="+")
+    up.add_argument("-o", "--output", required=True,
+                    help="output file, or a directory (several inputs, or a path ending in /)")
     up.add_argument("-m", "--model", required=True, help="sparsr checkpoint (.pt)")
     up.add_argument("--mode", choices=["mask", "dense"], default="mask",
                     help="mask: skip what the sparse masks mark (default); dense: compute all")
