@@ -309,15 +309,17 @@ def _butterfly_crop(shared_dir):
 
 
 def test_all_eligible_nm_checkpoint_matches_torch(nm_checkpoint, shared_dir):
-    """N:M collect convs too: at unimportant pixels their slices run as zero-skip
-    convs over the dense inputs (input skip), which must not change the image."""
+    """N:M collect convs too: at unimportant pixels the collect runs as a zero-skip
+    conv over the layers' dense channels (input skip), which must not change the image."""
     import sparsr
     if not nm_common.nm_kernels_available():
         pytest.skip("the engine has no 'nm' kernel")
     path, _ = nm_checkpoint
     net = sparsr.load(path)
     module = net._net.modules[0]
-    assert module.collect_natural and all(s is not None for s in module.unimportant_slices)
+    # At unimportant pixels the N:M collect reads the dense channels only, as a zero-skip conv.
+    assert module.collect_natural and module.unimportant_collect.format != "nm"
+    assert module.unimportant_collect.cin == sum(module.n_dense)
     assert all(u is not None for u in module.unimportant_layers[1:])
     lr = _butterfly_crop(shared_dir)
     fwd = net.forward(lr, mode="mask")
@@ -325,6 +327,31 @@ def test_all_eligible_nm_checkpoint_matches_torch(nm_checkpoint, shared_dir):
     _, tensors, _ = nm_common.load_checkpoint(path)
     ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(tensors).eval())(lr)
     assert np.abs(np.asarray(fwd.output, np.float32) - ref).max() <= 1e-2
+
+
+def test_all_eligible_nm_checkpoint_without_input_skip_matches_torch(nm_checkpoint, shared_dir,
+                                                                     tmp_path):
+    """The same N:M model without input skip (every channel read, the sparse ones
+    as zeros, in the N:M layers' own channel order): the same image."""
+    import sparsr
+    from sparsr import checkpoint
+    if not nm_common.nm_kernels_available():
+        pytest.skip("the engine has no 'nm' kernel")
+    path, _ = nm_checkpoint
+    model, tensors, metadata = checkpoint.load(path)
+    no_skip = tmp_path / "no_skip.pt"
+    checkpoint.save(no_skip, dict(model, input_skip=False), tensors, metadata)
+    net = sparsr.load(no_skip)
+    module = net._net.modules[0]
+    assert module.collect_natural and module.unimportant_collect.format == "nm"
+    assert module.unimportant_collect.cin == 4 * module.channels
+    lr = _butterfly_crop(shared_dir)
+    fwd = net.forward(lr, mode="mask")
+    _, ref_tensors, _ = nm_common.load_checkpoint(path)
+    ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(ref_tensors).eval())(lr)
+    assert np.abs(np.asarray(fwd.output, np.float32) - ref).max() <= 1e-2
+    skip = sparsr.load(path).forward(lr, mode="mask")
+    assert fwd.macs > skip.macs     # the zeros are multiplied, not skipped
 
 
 def test_nm_core_model_counts_macs_against_the_same_dense_layers(nm_core_checkpoint,

@@ -115,3 +115,29 @@ def test_dataset_psnr_matches_the_reference(smsr_model, state_dict, shared_dir, 
         theirs.append(metrics.psnr_y(metrics.quantize(want), hr, 2))
     assert abs(np.mean(ours) - np.mean(theirs)) <= 0.02
     assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 0.05
+
+
+@pytest.mark.parametrize("input_skip", [True, False])
+def test_extreme_channel_masks_match_reference(smsr_checkpoint, state_dict, tmp_path,
+                                               input_skip):
+    """Module 1 with no dense channel in any layer (the collect then adds only
+    its bias at unimportant pixels), module 2 with every channel dense, in both
+    input-skip settings: the engine still matches the reference."""
+    from sparsr import checkpoint
+    model, tensors, metadata = checkpoint.load(smsr_checkpoint)
+    sd = dict(state_dict)
+    for k, dense in ((1, False), (2, True)):
+        name = f"body.{k}.body.ch_mask"
+        logits = np.zeros(tensors[name].shape, np.float32)
+        logits[..., 0 if dense else 1] = 5.0
+        tensors[name] = logits
+        sd[name] = torch.from_numpy(logits.copy())
+    model = dict(model, input_skip=input_skip)
+    path = tmp_path / "extreme.pt"
+    checkpoint.save(path, model, tensors, metadata)
+    net = sparsr.load(path)
+    assert sum(net._net.modules[1].n_dense) == 0
+    assert net._net.modules[2].n_dense == [64] * 4
+    lr = _textured(np.random.default_rng(7), 29, 41)
+    got, _ = _compare(net, sd, lr, "mask")
+    assert 0 < np.mean([m.mean() for m in got.masks]) < 1
