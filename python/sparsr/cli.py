@@ -50,27 +50,36 @@ def _output_paths(inputs: list[str], output: str) -> list[str]:
     return outs
 
 
-def _same_file(a: str, b: str) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b) or (
-        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+def _file_ids(paths: list[str]) -> set:
+    """Absolute paths, and (device, inode) of those that exist: a link to a
+    file is the file."""
+    ids = set()
+    for path in paths:
+        ids.add(os.path.abspath(path))
+        if os.path.exists(path):
+            st = os.stat(path)
+            ids.add((st.st_dev, st.st_ino))
+    return ids
 
 
 def _upscale(args) -> int:
     outputs = _output_paths(args.input, args.output)
     # Every refusal comes before any work: a batch never stops half-way on
     # a name it could have checked first.
+    # One set of the inputs, not a comparison of every pair: a batch may hold
+    # thousands of frames.
+    inputs = _file_ids(args.input)
     for out in outputs:
-        for src in args.input:
-            if _same_file(src, out):
-                raise SparsrError(f"refusing to overwrite the input {src} with its upscaled copy")
+        if _file_ids([out]) & inputs:
+            raise SparsrError(f"refusing to overwrite the input {out} with its upscaled copy")
         if os.path.exists(out) and not args.force:
             raise SparsrError(f"{out} exists (pass --force to overwrite)")
         if Image.registered_extensions().get(Path(out).suffix.lower()) is None:
             raise SparsrError(f"cannot write {out}: unknown image file extension "
                               f"{Path(out).suffix!r}")
     model = load(args.model)
-    if len(outputs) > 1 or os.path.dirname(outputs[0]):
-        os.makedirs(os.path.dirname(outputs[0]) or ".", exist_ok=True)
+    if os.path.dirname(outputs[0]):
+        os.makedirs(os.path.dirname(outputs[0]), exist_ok=True)
     failed = []
     for src, out in zip(args.input, outputs):
         try:

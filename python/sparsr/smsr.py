@@ -267,12 +267,7 @@ class _Module:
             src = stored.select(np.argsort(order).tolist()) if natural else stored
             if self.input_skip and not natural:
                 return src, src, nd
-            with_zero = _core.Channels.cat([stored, zero.view([0])])
-            if natural:
-                picks = [pos if pos < nd else c for pos in np.argsort(order)]
-            else:
-                picks = list(range(nd)) + [c] * (c - nd)
-            return src, with_zero.select(picks), c
+            return src, self._sparse_as_zeros(stored, layer_before, natural, zero), c
 
         # Every layer's dense channels, in layer order, in one feature: the
         # collect reads them at unimportant pixels after the last layer. Its
@@ -284,11 +279,13 @@ class _Module:
         starts = np.cumsum([0] + self.n_dense).tolist()
         planes = max(self.dense_planes, starts[-1])
         dense_all = _core.Feature(planes, h, w, written=planes) if starts[-1] else None
+        dense_views = [dense_all.view(list(range(starts[i], starts[i + 1]))) if nd else None
+                       for i, nd in enumerate(self.n_dense)]
         src = x.view()
         pending, sparse = [], None
         for i, layer in enumerate(self.layers):
             nd = self.n_dense[i]
-            parts = [dense_all.view(list(range(starts[i], starts[i + 1])))] if nd else []
+            parts = [dense_views[i]] if nd else []
             if nd < c:
                 # Planes [0, nd) stay unused (the dense channels are in
                 # dense_all); `written` spares their interiors the zeroing.
@@ -319,7 +316,11 @@ class _Module:
                                       dense_pixels=important.count)
                 pending, reads = [], None
         del src, dst, parts, pending, sparse, at_i, at_u
-        views = self._unimportant_inputs(dense_all, starts, zero)
+        if self.input_skip:
+            views = _core.Channels.cat([d for d in dense_views if d is not None])
+        else:
+            views = _core.Channels.cat([self._sparse_as_zeros(d, i, self.collect_natural, zero)
+                                        for i, d in enumerate(dense_views)])
         # No dense channel at all: the bias alone (a conv reading 0 inputs).
         self.unimportant_collect(counter, views if len(views) else zero.view([0]), y.view(),
                                  unimportant, cin=len(views), dense_pixels=unimportant.count)
@@ -333,25 +334,20 @@ class _Module:
         _core.scale_add(y.view(), s.tolist(), x.view(), y.view())
         return y, mask
 
-    def _unimportant_inputs(self, dense_all, starts, zero: _core.Feature) -> _core.Channels:
-        """What the collect reads at unimportant pixels: every layer's dense
-        channels (input skip), or all channels with the sparse ones as a zero
-        plane, in the order of the collect's columns there."""
-        if self.input_skip:
-            if dense_all is None:
-                return _core.Channels.cat([])
-            return dense_all.view(list(range(starts[-1])))
-        views = []
-        for i, nd in enumerate(self.n_dense):
-            dense = [dense_all.view(list(range(starts[i], starts[i + 1])))] if nd else []
-            with_zero = _core.Channels.cat(dense + [zero.view([0])])
-            if self.collect_natural:
-                picks = [pos if pos < nd else nd for pos in np.argsort(self.perm[i])]
-            else:
-                picks = list(range(nd)) + [nd] * (self.channels - nd)
-            views.append(with_zero.select(picks))
-        return _core.Channels.cat(views)
-
+    def _sparse_as_zeros(self, dense, layer: int, natural: bool,
+                         zero: _core.Feature) -> _core.Channels:
+        """Layer `layer`'s output as all its channels, the sparse ones read as a
+        zero plane (at unimportant pixels, where they are zero): `dense` holds
+        its dense channels first (None: it has none); natural: in the
+        original channel order, else in storage order."""
+        nd = self.n_dense[layer]
+        with_zero = _core.Channels.cat(([dense] if dense is not None else []) + [zero.view([0])])
+        z = len(with_zero) - 1
+        if natural:
+            picks = [pos if pos < nd else z for pos in np.argsort(self.perm[layer])]
+        else:
+            picks = list(range(nd)) + [z] * (self.channels - nd)
+        return with_zero.select(picks)
 
 @dataclass
 class Stages:
