@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsr import _core
+from sparsr import _core, _peak
 
 H, W = 360, 640
 ROUNDS = 7
@@ -29,9 +29,9 @@ def _formats():
 @pytest.fixture(scope="module")
 def peak(results):
     isa = _core.active_isa()
-    results.peak_gflops = _core.fma_peak_gflops(isa, 1.0)
+    results.peak_gflops = _peak.fma_peak_gflops(isa, 1.0)
     # The ceiling of a sparse kernel: one input vector load per FMA.
-    results.load_peak_gflops = _core.fma_peak_gflops(isa, 1.0, loads=True)
+    results.load_peak_gflops = _peak.fma_peak_gflops(isa, 1.0, loads=True)
     return results.peak_gflops
 
 

@@ -1,5 +1,5 @@
-// Feature buffers, pixel sets and the network-level operations built on the
-// micro-kernels.
+// The runtime's data: feature buffers (pooled), channel lists, pixel sets, and
+// Conv2d, a layer packed for one micro-kernel and run over a pixel set.
 #pragma once
 
 #include <cstdint>
@@ -104,23 +104,9 @@ class Conv2d {
   int64_t nnz_ = 0;
 };
 
-void fill(const Channels& out, const PixelSet& pixels, float value);
 // Splits runs into tasks of roughly equal pixel counts for the thread pool.
 std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel);
-
-// dst[c] = src[c] * scale[c] + residual[c] over the whole interior (in place allowed).
-void scale_add(const Channels& src, const std::vector<float>& scale, const Channels& residual,
-               const Channels& dst);
-std::vector<double> channel_means(const Channels& src);
-// x = max(x, 0) over the whole interior, in place.
-void relu_inplace(const Channels& x);
-// 2x2 average pooling, floor of odd sizes.
-void avg_pool2(const Channels& src, const Channels& dst);
-// Transposed 3x3 convolution, stride 2, padding 1, output padding 1:
-// (cin, h, w) -> (cout, 2h, 2w). weight is (cin, cout, 3, 3) as in PyTorch.
-void conv_transpose3x3_s2(const Channels& src, const float* weight, const float* bias, int cout,
-                          const Channels& dst);
-// Bicubic upsampling by an integer factor (PyTorch: a = -0.75, align_corners=False).
-void upsample_bicubic(const Channels& src, int scale, const Channels& dst);
+// Throws std::invalid_argument naming `what` when a and b differ in height or width.
+void check_geometry(const Channels& a, const Channels& b, const char* what);
 
 }  // namespace sparsr

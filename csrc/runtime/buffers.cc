@@ -1,0 +1,247 @@
+#include "runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include <sys/mman.h>
+
+#include "threadpool.h"
+
+namespace sparsr {
+
+// ---------------------------------------------------------------- Feature
+
+namespace {
+
+// Large feature buffers come back to this pool instead of the OS: a fresh
+// mapping costs a page fault per 4 KiB on first touch, which for a network
+// that allocates dozens of 60 MB features per pass costs more than the
+// convolutions it feeds. Freed buffers are kept up to a byte limit and reused
+// for requests of the same size.
+class BufferPool {
+ public:
+  static BufferPool& get() {
+    static BufferPool* pool = new BufferPool();  // outlives static teardown
+    return *pool;
+  }
+
+  float* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        float* p = it->second;
+        free_.erase(it);
+        pooled_ -= bytes;
+        return p;
+      }
+    }
+    // 2 MB aligned and advised as huge pages: a convolution tile reads a row
+    // of every input channel, each in its own 4 KB page, which alone overflows
+    // the first-level TLB (measured: a 1x1 256->64 over 360x640 on one thread,
+    // 135 -> 130 ms).
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+    return static_cast<float*>(p);
+  }
+
+  void give(float* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pooled_ + bytes > kMaxPooledBytes) {
+      std::free(p);
+      return;
+    }
+    free_.emplace(bytes, p);
+    pooled_ += bytes;
+  }
+
+ private:
+  static constexpr size_t kHugePage = size_t(2) << 20;
+  static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
+  std::mutex mutex_;
+  std::multimap<size_t, float*> free_;
+  size_t pooled_ = 0;
+};
+
+// Buffers below this size come from malloc's own free lists cheaply.
+constexpr size_t kPoolMinBytes = size_t(1) << 20;
+
+}  // namespace
+
+void Feature::Free::operator()(float* p) const {
+  if (bytes >= kPoolMinBytes) {
+    BufferPool::get().give(p, bytes);
+  } else {
+    std::free(p);
+  }
+}
+
+Feature::Feature(int channels, int height, int width, int written)
+    : channels_(channels), height_(height), width_(width), data_(nullptr, Free{}) {
+  if (channels <= 0 || height <= 0 || width <= 0)
+    throw std::invalid_argument("feature dimensions must be positive, got " +
+                                std::to_string(channels) + "x" + std::to_string(height) + "x" +
+                                std::to_string(width));
+  if (written < 0 || written > channels)
+    throw std::invalid_argument("written planes must be in [0, channels], got " +
+                                std::to_string(written));
+  ld_ = padded_row_stride(width);
+  plane_ = (static_cast<int64_t>(height) + 2) * ld_;
+  const size_t bytes =
+      ((static_cast<size_t>(channels) * plane_ + kFeatureSlack) * sizeof(float) + 63) / 64 * 64;
+  float* p;
+  if (bytes >= kPoolMinBytes) {
+    p = BufferPool::get().take(bytes);
+    // Zero in parallel: every feature starts all zero (borders, and the
+    // sparse channels at unimportant pixels that SMSR never writes), except
+    // the interiors of the planes the caller writes.
+    const size_t chunk = 1 << 20;
+    const size_t skip = static_cast<size_t>(written) * plane_ * sizeof(float);
+    const size_t n = (bytes - skip + chunk - 1) / chunk;
+    char* base = reinterpret_cast<char*>(p);
+    parallel_for(n, [&](size_t i) {
+      const size_t begin = skip + i * chunk;
+      std::memset(base + begin, 0, std::min(chunk, bytes - begin));
+    });
+    parallel_for(static_cast<size_t>(written), [&](size_t c) {
+      float* plane = p + c * plane_;
+      std::memset(plane, 0, ld_ * sizeof(float));                            // top border row
+      std::memset(plane + (height + 1) * ld_, 0, ld_ * sizeof(float));       // bottom border row
+      for (int y = 1; y <= height; ++y) {
+        float* row = plane + y * ld_;
+        row[0] = 0.0f;                                                       // left border
+        std::memset(row + width + 1, 0, (ld_ - width - 1) * sizeof(float));  // right border, padding
+      }
+    });
+  } else {
+    p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+  }
+  data_ = std::unique_ptr<float, Free>(p, Free{bytes});
+}
+
+// ---------------------------------------------------------------- Channels
+
+Channels Channels::of(const std::shared_ptr<Feature>& f) {
+  std::vector<int> all(f->channels());
+  for (int i = 0; i < f->channels(); ++i) all[i] = i;
+  return of(f, all);
+}
+
+Channels Channels::of(const std::shared_ptr<Feature>& f, const std::vector<int>& indices) {
+  Channels c;
+  c.height = f->height();
+  c.width = f->width();
+  c.ld = f->ld();
+  c.owners.push_back(f);
+  for (int i : indices) {
+    if (i < 0 || i >= f->channels())
+      throw std::out_of_range("channel index " + std::to_string(i) + " out of range for a " +
+                              std::to_string(f->channels()) + "-channel feature");
+    c.planes.push_back(f->plane(i));
+  }
+  return c;
+}
+
+Channels Channels::cat(const std::vector<Channels>& parts) {
+  Channels c;
+  for (const Channels& p : parts) {
+    if (c.owners.empty() && c.planes.empty()) {
+      c.height = p.height;
+      c.width = p.width;
+      c.ld = p.ld;
+    } else if (p.height != c.height || p.width != c.width) {
+      throw std::invalid_argument("cannot concatenate channels of different sizes");
+    }
+    c.planes.insert(c.planes.end(), p.planes.begin(), p.planes.end());
+    c.owners.insert(c.owners.end(), p.owners.begin(), p.owners.end());
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- PixelSet
+
+PixelSet PixelSet::full(int height, int width) {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  s.runs.reserve(height);
+  for (int y = 0; y < height; ++y) s.runs.push_back(Run{y, 0, width});
+  s.count = static_cast<int64_t>(height) * width;
+  return s;
+}
+
+PixelSet PixelSet::from_mask(const uint8_t* mask, int mask_h, int mask_w, int height, int width) {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  const int rows = std::min(mask_h, height), cols = std::min(mask_w, width);
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* m = mask + static_cast<size_t>(y) * mask_w;
+    int x = 0;
+    while (x < cols) {
+      while (x < cols && !m[x]) ++x;
+      if (x == cols) break;
+      const int x0 = x;
+      while (x < cols && m[x]) ++x;
+      s.runs.push_back(Run{y, x0, x});
+      s.count += x - x0;
+    }
+  }
+  return s;
+}
+
+PixelSet PixelSet::complement() const {
+  PixelSet s;
+  s.height = height;
+  s.width = width;
+  size_t r = 0;
+  for (int y = 0; y < height; ++y) {
+    int x = 0;
+    for (; r < runs.size() && runs[r].y == y; ++r) {
+      if (runs[r].x0 > x) s.runs.push_back(Run{y, x, runs[r].x0});
+      x = runs[r].x1;
+    }
+    if (x < width) s.runs.push_back(Run{y, x, width});
+  }
+  s.count = static_cast<int64_t>(height) * width - count;
+  return s;
+}
+
+
+std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel) {
+  // Enough tasks to balance two or more threads, few enough to keep the
+  // per-task overhead (a run costs a little even when short) small.
+  std::vector<std::pair<size_t, size_t>> tasks;
+  const size_t n = pixels.runs.size();
+  if (n == 0) return tasks;
+  const int64_t per_run_overhead = 16;
+  int64_t total = 0;
+  for (const Run& r : pixels.runs) total += (r.x1 - r.x0) + per_run_overhead;
+  const int threads = num_threads();
+  const int64_t min_task = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cost_per_pixel));
+  const int64_t target = std::max<int64_t>(min_task, total / (threads * 8) + 1);
+  size_t begin = 0;
+  int64_t acc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    acc += (pixels.runs[i].x1 - pixels.runs[i].x0) + per_run_overhead;
+    if (acc >= target) {
+      tasks.emplace_back(begin, i + 1);
+      begin = i + 1;
+      acc = 0;
+    }
+  }
+  if (begin < n) tasks.emplace_back(begin, n);
+  return tasks;
+}
+
+}  // namespace sparsr
