@@ -1,0 +1,204 @@
+"""The network as data: a list of ops over named values, and its checks.
+
+A graph is what a sparsr checkpoint describes (``model["graph"]``)::
+
+    {"inputs": ["image"], "outputs": ["out"],
+     "nodes": [{"op": "conv2d", "name": "head", "inputs": ["image"], "outputs": ["h"],
+                "attrs": {"kernel": 3, "padding": 1},
+                "params": {"weight": "head.weight", "bias": "head.bias"}}, ...]}
+
+Every value is one image-sized feature of (channels, height, width), batch 1.
+``params`` maps a role of the op ("weight", "bias", ...) to a tensor stored in
+the checkpoint. Nodes are listed in an order in which they can run; the
+checks below refuse a cycle, a value read before it is written or written
+twice, a dangling output and an unknown op, naming the node.
+
+The model description around the graph (``model["io"]``) says how images
+enter and leave it: the pixel range the network expects, the colour layout
+and the scale. ``model["layers"]`` optionally chooses a weight format per
+convolution, by the name of its weight tensor without ``.weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .errors import CheckpointError
+
+# How images enter and leave a network: io["color"].
+COLORS = ("rgb", "y", "grey")
+
+
+@dataclass
+class Node:
+    """One op application."""
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"op": self.op, "name": self.name, "inputs": list(self.inputs),
+             "outputs": list(self.outputs)}
+        if self.attrs:
+            d["attrs"] = dict(self.attrs)
+        if self.params:
+            d["params"] = dict(self.params)
+        return d
+
+
+@dataclass
+class IO:
+    """How images map to the graph's input and output values.
+
+    The runtime turns an image into floats on [0, range] (``range`` 255 for a
+    network trained on 0..255, 1 for 0..1), in the channel order and colour
+    layout given, runs the graph, and maps its output back the same way.
+    """
+    scale: int
+    color: str = "rgb"          # "rgb": 3 channels; "y": luma only, chroma upscaled bicubically;
+    #                             "grey": one channel in, one out
+    range: float = 1.0
+    channel_order: str = "rgb"  # or "bgr"
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "color": self.color, "range": self.range,
+                "channel_order": self.channel_order}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "IO":
+        if not isinstance(d, dict):
+            raise CheckpointError("model 'io' must be an object with scale, color and range")
+        scale = _field(d, "scale", int, "io")
+        color = d.get("color", "rgb")
+        rng = d.get("range", 1.0)
+        order = d.get("channel_order", "rgb")
+        if not 1 <= scale <= 16:
+            raise CheckpointError(f"io.scale must be 1..16, got {scale}")
+        if color not in COLORS:
+            raise CheckpointError(f"io.color must be one of {COLORS}, got {color!r}")
+        if (not isinstance(rng, (int, float)) or isinstance(rng, bool)
+                or not math.isfinite(rng) or not 0 < rng <= 65535):
+            raise CheckpointError(f"io.range must be a positive number, got {rng!r}")
+        if order not in ("rgb", "bgr"):
+            raise CheckpointError(f"io.channel_order must be 'rgb' or 'bgr', got {order!r}")
+        return cls(scale, color, float(rng), order)
+
+
+def _field(d: Mapping, key: str, kind, where: str):
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CheckpointError(f"{where}.{key} is missing or not a {kind.__name__}")
+    return value
+
+
+@dataclass
+class Graph:
+    """Nodes in a runnable order, the input value and the output value."""
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+
+    def to_dict(self) -> dict:
+        return {"inputs": list(self.inputs), "outputs": list(self.outputs),
+                "nodes": [n.to_dict() for n in self.nodes]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Graph":
+        if not isinstance(d, dict):
+            raise CheckpointError("model 'graph' must be an object")
+        nodes = []
+        raw = d.get("nodes")
+        if not isinstance(raw, list):
+            raise CheckpointError("graph.nodes must be a list")
+        for i, n in enumerate(raw):
+            if not isinstance(n, dict):
+                raise CheckpointError(f"graph node {i} is not an object")
+            where = f"graph node {i} ({n.get('name', '?')!s:.40})"
+            op, name = n.get("op"), n.get("name", f"node{i}")
+            if not isinstance(op, str) or not isinstance(name, str):
+                raise CheckpointError(f"{where}: 'op' and 'name' must be strings")
+            ins, outs = n.get("inputs", []), n.get("outputs", [])
+            attrs, params = n.get("attrs", {}), n.get("params", {})
+            if not (_str_list(ins) and _str_list(outs)):
+                raise CheckpointError(f"{where}: inputs and outputs must be lists of names")
+            if not isinstance(attrs, dict):
+                raise CheckpointError(f"{where}: attrs must be an object")
+            if not isinstance(params, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
+                raise CheckpointError(f"{where}: params must map roles to tensor names")
+            nodes.append(Node(op, name, list(ins), list(outs), dict(attrs), dict(params)))
+        ins, outs = d.get("inputs"), d.get("outputs")
+        if not (_str_list(ins) and _str_list(outs)) or len(ins) != 1 or len(outs) != 1:
+            raise CheckpointError("graph.inputs and graph.outputs must each name one value")
+        return cls(nodes, list(ins), list(outs))
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r}")
+
+    def producers(self) -> dict[str, int]:
+        """Value -> index of the node that writes it (graph inputs: -1)."""
+        out = {v: -1 for v in self.inputs}
+        for i, n in enumerate(self.nodes):
+            for v in n.outputs:
+                out[v] = i
+        return out
+
+    def consumers(self) -> dict[str, list[int]]:
+        """Value -> indices of the nodes that read it, in order."""
+        out: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for v in n.inputs:
+                out.setdefault(v, []).append(i)
+        return out
+
+    def check(self, known_ops: Iterable[str], tensors: Mapping[str, Any]) -> None:
+        """Structural checks: every op known, names unique, every value written
+        once before it is read, every written value used, tensors present."""
+        known = set(known_ops)
+        written = set(self.inputs)
+        names = set()
+        for i, n in enumerate(self.nodes):
+            where = f"node {n.name!r} ({n.op})"
+            if n.op not in known:
+                raise CheckpointError(f"{where}: unsupported op {n.op!r} "
+                                      f"(supported: {', '.join(sorted(known))})")
+            if n.name in names:
+                raise CheckpointError(f"{where}: a second node has this name")
+            names.add(n.name)
+            for v in n.inputs:
+                if v not in written:
+                    later = any(v in m.outputs for m in self.nodes[i:])
+                    raise CheckpointError(
+                        f"{where}: reads {v!r} " + ("before it is written (a cycle, or nodes "
+                                                    "out of order)" if later else
+                                                    "which no node writes"))
+            for v in n.outputs:
+                if v in written:
+                    raise CheckpointError(f"{where}: writes {v!r}, already written")
+                written.add(v)
+            for role, t in n.params.items():
+                if t not in tensors:
+                    raise CheckpointError(f"{where}: its {role} tensor {t!r} is not in the file")
+        out = self.outputs[0]
+        if out not in written:
+            raise CheckpointError(f"graph output {out!r} is written by no node")
+        read = {v for n in self.nodes for v in n.inputs} | {out}
+        dangling = [v for n in self.nodes for v in n.outputs if v not in read]
+        if dangling:
+            raise CheckpointError(f"values written but never used (dangling): {dangling[:5]}")
+
+
+def _str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)

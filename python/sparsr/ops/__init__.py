@@ -1,0 +1,147 @@
+"""The op registry: one class per graph op.
+
+An op class is made once per graph node at load time (it checks its attrs and
+tensors there and packs its weights) and is then run any number of times:
+
+    @register
+    class Sigmoid(Op):
+        name = "sigmoid"
+        def infer(self, shapes):            # [(C, H, W)] -> [(C, H, W)]
+            return [shapes[0]]
+        def run(self, rt, inputs):          # _core.Channels in, Channels out
+            out = rt.output(0, inputs[0])   # a new feature, or input 0 reused in place
+            _core.unary("sigmoid", inputs[0], out)
+            return [out]
+
+Adding an op is one module under ops/ with its class; the import list at the
+end of this file is the one registry line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..graph import Node
+
+Shape = tuple[int, int, int]   # (channels, height, width)
+
+OPS: dict[str, type["Op"]] = {}
+
+
+def register(cls: type["Op"]) -> type["Op"]:
+    if cls.name in OPS:
+        raise RuntimeError(f"op {cls.name!r} registered twice")
+    OPS[cls.name] = cls
+    return cls
+
+
+class BuildContext:
+    """What an op may read while it is made: tensors, per-layer formats, ISA."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], layers: Mapping[str, dict],
+                 isa: str | None):
+        self.tensors = tensors
+        self.layers = layers
+        self.isa = isa
+
+
+class Op:
+    """One node of a graph, ready to run. Subclasses set `name` and implement
+    `infer` and `run`; `macs` and `convs` feed `Model.info()`."""
+
+    name: ClassVar[str] = ""
+    # The output may reuse input 0's buffer when nothing reads input 0 later
+    # (the executor decides; `rt.output` does it).
+    inplace: ClassVar[bool] = False
+    # Number of inputs: an int, or (min, max) with max None for any.
+    arity: ClassVar[Any] = 1
+
+    def __init__(self, node: Node, ctx: BuildContext):
+        self.node = node
+        n = len(node.inputs)
+        lo, hi = (self.arity, self.arity) if isinstance(self.arity, int) else self.arity
+        if n < lo or (hi is not None and n > hi):
+            want = str(lo) if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"
+            self.fail(f"takes {want} inputs, got {n}")
+
+    # -- to implement ---------------------------------------------------------
+
+    def infer(self, shapes: list[Shape]) -> list[Shape]:
+        raise NotImplementedError
+
+    def run(self, rt: Any, inputs: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def macs(self, shapes: list[Shape]) -> int:
+        """Multiply-accumulates of a dense run at these input shapes."""
+        return 0
+
+    def convs(self) -> list[dict]:
+        """Rows of Model.info()'s layer table for the convolutions this op owns."""
+        return []
+
+    # -- helpers --------------------------------------------------------------
+
+    def fail(self, message: str, kind: type[Exception] = CheckpointError):
+        raise kind(f"node {self.node.name!r} ({self.node.op}): {message}")
+
+    def attr(self, key: str, default: Any = None, kind: type | tuple = int,
+             lo: float | None = None, hi: float | None = None,
+             choices: tuple | None = None) -> Any:
+        """A checked attribute: its type, range or allowed values, else the default."""
+        value = self.node.attrs.get(key, default)
+        if value is None and default is None:
+            return None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.fail(f"attribute {key!r} must be {getattr(kind, '__name__', kind)}, "
+                      f"got {value!r:.40}")
+        if choices is not None and value not in choices:
+            self.fail(f"attribute {key!r} must be one of {choices}, got {value!r:.40}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+                self.fail(f"attribute {key!r} must be in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def int_pair(self, key: str, default: int, lo: int, hi: int) -> tuple[int, int]:
+        """An attribute given as one int or a pair [a, b]."""
+        value = self.node.attrs.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            self.fail(f"attribute {key!r} must be an int or a pair of ints, got {value!r:.40}")
+        if not all(lo <= v <= hi for v in value):
+            self.fail(f"attribute {key!r} must be in [{lo}, {hi}], got {value}")
+        return value[0], value[1]
+
+    def tensor(self, ctx: BuildContext, role: str, shape: tuple | None = None,
+               required: bool = True) -> np.ndarray | None:
+        """The float32 tensor of a role (params), its shape checked if given."""
+        name = self.node.params.get(role)
+        if name is None:
+            if required:
+                self.fail(f"lacks its {role!r} tensor")
+            return None
+        t = ctx.tensors[name]
+        if not np.issubdtype(t.dtype, np.floating):
+            self.fail(f"{role} tensor {name!r} has dtype {t.dtype}, expected float32")
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            self.fail(f"{role} tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if not np.all(np.isfinite(t)):
+            self.fail(f"{role} tensor {name!r} holds NaN or infinite values")
+        return t
+
+    def same_shape(self, shapes: list[Shape]) -> Shape:
+        if any(s != shapes[0] for s in shapes[1:]):
+            self.fail(f"inputs differ in shape: {shapes}", ValueError)
+        return shapes[0]
+
+
+# The registry: every op module, imported for its @register classes.
+from . import conv as _conv  # noqa: E402,F401
