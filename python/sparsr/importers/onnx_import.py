@@ -286,7 +286,7 @@ class _Lowering:
         self.node: Any = None
         for init in self.graph.initializer:
             try:
-                self.env[init.name] = Known(onnx.numpy_helper.to_array(init))
+                self.env[init.name] = Known(np.array(onnx.numpy_helper.to_array(init)))
             except Exception as e:
                 raise CheckpointError(f"initializer {init.name!r} cannot be read "
                                       f"({type(e).__name__}: {e})") from None
@@ -430,7 +430,7 @@ class _Lowering:
                         tags = None
                 self.env[self.node.output[i]] = Known(np.asarray(o), tags)
 
-    def shape_of(self, v: Value, name: str) -> Known:
+    def shape_of(self, v: Value) -> Known:
         if isinstance(v, Known):
             return Known(np.asarray(v.array.shape, np.int64))
         if isinstance(v, View):
@@ -478,12 +478,10 @@ class _Lowering:
             return Feat(out, (c2, h2, w2))
         if h % h2 == 0 and h // h2 == w // w2 and w % w2 == 0:
             r = h // h2                     # out = P(pixel_unshuffle(src))
-            out = self.emit("pixel_unshuffle", [v.feat.value], {"factor": r})
-            unshuffled = _pixel_unshuffle(planes, r)
-            perm = _channel_permutation(idx[0], unshuffled)
+            perm = _channel_permutation(idx[0], _pixel_unshuffle(planes, r))
             if perm is None:
-                self.b.nodes.pop()
                 return None
+            out = self.emit("pixel_unshuffle", [v.feat.value], {"factor": r})
             return self.permute(Feat(out, (c * r * r, h2, w2)), perm)
         return None
 
@@ -534,7 +532,7 @@ def _channel_axis(v: View, axis: int) -> np.ndarray | None:
 
 # -- feature ops -------------------------------------------------------------------
 
-def _pads(lo: "_Lowering", attrs: dict, kernel: Sequence[int]) -> list[int]:
+def _pads(lo: "_Lowering", attrs: dict) -> list[int]:
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
@@ -567,7 +565,7 @@ def _conv(lo: "_Lowering") -> None:
         lo.fail(f"kernel_shape {list(a['kernel_shape'])} does not match the weight {w.shape}")
     stride = _pair_attr(lo, a, "strides", 1)
     dil = _pair_attr(lo, a, "dilations", 1)
-    pad = _pads(lo, a, (kh, kw))
+    pad = _pads(lo, a)
     c, h, wd = x.shape
     if groups < 1 or c % groups or cout % groups or c // groups != cin_g:
         lo.fail(f"weight {w.shape} with group {groups} does not fit {c} input channels")
@@ -604,7 +602,7 @@ def _conv_transpose(lo: "_Lowering") -> None:
         lo.fail("a dilated transposed convolution is not supported")
     stride = _pair_attr(lo, a, "strides", 1)
     out_pad = _pair_attr(lo, a, "output_padding", 0)
-    pad = _pads(lo, a, (kh, kw))
+    pad = _pads(lo, a)
     c, h, wd = x.shape
     if c != cin or groups < 1 or cin % groups:
         lo.fail(f"weight {w.shape} with group {groups} does not fit {c} input channels")
@@ -1128,7 +1126,7 @@ def _pool(kind: str):
         if len(k) != 2:
             lo.fail(f"kernel_shape {k} is not 2-D")
         stride = _pair_attr(lo, a, "strides", 1)
-        pad = _pads(lo, a, k)
+        pad = _pads(lo, a)
         if kind == "avg_pool" and pad != [0, 0] and not int(a.get("count_include_pad", 0)):
             lo.fail("count_include_pad=0 with padding: sparsr's avg_pool counts the padding")
         if any(p > kk // 2 for p, kk in zip(pad, k)):
@@ -1233,7 +1231,7 @@ def _cast(lo: "_Lowering") -> None:
 
 
 def _shape(lo: "_Lowering") -> None:
-    s = lo.shape_of(lo.inp(0), lo.node.input[0])
+    s = lo.shape_of(lo.inp(0))
     a = lo.attrs()
     start, end = a.get("start", 0), a.get("end")
     sl = slice(int(start), None if end is None else int(end))
@@ -1241,7 +1239,7 @@ def _shape(lo: "_Lowering") -> None:
 
 
 def _size(lo: "_Lowering") -> None:
-    s = lo.shape_of(lo.inp(0), lo.node.input[0])
+    s = lo.shape_of(lo.inp(0))
     lo.put(Known(np.asarray(np.prod(s.array), np.int64)))
 
 
@@ -1786,14 +1784,14 @@ def _tanh_gelu_inner(ir: _IR, tanh: Node) -> tuple[str, list[Node]] | None:
 
 
 def _fuse_silu(ir: _IR) -> None:
-    """x * sigmoid(x) -> silu(x)."""
+    """x * sigmoid(x) -> silu(x); the sigmoid stays if something else reads it."""
     for n in list(ir.nodes):
         if not ir.product(n):
             continue
         for x, s in (n.inputs, n.inputs[::-1]):
             sig = ir.made_by(s, "sigmoid")
-            if sig is not None and sig.inputs[0] == x and ir.only_user(s) is n:
-                ir.replace(n, "silu", [x], {}, [sig])
+            if sig is not None and sig.inputs[0] == x and x != s:
+                ir.replace(n, "silu", [x], {}, [sig] if ir.only_user(s) is n else [])
                 break
 
 
