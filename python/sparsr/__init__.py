@@ -8,7 +8,7 @@ fast on ordinary CPUs.
 
 from . import _core
 from .errors import CheckpointError, ImageError, SparsrError
-from .model import Model, load
+from .model import Forward, Model, load
 
 __version__ = "0.1.0"
 
