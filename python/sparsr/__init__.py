@@ -7,8 +7,25 @@ fast on ordinary CPUs.
 """
 
 from . import _core
+from . import env as _env
 from .errors import CheckpointError, ImageError, SparsrError
-from .model import Model, load
+from .model import Model
+from .model import load as _load
+
+# A bad SPARSR_NUM_THREADS or SPARSR_ISA is a SparsrError at first use (load,
+# cpu_info), not at import: the CLI imports sparsr before it can report errors.
+try:
+    _env.apply()
+except SparsrError:
+    pass
+
+
+def load(path, isa=None) -> Model:
+    _env.check()
+    return _load(path, isa)
+
+
+load.__doc__ = _load.__doc__
 
 __version__ = "0.1.0"
 
@@ -16,6 +33,7 @@ __version__ = "0.1.0"
 def cpu_info() -> dict:
     """The instruction set in use, the best one this CPU has, the thread count
     and the micro-kernels the engine dispatches to."""
+    _env.check()
     active = _core.active_isa()
     chosen = {}
     for k in _core.kernels():
