@@ -153,12 +153,12 @@ def read_file(path: str) -> ImageFile:
     with _decoding(path):
         with Image.open(path) as im:
             fmt = im.format
-            icc = im.info.get("icc_profile") or None
-            exif = im.getexif()
-            pixels = _read_deep_colour(path, im)
+            pixels = _read_deep_colour(path, im)   # before anything loads im (and drops its tiles)
             if pixels is None:
                 im.load()
                 pixels = im.copy()
+            icc = im.info.get("icc_profile") or None
+            exif = im.getexif()
     orientation = exif.get(ORIENTATION, 1)
     pixels = _upright(pixels, orientation)
     return ImageFile(pixels, icc, _exif_bytes(exif), fmt)
@@ -427,6 +427,9 @@ def _write_tiff(f: BinaryIO, a: np.ndarray, cmyk: bool, icc_profile: bytes | Non
     profile and EXIF (its tags in the image's directory, as TIFF keeps them)."""
     from PIL import Image, TiffImagePlugin
 
+    if a.ndim == 3 and a.shape[2] == 2 and a.dtype == np.uint16:
+        # Pillow (and so sparsr) cannot open 16-bit grey + alpha TIFFs: RGBA it is.
+        a = a[..., [0, 0, 0, 1]]
     h, w = a.shape[:2]
     channels = 1 if a.ndim == 2 else a.shape[2]
     bits = a.dtype.itemsize * 8
