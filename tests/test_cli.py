@@ -453,3 +453,20 @@ def test_interrupt_leaves_no_output(tmp_path, phase, sig, code):
     assert rc == code, err
     assert "Traceback" not in err
     assert list(out.iterdir()) == []   # no output, no temporary file
+
+
+def test_info_json_into_head_exits_cleanly(smsr_checkpoint):
+    environ = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    r = subprocess.run(f"{sys.executable} -m sparsr.cli info --json {smsr_checkpoint} | head -1",
+                       shell=True, capture_output=True, text=True, env=environ)
+    assert r.stdout == "{\n" and "Traceback" not in r.stderr and "Broken" not in r.stderr
+
+
+def test_real_model_by_name(tmp_path, smsr_checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("SPARSR_MODELS", str(smsr_checkpoint.parent))
+    a = rgb(9, 11)
+    src = save(tmp_path / "in.png", a)
+    code, _, err = run(capsys, "upscale", src, "-o", tmp_path / "out.png", "-m",
+                       smsr_checkpoint.stem)
+    assert code == 0, err
+    assert pixels(tmp_path / "out.png").shape == (18, 22, 3)

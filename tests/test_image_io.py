@@ -341,3 +341,13 @@ def test_bad_files_name_the_file(tmp_path):
         image.read_file(str(truncated))
     with pytest.raises(ImageError, match="no such file"):
         image.read_file(str(tmp_path / "nope.png"))
+
+
+def test_large_16bit_files_cross_encoder_bands(tmp_path):
+    # more rows than one band of the encoders (4 MB of samples)
+    a = deep((1500, 800, 3), seed=9)
+    for fmt in ("PNG", "TIFF"):
+        data = encode(a, fmt)
+        np.testing.assert_array_equal(read_bytes(data, tmp_path, f"l.{fmt.lower()}").pixels, a)
+        with Image.open(io.BytesIO(data)) as im:
+            np.testing.assert_array_equal(np.asarray(im), (a >> 8).astype(np.uint8))

@@ -7,17 +7,21 @@ fast on ordinary CPUs.
 """
 
 from . import _core
-from . import env as _env
 from .errors import CheckpointError, ImageError, SparsrError
-from .model import Model
-from .model import load as _load
+from .model import Model, load
+
+__version__ = "0.1.0"
 
 # A bad SPARSR_NUM_THREADS or SPARSR_ISA is a SparsrError at first use (load,
 # cpu_info), not at import: the CLI imports sparsr before it can report errors.
+from . import env as _env  # noqa: E402
+
 try:
     _env.apply()
 except SparsrError:
     pass
+
+_load = load
 
 
 def load(path, isa=None) -> Model:
@@ -26,8 +30,6 @@ def load(path, isa=None) -> Model:
 
 
 load.__doc__ = _load.__doc__
-
-__version__ = "0.1.0"
 
 
 def cpu_info() -> dict:

@@ -375,41 +375,48 @@ def _to_8bit(a: np.ndarray) -> np.ndarray:
 def _write_png16(f: BinaryIO, a: np.ndarray, icc_profile: bytes | None,
                  exif: bytes | None) -> None:
     """A 16-bit PNG (grey, grey+alpha, RGB, RGBA) with libpng's filter choice:
-    per row, the filter whose output has the least sum of absolute values."""
+    per row, the filter whose output has the least sum of absolute values.
+    Filtered and compressed in bands of rows: a few bands' memory, and Ctrl-C
+    is seen between bands."""
     h, w = a.shape[:2]
     channels = 1 if a.ndim == 2 else a.shape[2]
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    raw = np.ascontiguousarray(a, dtype=">u2").view(np.uint8).reshape(h, w * channels * 2)
-    filtered = _png_filter(raw, bpp=channels * 2)
-    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16,
-                                                                 colour_type, 0, 0, 0))]
+    row_bytes = w * channels * 2
+    f.write(b"\x89PNG\r\n\x1a\n")
+    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)))
     if icc_profile:
-        out.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+        f.write(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
     if exif:
-        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
-    data = zlib.compress(filtered.tobytes(), 6)
-    for start in range(0, len(data), 1 << 23):
-        out.append(_png_chunk(b"IDAT", data[start:start + (1 << 23)]))
-    if not data:
-        out.append(_png_chunk(b"IDAT", data))
-    out.append(_png_chunk(b"IEND", b""))
-    for part in out:
-        f.write(part)
+        f.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+    deflate = zlib.compressobj(6)
+    pending = b""
+    band = max(1, (4 << 20) // max(1, row_bytes))
+    previous = np.zeros((1, row_bytes), np.uint8)
+    for top in range(0, h, band):
+        raw = np.ascontiguousarray(a[top:top + band], dtype=">u2").view(np.uint8)
+        raw = raw.reshape(-1, row_bytes)
+        pending += deflate.compress(_png_filter(raw, previous, bpp=channels * 2).tobytes())
+        previous = raw[-1:]
+        if len(pending) >= 1 << 20:
+            f.write(_png_chunk(b"IDAT", pending))
+            pending = b""
+    f.write(_png_chunk(b"IDAT", pending + deflate.flush()))
+    f.write(_png_chunk(b"IEND", b""))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png_filter(raw: np.ndarray, bpp: int) -> np.ndarray:
-    """Rows of raw bytes -> rows of (filter type, filtered bytes)."""
+def _png_filter(raw: np.ndarray, previous: np.ndarray, bpp: int) -> np.ndarray:
+    """Rows of raw bytes (after the row `previous`, zeros above the image) ->
+    rows of (filter type, filtered bytes)."""
     x = raw.astype(np.int16)
     left = np.zeros_like(x)
     left[:, bpp:] = x[:, :-bpp]
-    up = np.zeros_like(x)
-    up[1:] = x[:-1]
+    up = np.concatenate([previous.astype(np.int16), x[:-1]])
     up_left = np.zeros_like(x)
-    up_left[1:, bpp:] = x[:-1, :-bpp]
+    up_left[:, bpp:] = up[:, :-bpp]
     p = left + up - up_left
     pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
@@ -433,7 +440,13 @@ def _write_tiff(f: BinaryIO, a: np.ndarray, cmyk: bool, icc_profile: bytes | Non
     h, w = a.shape[:2]
     channels = 1 if a.ndim == 2 else a.shape[2]
     bits = a.dtype.itemsize * 8
-    data = zlib.compress(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes(), 6)
+    # Compressed in bands of rows, so that Ctrl-C is seen between them.
+    deflate = zlib.compressobj(6)
+    band = max(1, (4 << 20) // max(1, a[:1].nbytes))
+    parts = [deflate.compress(np.ascontiguousarray(a[top:top + band],
+                                                   dtype=a.dtype.newbyteorder("<")))
+             for top in range(0, h, band)]
+    data = b"".join(parts) + deflate.flush()
     ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
     if exif:
         meta = Image.Exif()
