@@ -184,7 +184,8 @@ def test_json_report_and_quiet(tmp_path, capsys, model):
     assert [r["size_in"] for r in report["images"]] == [[6, 4], [5, 3]]
     assert [r["size_out"] for r in report["images"]] == [[12, 8], [10, 6]]
     first = report["images"][0]
-    assert first["input"].endswith("a.png") and first["output"].endswith(os.path.join("out", "a.png"))
+    assert first["input"].endswith("a.png")
+    assert first["output"].endswith(os.path.join("out", "a.png"))
     assert first["seconds"] >= 0 and report["failed"] == []
     code, out, err = run(capsys, "upscale", tmp_path / "in", "-o", tmp_path / "out", "-m", "x",
                          "--force", "--quiet")

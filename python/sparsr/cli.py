@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -608,7 +608,11 @@ def main(argv=None) -> int:
                                   for t in threading.enumerate()):
         # The network is still running natively in its thread; temporary files
         # are already removed, and there is nothing to wait for.
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass
         os._exit(code)
     return code
 
