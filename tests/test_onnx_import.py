@@ -500,32 +500,69 @@ def check_with_onnxruntime(proto, model, tensors, channels=4, sizes=SIZES):
         np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)
 
 
+def _dcr_after_conv():
+    w = np.random.default_rng(1).standard_normal((16, 4, 3, 3)).astype(np.float32)
+    return make_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                       helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="DCR")],
+                      [("w", w)])
+
+
+def _dcr_of_input():
+    w = np.random.default_rng(3).standard_normal((4, 4, 1, 1)).astype(np.float32)
+    return make_model([helper.make_node("DepthToSpace", ["x"], ["s"], blocksize=2, mode="DCR"),
+                       helper.make_node("Conv", ["s", "w"], ["y"])], [("w", w)], channels=16)
+
+
+def _space_to_depth():
+    w = np.random.default_rng(2).standard_normal((16, 16, 1, 1)).astype(np.float32)
+    return make_model([helper.make_node("SpaceToDepth", ["x"], ["s"], blocksize=2),
+                       helper.make_node("Conv", ["s", "w"], ["c"]),
+                       helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")],
+                      [("w", w)])
+
+
+def _upsample_opset9():
+    return make_model([helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")],
+                      [("scales", np.asarray([1, 1, 2, 2], np.float32))], opset=9)
+
+
+def _clip_split_opset11():
+    nodes = [helper.make_node("Identity", ["x"], ["i"]),
+             helper.make_node("Dropout", ["i"], ["d"]),
+             helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(
+                 np.asarray(0.5, np.float32))),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["c"]),
+             helper.make_node("Split", ["c"], ["a", "b"], axis=1, split=[1, 3]),
+             helper.make_node("Concat", ["b", "a"], ["y"], axis=1)]
+    return make_model(nodes, [("lo", np.asarray(-0.25, np.float32))], opset=11)
+
+
+HAND_MADE = {"dcr": _dcr_after_conv, "space_to_depth": _space_to_depth,
+             "upsample": _upsample_opset9, "clip_split": _clip_split_opset11}
+
+
 def test_depth_to_space_modes():
     w = np.random.default_rng(1).standard_normal((16, 4, 3, 3)).astype(np.float32)
-    for mode in ("CRD", "DCR"):
-        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-                 helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode=mode,
-                                  name="d2s")]
-        proto = make_model(nodes, [("w", w)])
-        model, tensors = _convert_4ch(proto)
-        assert ops_of(model) == ["conv2d", "pixel_shuffle"]      # DCR: weights permuted
-        check_with_onnxruntime(proto, model, tensors)
-    # DCR on a value no convolution writes: slices and a concat
-    nodes = [helper.make_node("DepthToSpace", ["x"], ["s"], blocksize=2, mode="DCR"),
-             helper.make_node("Conv", ["s", "w1"], ["y"])]
-    w1 = np.random.default_rng(3).standard_normal((4, 4, 1, 1)).astype(np.float32)
-    proto = make_model(nodes, [("w1", w1)], channels=16)
+    proto = make_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")],
+                       [("w", w)])
     model, tensors = _convert_4ch(proto)
-    assert ops_of(model)[:1] == ["slice"] and "concat" in ops_of(model)
+    assert ops_of(model) == ["conv2d", "pixel_shuffle"]
+    check_with_onnxruntime(proto, model, tensors)
+    # DCR is a channel permutation and a pixel shuffle: into the conv's weights...
+    proto = _dcr_after_conv()
+    model, tensors = _convert_4ch(proto)
+    assert ops_of(model) == ["conv2d", "pixel_shuffle"]
+    check_with_onnxruntime(proto, model, tensors)
+    # ... or, with no conv to take it, slices and a concat
+    proto = _dcr_of_input()
+    model, tensors = _convert_4ch(proto)
+    assert ops_of(model)[0] == "slice" and "concat" in ops_of(model)
     check_with_onnxruntime(proto, model, tensors, channels=16)
 
 
 def test_space_to_depth():
-    w = np.random.default_rng(2).standard_normal((16, 16, 1, 1)).astype(np.float32)
-    nodes = [helper.make_node("SpaceToDepth", ["x"], ["s"], blocksize=2),
-             helper.make_node("Conv", ["s", "w"], ["c"]),
-             helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")]
-    proto = make_model(nodes, [("w", w)])
+    proto = _space_to_depth()
     model, tensors = _convert_4ch(proto)
     assert ops_of(model) == ["pixel_unshuffle", "conv2d", "pixel_shuffle"]
     check_with_onnxruntime(proto, model, tensors)
@@ -541,22 +578,14 @@ def _convert_4ch(proto):
 
 
 def test_upsample_opset9():
-    nodes = [helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")]
-    proto = make_model(nodes, [("scales", np.asarray([1, 1, 2, 2], np.float32))], opset=9)
+    proto = _upsample_opset9()
     model, tensors = _convert_4ch(proto)
     assert ops_of(model) == ["resize"] and model["graph"]["nodes"][0]["attrs"]["scale"] == 2
     check_with_onnxruntime(proto, model, tensors)
 
 
 def test_identity_dropout_clip_split_attr_opset11():
-    nodes = [helper.make_node("Identity", ["x"], ["i"]),
-             helper.make_node("Dropout", ["i"], ["d"]),
-             helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(
-                 np.asarray(0.5, np.float32))),
-             helper.make_node("Clip", ["d", "lo", "hi"], ["c"]),
-             helper.make_node("Split", ["c"], ["a", "b"], axis=1, split=[1, 3]),
-             helper.make_node("Concat", ["b", "a"], ["y"], axis=1)]
-    proto = make_model(nodes, [("lo", np.asarray(-0.25, np.float32))], opset=11)
+    proto = _clip_split_opset11()
     model, tensors = _convert_4ch(proto)
     assert ops_of(model) == ["clamp", "split", "concat"]
     check_with_onnxruntime(proto, model, tensors)
@@ -676,11 +705,69 @@ def test_refuses_unsupported_attributes():
 
 # -- the runtime -------------------------------------------------------------------------
 
-def test_runtime_matches_torch(converted, tmp_path):
-    """sparsr.load on the written checkpoints against torch, once the graph
-    runtime is on this branch."""
+def runtime_missing(model: dict) -> set[str]:
+    """Ops of the graph that the runtime's registry does not have yet."""
+    from sparsr.ops import OPS
+    return set(ops_of(model)) - set(OPS)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_runtime_matches_torch(converted, tmp_path, name, opset):
+    """sparsr.load on the written checkpoint against the torch module."""
     import sparsr
-    from pathlib import Path
-    if not (Path(sparsr.__file__).parent / "executor.py").exists():
-        pytest.skip("the graph runtime (sparsr/executor.py) is not on this branch yet")
-    pytest.fail("graph runtime present: wire up the end-to-end comparison")
+    module, model, tensors, proto = converted(name, opset)
+    missing = runtime_missing(model)
+    if missing:
+        pytest.skip(f"the runtime has no {sorted(missing)} yet")
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.sparsr"
+    onnx.save(proto, str(src))
+    convert_onnx(src, dst)
+    m = sparsr.load(dst)
+    torch.manual_seed(0)
+    for h, w in SIZES:
+        x = torch.rand(1, CASES[name][1], h, w) * 2 - 0.5
+        with torch.no_grad():
+            want = module(x)[0].permute(1, 2, 0).numpy()
+        rgb = x[0].permute(1, 2, 0).numpy()
+        if rgb.shape[2] == 1:           # a grey network sees the luma of equal channels
+            rgb, want = np.repeat(rgb, 3, axis=2), np.repeat(want, 3, axis=2)
+        np.testing.assert_allclose(m.process(rgb), want, atol=TOL, rtol=TOL)
+
+
+def test_runtime_forward_on_an_image(converted, tmp_path):
+    import sparsr
+    module, model, tensors, proto = converted("shuffle_residual", 17)
+    if runtime_missing(model):
+        pytest.skip(f"the runtime has no {sorted(runtime_missing(model))} yet")
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.sparsr"
+    onnx.save(proto, str(src))
+    convert_onnx(src, dst, input_range=1.0)
+    img = np.random.default_rng(0).integers(0, 256, (19, 23, 3), dtype=np.uint8)
+    out = sparsr.load(dst).forward(img).output              # on 0..255
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        want = module(x)[0].permute(1, 2, 0).numpy() * 255
+    np.testing.assert_allclose(out, want, atol=TOL * 255, rtol=TOL)
+
+
+@pytest.mark.parametrize("graph", ["dcr", "space_to_depth", "upsample", "clip_split"])
+def test_runtime_matches_onnxruntime(graph):
+    """Hand-made 4-channel graphs through the executor against onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from sparsr import _core
+    from sparsr.executor import Executor
+    from sparsr.graph import Graph
+    proto = HAND_MADE[graph]()
+    model, tensors = _convert_4ch(proto)
+    if runtime_missing(model):
+        pytest.skip(f"the runtime has no {sorted(runtime_missing(model))} yet")
+    channels = proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    ex = Executor(Graph.from_dict(model["graph"]), tensors, {}, None, channels)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for h, w in SIZES:
+        x = rng.standard_normal((1, channels, h, w)).astype(np.float32)
+        got = ex.run(_core.Feature.from_numpy(np.ascontiguousarray(x[0])).view(),
+                     "dense").output.numpy()
+        np.testing.assert_allclose(got, sess.run(None, {"x": x})[0][0], atol=TOL, rtol=TOL)
