@@ -233,7 +233,8 @@ class Views(nn.Module):
     def forward(self, x):
         y = self.c(x)
         b, c, h, w = y.size()
-        y = y.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, h * 2, w * 2)
+        y = y.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        y = y.reshape(b, c // 4, h * 2, w * 2)
         z = F.pixel_unshuffle(F.interpolate(x, scale_factor=2.0, mode="bicubic",
                                             align_corners=False), 2)
         return (y + F.pixel_shuffle(self.c2(z), 2)
@@ -453,6 +454,40 @@ def test_fixed_size_export_of_a_convolutional_net():
     module = ShuffleResidual().eval()
     model, tensors = graph_from_onnx(export(module, dynamic=False, size=(16, 20)))
     check_numerics(module, model, tensors)            # runs at other sizes
+
+
+class Normalised(nn.Module):
+    """Batch norm on the input and after a conv; a weight-normed conv."""
+    def __init__(self):
+        super().__init__()
+        self.bn_in, self.c, self.bn = nn.BatchNorm2d(3), nn.Conv2d(3, 8, 3, padding=1), \
+            nn.BatchNorm2d(8)
+        self.out = nn.utils.parametrizations.weight_norm(nn.Conv2d(8, 3, 1))
+        g = torch.Generator().manual_seed(4)
+        for bn in (self.bn_in, self.bn):
+            bn.running_mean.uniform_(-1, 1, generator=g)
+            bn.running_var.uniform_(0.5, 2, generator=g)
+            bn.weight.data.uniform_(0.5, 1.5, generator=g)
+
+    def forward(self, x):
+        return self.out(F.relu(self.bn(self.c(self.bn_in(x)))))
+
+
+def test_weight_computations_and_batch_norm_unfolded():
+    """Exported without constant folding: the weight norm's ReduceL2/Div and the
+    unfused batch norms are evaluated at conversion."""
+    module = Normalised().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, 3, 16, 16),), f, dynamo=False, opset_version=13,
+                          do_constant_folding=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}})
+    proto = onnx.load_from_string(f.getvalue())
+    assert {"BatchNormalization", "ReduceL2"} <= {n.op_type for n in proto.graph.node}
+    model, tensors = graph_from_onnx(proto)
+    assert ops_of(model).count("conv2d") == 2
+    check_numerics(module, model, tensors)
 
 
 def test_dynamo_exporter():

@@ -124,8 +124,9 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
 
     if fixed is not None:
         # An input exported at a fixed size: lower at that size and at another
-        # one, so sizes baked into the graph are found.
-        probes = (fixed, (fixed[0] * 2, fixed[1] * 3))
+        # one, so sizes baked into the graph are found (whole multiples keep
+        # whatever divisibility the exported size had; H != W at the second).
+        probes = (fixed, (fixed[0] * 2, fixed[1] * (2 if fixed[0] != fixed[1] else 4)))
     else:
         probes = PROBES
     first = _lower(model_proto, probes[0])
@@ -217,7 +218,6 @@ def _graph_input(graph: Any) -> tuple[str, int, tuple[int, int] | None]:
         raise CheckpointError(f"the input {v.name!r} has a dynamic channel count; "
                               "export with a fixed one")
     if (h is None) != (w is None):
-        # One fixed side: probe it at its size, vary the other.
         raise CheckpointError(f"the input {v.name!r} has one fixed and one dynamic side; "
                               "export with both H and W dynamic")
     return v.name, c, None if h is None else (h, w)
@@ -284,6 +284,7 @@ class _Lowering:
         self.dim_tags: list[tuple[str, int]] = []       # tag id -> (feature value, axis)
         self.splits: list[tuple[str, int, list[str]]] = []   # (source, channels, slices)
         self.node: Any = None
+        self.index = -1
         for init in self.graph.initializer:
             try:
                 self.env[init.name] = Known(np.array(onnx.numpy_helper.to_array(init)))
@@ -343,6 +344,7 @@ class _Lowering:
         v = self.inp(i)
         if isinstance(v, View):
             v = self.resolve(v)
+            self.env[self.node.input[i]] = v     # resolved once for every reader
         if not isinstance(v, Feat):
             self.fail(f"input {i} must be an image feature (1, C, H, W), got "
                       + ("a constant" if isinstance(v, Known) else "nothing"))
@@ -681,7 +683,7 @@ def _clip(lo: "_Lowering") -> None:
     lo.put(Feat(lo.emit("clamp", [x.value], attrs), x.shape))
 
 
-def _channel_const(lo: "_Lowering", k: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
+def _channel_const(k: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
     """A constant operand against a (1, C, H, W) feature as one value (shape
     (1,)) or one per channel (C,); None when it varies over pixels."""
     c = shape[0]
@@ -708,7 +710,7 @@ def _binary(op: str):
             k, x, k_first = a.array, b, True
         else:
             k, x, k_first = b.array, a, False
-        v = _channel_const(lo, k, x.shape)
+        v = _channel_const(k, x.shape)
         if v is None:
             lo.fail(f"a constant operand of shape {np.shape(k)} varies over pixels or does "
                     f"not broadcast over channels of {(1, *x.shape)}")
@@ -1569,6 +1571,9 @@ _FOLD_OPS: dict[str, Callable] = {
     "ReduceMean": _f_reduce(np.mean),
     "ReduceMax": _f_reduce(np.max),
     "ReduceMin": _f_reduce(np.min),
+    "ReduceL1": _f_reduce(lambda x, **k: np.sum(np.abs(x), **k)),
+    "ReduceL2": _f_reduce(lambda x, **k: np.sqrt(np.sum(np.square(x), **k))),
+    "ReduceSumSquare": _f_reduce(lambda x, **k: np.sum(np.square(x), **k)),
     "Tile": lambda lo, ins, a: [np.tile(ins[0], [int(r) for r in ins[1].reshape(-1)])],
 }
 
