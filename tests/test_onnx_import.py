@@ -287,6 +287,20 @@ class Downsampled(nn.Module):
         return self.up(self.act(self.down(x))) + x
 
 
+class GeneralConvs(nn.Module):
+    """Strided, dilated, grouped, depthwise and 5x5 convolutions, back up by a
+    pixel shuffle."""
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c4 = nn.Conv2d(8, 12, 5, padding=2)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.c4(F.relu(self.c3(self.c2(self.c1(x))))), 2)
+
+
 class ResizeToSizes(nn.Module):
     """Resizes by scale 3, to sizes computed from the input's size, and to the
     size of another tensor."""
@@ -340,6 +354,7 @@ CASES = {
     "channels": (Channels, 3, {"conv_transpose2d", "conv2d", "avg_pool", "concat", "split",
                                "slice", "add", "sub"}),
     "downsampled": (Downsampled, 3, {"conv2d", "prelu", "conv_transpose2d"}),
+    "general_convs": (GeneralConvs, 3, {"conv2d", "relu", "pixel_shuffle"}),
     "resize_to_sizes": (ResizeToSizes, 3, {"resize", "avg_pool"}),
     "channel_shuffle": (ChannelShuffle, 3, {"conv2d", "slice", "concat"}),
     "grey": (Grey, 1, {"conv2d", "pixel_shuffle"}),
