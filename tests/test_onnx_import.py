@@ -821,3 +821,48 @@ def test_runtime_matches_onnxruntime(graph):
         got = ex.run(_core.Feature.from_numpy(np.ascontiguousarray(x[0])).view(),
                      "dense").output.numpy()
         np.testing.assert_allclose(got, sess.run(None, {"x": x})[0][0], atol=TOL, rtol=TOL)
+
+
+# -- a real network -----------------------------------------------------------------------
+
+class SRVGGNetCompact(nn.Module):
+    """Real-ESRGAN's compact network (xinntao/Real-ESRGAN srvgg_arch.py):
+    convs with PReLUs, a pixel shuffle, the nearest-upsampled input added."""
+    def __init__(self, num_feat=64, num_conv=16, upscale=4):
+        super().__init__()
+        self.upscale = upscale
+        body = [nn.Conv2d(3, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            body += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        body.append(nn.Conv2d(num_feat, 3 * upscale * upscale, 3, 1, 1))
+        self.body = nn.ModuleList(body)
+
+    def forward(self, x):
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        out = F.pixel_shuffle(out, self.upscale)
+        return out + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+
+
+def test_real_network_through_onnx(shared_dir, tmp_path):
+    """realesr-animevideov3 exported by torch.onnx, converted, run by sparsr on
+    a Set5 crop, against PyTorch."""
+    from conftest import read_rgb
+
+    import sparsr
+    sd = torch.load(shared_dir / "models" / "realesr_animevideov3_x4.pth", map_location="cpu",
+                    weights_only=True)["params"]
+    module = SRVGGNetCompact().eval()
+    module.load_state_dict(sd)
+    src, dst = tmp_path / "srvgg.onnx", tmp_path / "srvgg.sparsr"
+    onnx.save(export(module, opset=17), str(src))
+    summary = convert_onnx(src, dst)
+    assert summary["scale"] == 4 and summary["ops"] == {
+        "add": 1, "conv2d": 18, "pixel_shuffle": 1, "prelu": 17, "resize": 1}
+    m = sparsr.load(dst)
+    lr = read_rgb(next((shared_dir / "data" / "Set5" / "LR_bicubic" / "X4").glob("*.png")))
+    rgb = lr[:40, :36].astype(np.float32) / 255
+    with torch.no_grad():
+        want = module(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(m.process(rgb), want, atol=TOL, rtol=TOL)
