@@ -866,3 +866,67 @@ def test_real_network_through_onnx(shared_dir, tmp_path):
     with torch.no_grad():
         want = module(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(m.process(rgb), want, atol=TOL, rtol=TOL)
+
+
+class IMDModule(nn.Module):
+    """IMDN's block (Zheng222/IMDN model/block.py): progressive channel splits,
+    leaky ReLUs, contrast-aware channel attention (std + mean over pixels)."""
+    def __init__(self, nf=64):
+        super().__init__()
+        self.d, self.r = nf // 4, nf - nf // 4
+        self.c1 = nn.Conv2d(nf, nf, 3, padding=1)
+        self.c2 = nn.Conv2d(self.r, nf, 3, padding=1)
+        self.c3 = nn.Conv2d(self.r, nf, 3, padding=1)
+        self.c4 = nn.Conv2d(self.r, self.d, 3, padding=1)
+        self.c5 = nn.Conv2d(nf, nf, 1)
+        self.cca = nn.Module()
+        self.cca.conv_du = nn.Sequential(nn.Conv2d(nf, nf // 16, 1), nn.ReLU(),
+                                         nn.Conv2d(nf // 16, nf, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        act = lambda t: F.leaky_relu(t, 0.05)  # noqa: E731
+        d1, r1 = torch.split(act(self.c1(x)), (self.d, self.r), dim=1)
+        d2, r2 = torch.split(act(self.c2(r1)), (self.d, self.r), dim=1)
+        d3, r3 = torch.split(act(self.c3(r2)), (self.d, self.r), dim=1)
+        out = torch.cat([d1, d2, d3, self.c4(r3)], dim=1)
+        y = self.cca.conv_du(_stdv_channels(out) + F.adaptive_avg_pool2d(out, 1))
+        return self.c5(out * y) + x
+
+
+class IMDN(nn.Module):
+    def __init__(self, nf=64, upscale=2):
+        super().__init__()
+        self.fea_conv = nn.Conv2d(3, nf, 3, padding=1)
+        for i in range(1, 7):
+            setattr(self, f"IMDB{i}", IMDModule(nf))
+        self.c = nn.Sequential(nn.Conv2d(nf * 6, nf, 1), nn.LeakyReLU(0.05))
+        self.LR_conv = nn.Conv2d(nf, nf, 3, padding=1)
+        self.upsampler = nn.Sequential(nn.Conv2d(nf, 3 * upscale ** 2, 3, padding=1),
+                                       nn.PixelShuffle(upscale))
+
+    def forward(self, x):
+        fea = self.fea_conv(x)
+        outs, y = [], fea
+        for i in range(1, 7):
+            y = getattr(self, f"IMDB{i}")(y)
+            outs.append(y)
+        return self.upsampler(self.LR_conv(self.c(torch.cat(outs, 1))) + fea)
+
+
+def test_imdn_through_onnx(shared_dir, tmp_path):
+    import sparsr
+    from conftest import read_rgb
+    sd = torch.load(shared_dir / "models" / "imdn_x2.pth", map_location="cpu", weights_only=True)
+    module = IMDN().eval()
+    module.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
+    src, dst = tmp_path / "imdn.onnx", tmp_path / "imdn.sparsr"
+    onnx.save(export(module, opset=13), str(src))
+    summary = convert_onnx(src, dst)
+    assert summary["scale"] == 2
+    assert summary["ops"]["global_std"] == 6 and summary["ops"]["global_mean"] == 6
+    assert summary["ops"]["split"] == 18 and summary["ops"]["leaky_relu"] == 19
+    lr = read_rgb(next((shared_dir / "data" / "Set5" / "LR_bicubic" / "X2").glob("*.png")))
+    rgb = lr[:34, :41].astype(np.float32) / 255
+    with torch.no_grad():
+        want = module(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(sparsr.load(dst).process(rgb), want, atol=TOL, rtol=TOL)
