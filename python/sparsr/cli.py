@@ -467,6 +467,21 @@ def _models(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .importers import convert
+
+    if os.path.exists(args.output) and not args.force:
+        raise SparsrError(f"{args.output} exists (use --force to replace it)")
+    if os.path.abspath(args.output) == os.path.abspath(args.source):
+        raise SparsrError("the output would overwrite the source")
+    model = convert(args.source, args.output, scale=args.scale, input_range=args.range,
+                    color=args.color)
+    io = model["io"]
+    print(f"wrote {args.output}: {model.get('architecture', 'graph')} x{io['scale']}, "
+          f"{io['color']} on 0..{io['range']:g}, {len(model['graph']['nodes'])} nodes")
+    return 0
+
+
 def _cpu(args) -> int:
     from . import cpu_info
 
@@ -538,6 +553,20 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models in SPARSR_MODELS (~/.cache/sparsr)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_models)
+    conv = sub.add_parser("convert", help="PyTorch weights or ONNX -> a sparsr checkpoint",
+                          description="Convert a network: PyTorch weights of a known "
+                                      "architecture (recognised from the keys) or an ONNX file. "
+                                      'Needs pip install "sparsr[convert]".')
+    conv.add_argument("source", help="a .pth/.pt state_dict or an .onnx file")
+    conv.add_argument("-o", "--output", required=True, help="the sparsr checkpoint to write")
+    conv.add_argument("--scale", type=_positive(int, "--scale", 16),
+                      help="the scale to take from a multi-scale model (e.g. CARN-M)")
+    conv.add_argument("--range", type=_positive(float, "--range"),
+                      help="ONNX: the pixel range the network expects (1 or 255; default 1)")
+    conv.add_argument("--color", choices=["rgb", "y", "grey"],
+                      help="ONNX: the network's colour (default: from its input channels)")
+    conv.add_argument("-f", "--force", action="store_true", help="replace an existing output")
+    conv.set_defaults(run=_convert)
     cpu = sub.add_parser("cpu", help="show the instruction set and kernels in use")
     cpu.set_defaults(run=_cpu)
     return p
