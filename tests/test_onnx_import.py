@@ -55,6 +55,13 @@ def ops_of(model: dict) -> list[str]:
     return [n["op"] for n in model["graph"]["nodes"]]
 
 
+def op_counts(model: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops_of(model):
+        counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
 def run_graph(model: dict, tensors: dict, x: torch.Tensor) -> torch.Tensor:
     """The graph on a (1, C, H, W) tensor, each op as HELPERS defines it."""
     t = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
@@ -447,12 +454,22 @@ def test_convert_writes_a_checkpoint(converted, tmp_path):
     module, model, tensors, proto = converted("esa", 17)
     src, dst = tmp_path / "esa.onnx", tmp_path / "esa.sparsr"
     onnx.save(proto, str(src))
-    summary = convert_onnx(src, dst)
-    assert summary["scale"] == 1 and summary["ops"]["resize"] == 1
+    written = convert_onnx(src, dst)
+    assert written == model and ops_of(written).count("resize") == 1
     model2, tensors2, meta = checkpoint.load(dst)
     assert model2 == model and meta["source"] == "onnx" and meta["opset"] == 17
     assert sorted(tensors2) == sorted(tensors)
     check_numerics(module, model2, tensors2)
+
+
+def test_convert_through_importers_convert(converted, tmp_path):
+    from sparsr.importers import convert
+    _, model, _, proto = converted("grey", 13)
+    src = tmp_path / "grey.onnx"
+    onnx.save(proto, str(src))
+    written = convert(src, tmp_path / "grey.sparsr", color="y", input_range=255.0)
+    assert written["io"]["color"] == "y" and written["io"]["range"] == 255.0
+    assert written["graph"] == model["graph"]
 
 
 def test_convert_names_the_file(tmp_path):
@@ -857,8 +874,8 @@ def test_real_network_through_onnx(shared_dir, tmp_path):
     module.load_state_dict(sd)
     src, dst = tmp_path / "srvgg.onnx", tmp_path / "srvgg.sparsr"
     onnx.save(export(module, opset=17), str(src))
-    summary = convert_onnx(src, dst)
-    assert summary["scale"] == 4 and summary["ops"] == {
+    model = convert_onnx(src, dst)
+    assert model["io"]["scale"] == 4 and op_counts(model) == {
         "add": 1, "conv2d": 18, "pixel_shuffle": 1, "prelu": 17, "resize": 1}
     m = sparsr.load(dst)
     lr = read_rgb(next((shared_dir / "data" / "Set5" / "LR_bicubic" / "X4").glob("*.png")))
@@ -921,10 +938,11 @@ def test_imdn_through_onnx(shared_dir, tmp_path):
     module.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
     src, dst = tmp_path / "imdn.onnx", tmp_path / "imdn.sparsr"
     onnx.save(export(module, opset=13), str(src))
-    summary = convert_onnx(src, dst)
-    assert summary["scale"] == 2
-    assert summary["ops"]["global_std"] == 6 and summary["ops"]["global_mean"] == 6
-    assert summary["ops"]["split"] == 18 and summary["ops"]["leaky_relu"] == 19
+    model = convert_onnx(src, dst)
+    ops = op_counts(model)
+    assert model["io"]["scale"] == 2
+    assert ops["global_std"] == 6 and ops["global_mean"] == 6
+    assert ops["split"] == 18 and ops["leaky_relu"] == 19
     lr = read_rgb(next((shared_dir / "data" / "Set5" / "LR_bicubic" / "X2").glob("*.png")))
     rgb = lr[:34, :41].astype(np.float32) / 255
     with torch.no_grad():

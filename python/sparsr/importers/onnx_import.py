@@ -64,8 +64,8 @@ PROBES = ((64, 96), (96, 160))
 
 def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, scale: int | None = None,
                  input_range: float | None = None, color: str | None = None) -> dict:
-    """Reads an ONNX file, writes a sparsr checkpoint; returns a summary
-    (scale, color, range, node and tensor counts, ops used)."""
+    """Reads an ONNX file and writes a sparsr checkpoint; returns the model
+    description written (io, graph), as `importers.convert` does."""
     import onnx
     from .. import checkpoint
 
@@ -81,17 +81,10 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, scale: int |
                                          color=color)
     except CheckpointError as e:
         raise CheckpointError(f"{src}: {e}") from None
-    opset = _default_opset(proto)
-    metadata = {"source": "onnx", "onnx_file": src.name, "opset": opset,
+    metadata = {"source": "onnx", "onnx_file": src.name, "opset": _default_opset(proto),
                 "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
     checkpoint.save(dst, model, tensors, metadata)
-    ops: dict[str, int] = {}
-    for n in model["graph"]["nodes"]:
-        ops[n["op"]] = ops.get(n["op"], 0) + 1
-    return {"path": str(dst), "scale": model["io"]["scale"], "color": model["io"]["color"],
-            "range": model["io"]["range"], "nodes": len(model["graph"]["nodes"]),
-            "tensors": len(tensors), "parameters": int(sum(t.size for t in tensors.values())),
-            "ops": dict(sorted(ops.items())), "opset": opset}
+    return model
 
 
 def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
