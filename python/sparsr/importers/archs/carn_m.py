@@ -54,9 +54,9 @@ def _single_scale(sd: StateDict, feat: int) -> int:
     if out == 9 * feat:
         return 3
     if out != 4 * feat:
-        raise CheckpointError(f"{NAME}: {key} has {out} outputs, not 4 or 9 x {feat}")
+        raise CheckpointError(f"{NAME}: {key!r} has {out} outputs, not 4 or 9 x {feat}")
     stages = 1
-    while f"upsample.up.body.{3 * stages}.weight" in sd:
+    while any(f"upsample.up.body.{3 * stages}.{p}" in sd for p in ("weight", "bias")):
         stages += 1
     return 2 ** stages
 

@@ -32,7 +32,7 @@ def has_all(sd: StateDict, *keys: str) -> bool:
 
 def shape(sd: StateDict, key: str, arch: str) -> tuple[int, ...]:
     if key not in sd:
-        raise CheckpointError(f"{arch}: the state_dict lacks {key!r}")
+        raise CheckpointError(f"{arch}: the state_dict is missing {key!r}")
     return tuple(int(d) for d in sd[key].shape)
 
 
@@ -51,7 +51,7 @@ def count(sd: StateDict, pattern: str, arch: str) -> int:
     for expected, got in enumerate(found):
         if expected != got:
             key = pattern.replace(r"(\d+)", str(expected)).replace("\\", "")
-            raise CheckpointError(f"{arch}: the state_dict lacks {key!r} (found blocks "
+            raise CheckpointError(f"{arch}: the state_dict is missing {key!r} (found blocks "
                                   f"{found[:3]}..{found[-1]} with a gap)")
     return len(found)
 
@@ -60,7 +60,7 @@ def shuffle_factor(out_channels: int, in_channels: int, key: str, arch: str) -> 
     """r such that out_channels == in_channels * r * r (a pixel-shuffle upsampler)."""
     r = math.isqrt(max(out_channels // max(in_channels, 1), 0))
     if r < 1 or in_channels * r * r != out_channels:
-        raise CheckpointError(f"{arch}: {key} has {out_channels} output channels, not "
+        raise CheckpointError(f"{arch}: {key!r} has {out_channels} output channels, not "
                               f"{in_channels} x r^2 for a pixel shuffle by r")
     return r
 

@@ -49,9 +49,9 @@ def upsampler_scale(sd: StateDict, prefix: str, feat: int, arch: str) -> int:
     if out == 9 * feat:
         return 3
     if out != 4 * feat:
-        raise CheckpointError(f"{arch}: {key} has {out} outputs, not 4 or 9 x {feat}")
+        raise CheckpointError(f"{arch}: {key!r} has {out} outputs, not 4 or 9 x {feat}")
     stages = 1
-    while f"{prefix}.{2 * stages}.weight" in sd:
+    while any(f"{prefix}.{2 * stages}.{p}" in sd for p in ("weight", "bias")):
         stages += 1
     return 2 ** stages
 
