@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
@@ -47,15 +48,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: no such file" if not path.exists()
                               else f"{path}: not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses anyway.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for foreign or hostile files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path}: holds Python objects besides tensors (a whole pickled model?), "
-                f"which sparsr does not unpickle; save model.state_dict() instead "
-                f"({first[:200]})") from None
-        raise CheckpointError(f"{path}: not a PyTorch weights file ({first[:200]})") from None
+        raise CheckpointError(f"{path}: {_why_refused(e)}") from None
     obj = _unwrap(obj, path)
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():
@@ -73,6 +71,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not out:
         raise CheckpointError(f"{path}: the state_dict holds no tensors")
     return out
+
+
+def _why_refused(e: Exception) -> str:
+    """torch.load's long message, cut to what went wrong."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0]
+    g = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+    if g:
+        return (f"holds Python objects besides tensors ({g.group(1)}: a whole pickled "
+                "model?), which sparsr does not unpickle; save model.state_dict() instead")
+    if isinstance(e, EOFError):
+        return "empty or truncated file"
+    detail = detail.split(". ")[0]        # torch's advice after the first sentence is not ours
+    return f"not a PyTorch weights file (torch.load(weights_only=True): {detail[:160]})"
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping:
