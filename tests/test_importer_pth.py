@@ -158,3 +158,11 @@ def test_scale_in_file_name():
 def test_the_legacy_smsr_checkpoint_is_read(shared_dir):
     sd = pth.read_state_dict(shared_dir / "models" / "smsr_x2_official.pt")
     assert "body.0.body.ch_mask" in sd and "head.0.weight" in sd
+
+
+def test_importing_the_importer_does_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, sparsr.importers.pth, sparsr.importers.archs; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
