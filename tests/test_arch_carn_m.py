@@ -75,3 +75,10 @@ def test_group_count_is_read_from_the_shapes():
     arch, hyper = pth.detect(sd)
     assert (hyper["num_feat"], hyper["group"]) == (16, 2)
     checks.assert_graph_is_the_network(sd, 3, net, torch.rand(1, 3, 5, 6), 3)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, state_dict, reference, tmp_path,
+                                              scale):
+    img = checks.crop(checks.set14_lr(shared_dir, "zebra", 4 if scale == 4 else 2), 20, 30)
+    checks.assert_sparsr_matches(state_dict, tmp_path, scale, reference, img, scale)

@@ -73,3 +73,11 @@ def test_rgb_variant_with_random_weights():
     sd = checks.random_state(net)
     model = checks.assert_graph_is_the_network(sd, 1, net, torch.rand(1, 3, 6, 7))
     assert model["io"]["color"] == "rgb"
+
+
+def test_sparsr_matches_torch_on_a_noisy_set14_crop(shared_dir, state_dict, reference,
+                                                     tmp_path):
+    clean = checks.crop(checks.set14_lr(shared_dir, "barbara", 2), 60, 80, grey=True)
+    noise = np.random.default_rng(1).normal(0, 25, clean.shape)
+    noisy = np.clip(np.rint(clean + noise), 0, 255).astype(np.uint8)
+    checks.assert_sparsr_matches(state_dict, tmp_path, 1, reference, noisy, color="grey")

@@ -70,3 +70,11 @@ def test_graph_with_residual_scaling_and_without_stored_mean_shift():
     assert (hyper["mean_shift"], hyper["rgb_range"]) == ("div2k", 255.0)
     model, tensors = arch.build(stripped, dict(hyper, res_scale=0.1), 2)
     assert float((checks.graph_torch.run(model, tensors, x) - want).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, tmp_path, scale):
+    net = EDSR(n_resblocks=4, n_feats=32, scale=scale)
+    img = checks.crop(checks.set14_lr(shared_dir, "monarch", 2), 40, 60)
+    checks.assert_sparsr_matches(checks.random_state(net), tmp_path, scale, net, img,
+                                 rgb_range=255.0)

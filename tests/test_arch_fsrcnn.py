@@ -70,3 +70,8 @@ def test_other_scales_and_sizes_with_random_weights(scale):
     arch, hyper = pth.detect(sd)
     assert (hyper["d"], hyper["s"], hyper["m"]) == (16, 6, 2)
     checks.assert_graph_is_the_network(sd, scale, net, torch.rand(1, 1, 5, 8))
+
+
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, state_dict, reference, tmp_path):
+    img = checks.crop(checks.set14_lr(shared_dir, "lenna", 2), 50, 60)
+    checks.assert_sparsr_matches(state_dict, tmp_path, 2, reference, img, color="y")

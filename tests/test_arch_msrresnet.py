@@ -39,3 +39,10 @@ def test_graph_is_the_network(scale):
     model = checks.assert_graph_is_the_network(checks.random_state(net), scale, net,
                                                torch.rand(1, 3, 7, 6))
     assert model["io"]["range"] == 1.0
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, tmp_path, scale):
+    net = MSRResNet(num_feat=32, num_block=4, upscale=scale)
+    img = checks.crop(checks.set14_lr(shared_dir, "comic", 2), 30, 20)
+    checks.assert_sparsr_matches(checks.random_state(net), tmp_path, scale, net, img)

@@ -39,9 +39,29 @@ def test_graph_is_the_network(scale):
     assert model["io"]["range"] == 255.0
 
 
-def test_deep_graph_is_the_network():
+@pytest.fixture(scope="module")
+def deep():
+    """The paper's depth: 10 groups x 20 blocks of 64 features."""
     net = RCAN(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, scale=2)
-    sd = checks.random_state(net)
+    return net, checks.random_state(net, gain=0.5)   # 200 residual blocks: outputs ~ 0..255
+
+
+def test_deep_graph_is_the_network(deep):
+    net, sd = deep
     arch, hyper = pth.detect(sd)
     assert (hyper["n_resgroups"], hyper["n_resblocks"]) == (10, 20)
     checks.assert_graph_is_the_network(sd, 2, net, torch.rand(1, 3, 5, 6) * 255)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, tmp_path, scale):
+    net = RCAN(n_resgroups=2, n_resblocks=3, n_feats=32, reduction=16, scale=scale)
+    img = checks.crop(checks.set14_lr(shared_dir, "pepper", 2), 40, 60)
+    checks.assert_sparsr_matches(checks.random_state(net), tmp_path, scale, net, img,
+                                 rgb_range=255.0)
+
+
+def test_deep_sparsr_matches_torch(shared_dir, tmp_path, deep):
+    net, sd = deep
+    img = checks.crop(checks.set14_lr(shared_dir, "pepper", 2), 40, 60, 12, 16)
+    checks.assert_sparsr_matches(sd, tmp_path, 2, net, img, rgb_range=255.0)

@@ -66,3 +66,8 @@ def test_other_configurations_with_random_weights():
         assert (arch, hyper["num_feat"], hyper["num_conv"], hyper["scale"]) == \
             (srvgg, num_feat, num_conv, upscale)
         checks.assert_graph_is_the_network(sd, upscale, net, torch.rand(1, 3, 7, 5))
+
+
+def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, state_dict, reference, tmp_path):
+    img = checks.crop(checks.set14_lr(shared_dir, "baboon", 4), 30, 40)
+    checks.assert_sparsr_matches(state_dict, tmp_path, 4, reference, img)

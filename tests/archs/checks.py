@@ -30,10 +30,10 @@ def load_strictly(net: torch.nn.Module, sd: dict) -> torch.nn.Module:
     return net.eval()
 
 
-def random_state(net: torch.nn.Module, seed: int = 0) -> dict:
+def random_state(net: torch.nn.Module, seed: int = 0, gain: float = 1.0) -> dict:
     """Random weights of a reference, as the numpy state_dict read_state_dict gives;
-    frozen layers (mean shifts) keep their values. Scaled so that deep nets keep
-    activations of order one."""
+    frozen layers (mean shifts) keep their values. Weights have std gain / sqrt(fan_in):
+    a deep residual net needs gain < 1 to keep its activations of order one."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, p in net.state_dict().items():
@@ -42,7 +42,7 @@ def random_state(net: torch.nn.Module, seed: int = 0) -> dict:
             out[name] = p.numpy().copy()
             continue
         fan_in = int(np.prod(p.shape[1:])) if p.dim() > 1 else 1
-        scale = 1.0 / np.sqrt(fan_in) if p.dim() > 1 else 0.1
+        scale = gain / np.sqrt(fan_in) if p.dim() > 1 else 0.1 * gain
         out[name] = (torch.randn(p.shape, generator=gen) * scale).numpy()
     net.load_state_dict(torch_state(out), strict=True)
     return out
@@ -115,3 +115,63 @@ def to_input(img: np.ndarray, rgb_range: float) -> torch.Tensor:
     a = img.astype(np.float32) * (rgb_range / 255.0)
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+
+
+# -- sparsr against the reference --------------------------------------------------------
+
+def convert(sd: dict, tmp_path: Path, scale: int, name: str = "model") -> Path:
+    """sd written as a .pth and converted by pth.convert, as a user would."""
+    src = tmp_path / f"{name}.pth"
+    torch.save(torch_state(sd), src)
+    dst = tmp_path / f"{name}.pt"
+    pth.convert(src, dst, scale=scale)
+    return dst
+
+
+def not_yet_runnable(model: dict) -> list[str]:
+    """What the graph needs that this build of sparsr lacks (ops being written on
+    other branches); empty when it can run."""
+    from sparsr import _core
+    from sparsr.ops import OPS
+    missing = sorted({n["op"] for n in model["graph"]["nodes"]} - set(OPS))
+    general = [n["name"] for n in model["graph"]["nodes"] if n["op"] == "conv2d"
+               and (n["attrs"]["kernel"] not in ([1, 1], [3, 3]) or n["attrs"]["stride"] != [1, 1])]
+    if general and not hasattr(_core, "ConvGeneral"):
+        missing.append(f"conv2d beyond 1x1/3x3 stride 1 (_core.ConvGeneral; {general[0]})")
+    return missing
+
+
+def load_or_skip(sd: dict, tmp_path: Path, scale: int):
+    import sparsr
+    arch, hyper = pth.detect(sd)
+    missing = not_yet_runnable(arch.build(sd, hyper, scale)[0])
+    if missing:
+        pytest.skip(f"this sparsr build cannot run the graph yet: missing {', '.join(missing)}")
+    return sparsr.load(convert(sd, tmp_path, scale))
+
+
+def assert_sparsr_matches(sd: dict, tmp_path: Path, scale: int, reference: torch.nn.Module,
+                          img: np.ndarray, *args, color: str = "rgb",
+                          rgb_range: float = 1.0) -> float:
+    """sparsr.load(...).forward(img) against the float32 reference on the same
+    input, on the 0..255 scale: max abs difference <= MAX_ABS_255. Returns it."""
+    model = load_or_skip(sd, tmp_path, scale)
+    assert model.io.color == color and model.io.range == rgb_range
+    got = model.forward(img).output                    # (sH, sW, 3) on 0..255
+    if color == "rgb":
+        x = to_input(img, rgb_range)
+    elif color == "grey":
+        x = to_input(img if img.ndim == 2 else img[:, :, 0], rgb_range)
+        got = got[:, :, 0]
+    else:   # "y": the network sees the luma the runtime computes, and gives one back
+        from sparsr.model import _Y
+        luma = (img.astype(np.float64) @ _Y + 16.0).astype(np.float32)
+        x = torch.from_numpy(luma * np.float32(rgb_range / 255.0))[None, None]
+        got = got.astype(np.float64) @ _Y + 16.0
+    with torch.no_grad():
+        want = reference.float().eval()(x, *args)[0] * (255.0 / rgb_range)
+    want = want.permute(1, 2, 0).numpy() if want.shape[0] == 3 else want[0].numpy()
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff = float(np.abs(got - want).max())
+    assert diff <= MAX_ABS_255, f"max abs difference {diff:.4g} on 0..255"
+    return diff

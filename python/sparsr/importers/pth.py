@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..errors import CheckpointError
-from ..graph import Graph
+from ..model import Model
 from .archs import ARCHITECTURES
 
 # Containers training frameworks wrap a state_dict in, most preferred first
@@ -150,10 +150,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, scale: int | None = 
         arch, hyper = detect(sd)
         chosen = choose_scale(arch, hyper, scale, src)
         model, tensors = arch.build(sd, hyper, chosen)
-        # The builder's structural checks (order, dangling values, tensors present);
-        # whether every op exists is the runtime's check at load.
-        graph = Graph.from_dict(model["graph"])
-        graph.check({n.op for n in graph.nodes}, tensors)
+        # Validate now, with the runtime's own checks (ops, attributes, tensor
+        # shapes), rather than when the checkpoint is loaded.
+        Model(model, dict(tensors), {}, os.fspath(dst))
     except CheckpointError as e:
         raise CheckpointError(f"{src}: {e}") from None
     metadata = {"source": Path(src).name, "tool": "sparsr.importers.pth",
