@@ -1,0 +1,2 @@
+"""PyTorch reference definitions of the architectures sparsr imports, with the
+parameter names of the authors' state_dicts, and helpers to run them."""
