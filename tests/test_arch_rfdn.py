@@ -18,7 +18,7 @@ from sparsr.importers.archs import rfdn  # noqa: E402
 CHECKPOINT = "models/rfdn_aim_x4.pth"
 HYPER = {"nf": 50, "blocks": 4, "distilled": 25, "esa_channels": 12, "scale": 4}
 DATA_RANGE = 255.0
-SET5_PSNR = 32.159     # the authors' code on <shared>/data (shared README)
+SET5_PSNR = 32.159  # the authors' code on <shared>/data (shared README)
 
 
 @pytest.fixture(scope="module")
