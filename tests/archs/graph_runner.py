@@ -81,7 +81,7 @@ def run_graph(model: dict, tensors: Mapping[str, np.ndarray], x: torch.Tensor) -
             var = ((d - d.mean(dim=(2, 3), keepdim=True)) ** 2).mean(dim=(2, 3), keepdim=True)
             out = [var.sqrt().float()]
         else:
-            raise NotImplementedError(f"graph_torch has no op {op!r}")
+            raise NotImplementedError(f"graph_runner has no op {op!r}")
         assert len(out) == len(node["outputs"]), node["name"]
         values.update(zip(node["outputs"], out))
     return values[graph["outputs"][0]]
