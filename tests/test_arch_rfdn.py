@@ -4,6 +4,8 @@ state_dict, and the imported graph computes the reference."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
@@ -13,6 +15,7 @@ from archs.common import MANGLINGS, mean_psnr, read_state_dict  # noqa: E402
 from archs.rfdn import RFDN  # noqa: E402
 from conftest import dataset_pairs  # noqa: E402
 
+from sparsr.errors import CheckpointError  # noqa: E402
 from sparsr.importers.archs import rfdn  # noqa: E402
 
 CHECKPOINT = "models/rfdn_aim_x4.pth"
@@ -46,6 +49,12 @@ def test_detect_reads_the_hyper_parameters(state_dict):
 @pytest.mark.parametrize("key", ["B3.c2_d.weight", "B2.esa.conv_max.bias", "c.0.weight"])
 def test_a_mangled_state_dict_is_refused_naming_the_key(state_dict, key, how):
     checks.check_refusal(rfdn, state_dict, HYPER, key, how)
+
+
+def test_a_missing_block_is_refused(state_dict):
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("B3.")}
+    with pytest.raises(CheckpointError, match=re.escape("numbered [1, 2, 4], not 1..4")):
+        rfdn.detect(sd)
 
 
 def test_graph_is_valid_and_uses_every_weight(state_dict):

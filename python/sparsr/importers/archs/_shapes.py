@@ -30,15 +30,14 @@ def shape(sd: Mapping[str, Any], key: str, arch: str, ndim: int | None = None) -
 
 
 def block_count(sd: Mapping[str, Any], pattern: str, arch: str) -> int:
-    """How many blocks 1..n have keys matching `pattern` (a regex whose first group
-    is the block number); refuses a gap in the numbering."""
+    """How many blocks have keys matching `pattern` (a regex whose first group is
+    the block number); refuses numbers other than 1..n (a block missing)."""
     found = sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
     if not found:
         raise CheckpointError(f"{arch}: no block keys matching {pattern!r}")
-    missing = sorted(set(range(1, found[-1] + 1)) - set(found))
-    if missing or found[0] != 1:
-        raise CheckpointError(f"{arch}: blocks are numbered {found}; block "
-                              f"{missing[0] if missing else 1} is missing")
+    if found != list(range(1, len(found) + 1)):
+        raise CheckpointError(f"{arch}: the blocks are numbered {found}, not 1..{found[-1]} "
+                              "(a block is missing)")
     return len(found)
 
 
