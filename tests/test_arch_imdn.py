@@ -71,3 +71,9 @@ def test_graph_computes_the_reference(shared_dir, state_dict, reference, scale):
     diff = checks.graph_vs_reference(imdn, reference, state_dict, hyper(scale), shared_dir,
                                      DATA_RANGE)
     assert diff < 1e-3
+
+
+def test_sparsr_computes_the_reference(shared_dir, state_dict, reference, scale, tmp_path):
+    diff = checks.sparsr_vs_reference(imdn, reference, state_dict, hyper(scale), shared_dir,
+                                      DATA_RANGE, tmp_path)
+    assert diff <= 0.01

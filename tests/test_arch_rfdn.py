@@ -64,3 +64,9 @@ def test_graph_is_valid_and_uses_every_weight(state_dict):
 def test_graph_computes_the_reference(shared_dir, state_dict, reference):
     diff = checks.graph_vs_reference(rfdn, reference, state_dict, HYPER, shared_dir, DATA_RANGE)
     assert diff < 1e-3
+
+
+def test_sparsr_computes_the_reference(shared_dir, state_dict, reference, tmp_path):
+    diff = checks.sparsr_vs_reference(rfdn, reference, state_dict, HYPER, shared_dir,
+                                      DATA_RANGE, tmp_path)
+    assert diff <= 0.01

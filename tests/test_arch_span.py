@@ -58,6 +58,12 @@ def test_graph_computes_the_reference(shared_dir, state_dict, reference):
     assert diff < 1e-3
 
 
+def test_sparsr_computes_the_reference(shared_dir, state_dict, reference, tmp_path):
+    diff = checks.sparsr_vs_reference(span, reference, state_dict, HYPER, shared_dir,
+                                      DATA_RANGE, tmp_path)
+    assert diff <= 0.01
+
+
 def test_the_training_form_of_conv3xc_is_refused(state_dict):
     sd = dict(state_dict)
     sd["conv_1.sk.weight"] = torch.zeros(28, 3, 1, 1)

@@ -62,3 +62,30 @@ def graph_vs_reference(arch, net: torch.nn.Module, sd: dict, hyper: dict, shared
         assert got.shape == want.shape == (h * hyper["scale"], w * hyper["scale"], 3)
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
+
+
+def sparsr_vs_reference(arch, net: torch.nn.Module, sd: dict, hyper: dict, shared_dir: Path,
+                        data_range: float, tmp_path: Path) -> float:
+    """Max abs difference (0..255) between sparsr running the converted
+    checkpoint and the reference network, over the test crops. Skips while the
+    graph runtime or one of the graph's ops is not in this tree."""
+    pytest.importorskip("sparsr.executor", reason="the graph runtime is not in this tree yet")
+    import sparsr
+    from sparsr import checkpoint
+    from sparsr.ops import OPS
+
+    model, tensors = arch.build(sd, hyper, hyper["scale"])
+    missing = sorted({n["op"] for n in model["graph"]["nodes"]} - set(OPS))
+    if missing:
+        pytest.skip(f"ops not in this tree yet: {', '.join(missing)}")
+    path = tmp_path / f"{arch.NAME}.pt"
+    checkpoint.save(path, model, tensors)
+    loaded = sparsr.load(path)
+    worst = 0.0
+    for h, w in CROPS:
+        lr = lr_crop(shared_dir, hyper["scale"], h, w)
+        want = upscale(net, lr, data_range)
+        got = loaded.forward(lr).output
+        assert got.shape == want.shape
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
