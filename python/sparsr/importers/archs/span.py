@@ -9,8 +9,7 @@ block (SPAB) is three such convs with SiLU between, and its output is
 ``(out3 + x) * (sigmoid(out3) - 0.5)`` (the parameter-free attention). The
 tail concatenates the head's output, a 3x3 conv of the last block's output,
 the first block's output and the last block's first conv output after SiLU
-(see `_spab`), fuses them
-with a 1x1 conv and pixel-shuffles.
+(see `_spab`), fuses them with a 1x1 conv and pixel-shuffles.
 """
 
 from __future__ import annotations
