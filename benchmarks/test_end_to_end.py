@@ -86,7 +86,7 @@ def test_pytorch_dense_channels_last(benchmark, results, smsr_path, bench_image,
     torch.set_num_threads(2)
     median = _bench(benchmark, run)
     row = Row("PyTorch dense (channels_last)", median,
-              macs=sparsr.load(smsr_path)._net.dense_macs(*bench_image.shape[:2]))
+              macs=sparsr.load(smsr_path).dense_macs(*bench_image.shape[:2]))
     row.peak_rss_mb = _peak_rss_mb(_RSS_TORCH, TOOLS, smsr_path, bench_image_file)
     results.add(row)
 

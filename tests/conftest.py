@@ -55,3 +55,23 @@ def dataset_pairs(root: Path, name: str, scale: int):
     for hr_path in sorted((base / "HR").glob("*.png")):
         lr_path = base / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
         yield hr_path.stem, read_rgb(lr_path), read_rgb(hr_path)
+
+
+def smsr_modules(model) -> list:
+    """The SMSR module objects of a loaded model, in graph order (for white-box tests)."""
+    return [op.module for op in model._executor.ops if op.name == "smsr_module"]
+
+
+def with_input_skip(description: dict, flag: bool) -> dict:
+    """A copy of a model description whose SMSR modules have input skip on or off."""
+    import copy
+    d = copy.deepcopy(description)
+    for node in d["graph"]["nodes"]:
+        if node["op"] == "smsr_module":
+            node.setdefault("attrs", {})["input_skip"] = flag
+    return d
+
+
+def input_skip_of(model) -> bool:
+    return all(n.attrs.get("input_skip", True) for n in model.graph.nodes
+               if n.op == "smsr_module")

@@ -20,6 +20,7 @@ import nm_common  # noqa: E402
 import nm_prune  # noqa: E402
 import sls_search  # noqa: E402
 from nm_common import NMError  # noqa: E402
+from conftest import smsr_modules, with_input_skip  # noqa: E402
 
 
 def _groups(w: np.ndarray, m: int) -> np.ndarray:
@@ -316,7 +317,7 @@ def test_all_eligible_nm_checkpoint_matches_torch(nm_checkpoint, shared_dir):
         pytest.skip("the engine has no 'nm' kernel")
     path, _ = nm_checkpoint
     net = sparsr.load(path)
-    module = net._net.modules[0]
+    module = smsr_modules(net)[0]
     # At unimportant pixels the N:M collect reads the dense channels only, as a zero-skip conv.
     assert module.collect_natural and module.unimportant_collect.format != "nm"
     assert module.unimportant_collect.cin == sum(module.n_dense)
@@ -340,9 +341,9 @@ def test_all_eligible_nm_checkpoint_without_input_skip_matches_torch(nm_checkpoi
     path, _ = nm_checkpoint
     model, tensors, metadata = checkpoint.load(path)
     no_skip = tmp_path / "no_skip.pt"
-    checkpoint.save(no_skip, dict(model, input_skip=False), tensors, metadata)
+    checkpoint.save(no_skip, with_input_skip(model, False), tensors, metadata)
     net = sparsr.load(no_skip)
-    module = net._net.modules[0]
+    module = smsr_modules(net)[0]
     assert module.collect_natural and module.unimportant_collect.format == "nm"
     assert module.unimportant_collect.cin == 4 * module.channels
     lr = _butterfly_crop(shared_dir)

@@ -47,15 +47,17 @@ def _image(shared_dir):
 
 
 def test_cached_restart_equals_a_full_pass(smsr_checkpoint, shared_dir):
-    net = sparsr.load(smsr_checkpoint)._net
+    net = sparsr.load(smsr_checkpoint)
     lr = _image(shared_dir)
-    cache = net.stages(lr, "mask")
+    modules = [f"body.{k}" for k in range(5)]
+    cache = net.stages(lr, modules, "mask")
     full = net.forward(lr, "mask")
     for k in (0, 2, 4):
-        again = net.forward(lr, "mask", cache=cache, start_module=k)
+        again = net.forward(lr, "mask", cache=cache, start=f"body.{k}")
         np.testing.assert_array_equal(again.output, full.output)
+        assert len(again.masks) == 5
     with pytest.raises(ValueError, match="cache"):
-        net.forward(lr, "mask", start_module=2)
+        net.forward(lr, "mask", start="body.2")
 
 
 def test_set_conv_weight_matches_a_saved_sparsified_checkpoint(smsr_checkpoint, shared_dir,
@@ -66,11 +68,11 @@ def test_set_conv_weight_matches_a_saved_sparsified_checkpoint(smsr_checkpoint, 
     w[np.abs(w) < np.quantile(np.abs(w), 0.5)] = 0
     lr = _image(shared_dir)
 
-    net = sparsr.load(smsr_checkpoint)._net
-    cache = net.stages(lr, "mask")
+    net = sparsr.load(smsr_checkpoint)
+    cache = net.stages(lr, [f"body.{k}" for k in range(5)], "mask")
     before = net.forward(lr, "mask").output
     net.set_conv_weight(name, w)
-    changed = net.forward(lr, "mask", cache=cache, start_module=2)
+    changed = net.forward(lr, "mask", cache=cache, start="body.2")
     assert np.abs(changed.output - before).max() > 0.01
 
     tensors = dict(tensors)

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the reference implementation needs torch")
 
 import smsr_reference as reference  # noqa: E402
-from conftest import dataset_pairs  # noqa: E402
+from conftest import dataset_pairs, smsr_modules, with_input_skip  # noqa: E402
 
 import sparsr  # noqa: E402
 from sparsr import metrics  # noqa: E402
@@ -132,12 +132,12 @@ def test_extreme_channel_masks_match_reference(smsr_checkpoint, state_dict, tmp_
         logits[..., 0 if dense else 1] = 5.0
         tensors[name] = logits
         sd[name] = torch.from_numpy(logits.copy())
-    model = dict(model, input_skip=input_skip)
+    model = with_input_skip(model, input_skip)
     path = tmp_path / "extreme.pt"
     checkpoint.save(path, model, tensors, metadata)
     net = sparsr.load(path)
-    assert sum(net._net.modules[1].n_dense) == 0
-    assert net._net.modules[2].n_dense == [64] * 4
+    assert sum(smsr_modules(net)[1].n_dense) == 0
+    assert smsr_modules(net)[2].n_dense == [64] * 4
     lr = _textured(np.random.default_rng(7), 29, 41)
     got, _ = _compare(net, sd, lr, "mask")
     assert 0 < np.mean([m.mean() for m in got.masks]) < 1

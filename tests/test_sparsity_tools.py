@@ -16,8 +16,9 @@ sys.path.insert(0, str(TOOLS))
 from allocate import (allocate_by_sensitivity, allocate_proportional, allocate_uniform,  # noqa: E402
                       load_sensitivity, write_sparse_checkpoint)
 from sensitivity import ProbeCache, search_sensitivity  # noqa: E402
-from sparsity_common import (SMSR_CORE_LAYERS, magnitude_order, module_of,  # noqa: E402
-                             prune_smallest, target_layers)
+from sparsity_common import (SMSR_CORE_LAYERS, magnitude_order, prune_smallest,  # noqa: E402
+                             restart_of, target_layers)
+from conftest import input_skip_of  # noqa: E402
 
 
 # -- allocation (Eq. 3-4) --------------------------------------------------------
@@ -187,12 +188,19 @@ def test_prune_smallest_zeroes_exactly_k_with_ties():
     assert np.count_nonzero(prune_smallest(big, 12345, order) == 0) == 12345
 
 
-def test_target_layers_and_module_of():
+def test_target_layers_order_by_number():
     names = [f"body.{k}.body.body.{i}" for k in range(5) for i in range(4)][::-1]
     names += ["head.0", "body.0.spa_mask.0", "body.0.body.collect", "tail.0"]
     core = target_layers(names, SMSR_CORE_LAYERS)
     assert core == [f"body.{k}.body.body.{i}" for k in range(5) for i in range(4)]
-    assert [module_of(n) for n in core[::4]] == [0, 1, 2, 3, 4] and module_of("tail.0") == 0
+
+
+def test_restart_of_is_the_module_of_a_conv(smsr_checkpoint):
+    import sparsr
+    m = sparsr.load(smsr_checkpoint)
+    core = target_layers(m.conv_names(), SMSR_CORE_LAYERS)
+    assert [restart_of(m, n) for n in core[::4]] == [f"body.{k}" for k in range(5)]
+    assert restart_of(m, "tail.0") is None and restart_of(m, "head.0") is None
 
 
 # -- end to end on the converted SMSR ---------------------------------------------
@@ -225,16 +233,16 @@ def test_sparse_checkpoint_end_to_end(smsr_checkpoint, shared_dir, tmp_path):
     for v, m in models.items():
         meta = m.metadata["weight_sparsity"]
         assert abs(meta["overall"] - 0.35) < 1e-4
-        assert m.description["input_skip"] is (v == "b")
+        assert input_skip_of(m) is (v == "b")
         for name in names:
-            w = m._net.specs[name].weight
+            w = m.conv_weight(name)
             assert w.size - np.count_nonzero(w) == alloc[name] == meta["layers"][name]["zeroed"]
             assert m.description["layers"][name]["format"] == "sparse"
             # Only the smallest weights went: the survivors equal the originals.
-            orig = base._net.specs[name].weight
+            orig = base.conv_weight(name)
             np.testing.assert_array_equal(w[w != 0], orig[w != 0])
         # Layers outside the targets are untouched.
-        np.testing.assert_array_equal(m._net.specs["tail.0"].weight, base._net.specs["tail.0"].weight)
+        np.testing.assert_array_equal(m.conv_weight("tail.0"), base.conv_weight("tail.0"))
 
     from PIL import Image
     with Image.open(shared_dir / "data" / "Set5" / "LR_bicubic" / "X2" / "birdx2.png") as im:
@@ -256,7 +264,7 @@ def test_make_sparsmsr_levels(smsr_checkpoint, tmp_path):
     for tag, target in (("1b", 0.065), ("2a", 0.24), ("3b", 0.35)):
         m = sparsr.load(written[tag])
         assert abs(m.metadata["weight_sparsity"]["overall"] - target) < 1e-4
-        assert m._net.input_skip is tag.endswith("b")
+        assert input_skip_of(m) is tag.endswith("b")
 
 
 def test_sensitivity_cli_small_run_and_resume(smsr_checkpoint, shared_dir, tmp_path):

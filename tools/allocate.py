@@ -139,7 +139,9 @@ def write_sparse_checkpoint(base_path, out_path, allocation: Mapping[str, int], 
         layers_meta[name] = {"zeroed": int(k), "weights": int(w.size), "zeros": zeros,
                              "sparsity": zeros / w.size}
         model["layers"].setdefault(name, {})["format"] = "sparse"
-    model["input_skip"] = bool(input_skip)
+    for node in model["graph"]["nodes"]:
+        if node["op"] == "smsr_module":
+            node.setdefault("attrs", {})["input_skip"] = bool(input_skip)
     tensors = checkpoint.encode_sparse(tensors, [n + ".weight" for n in allocation])
     total = sum(v["weights"] for v in layers_meta.values())
     metadata = dict(metadata)

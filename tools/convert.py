@@ -46,55 +46,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def _count(prefix_re: str, keys) -> int:
-    found = {int(m.group(1)) for k in keys if (m := re.match(prefix_re, k))}
-    if not found:
-        return 0
-    if found != set(range(max(found) + 1)):
-        raise CheckpointError(f"non-contiguous blocks matching {prefix_re}: {sorted(found)}")
-    return max(found) + 1
+def convert(src: str | os.PathLike, dst: str | os.PathLike, scale: int | None = None) -> dict:
+    """Reads PyTorch weights, recognises the architecture, writes a sparsr graph checkpoint."""
+    from sparsr.importers.archs import smsr
 
-
-def detect_smsr(sd: dict[str, np.ndarray]) -> dict | None:
-    """SMSR: spatial-mask branches and channel masks inside every body block."""
-    keys = sd.keys()
-    if not any(re.match(r"body\.\d+\.body\.ch_mask$", k) for k in keys):
-        return None
-    n_blocks = _count(r"body\.(\d+)\.body\.ch_mask$", keys)
-    n_layers = int(sd["body.0.body.ch_mask"].shape[2])
-    n_feats = int(sd["head.0.weight"].shape[0])
-    tail_out = int(sd["tail.0.weight"].shape[0])
-    scale = int(round((tail_out / 3) ** 0.5))
-    if 3 * scale * scale != tail_out:
-        raise CheckpointError(f"tail.0.weight has {tail_out} outputs, not 3*scale^2")
-    return {"architecture": "smsr", "scale": scale, "n_feats": n_feats, "n_blocks": n_blocks,
-            "n_layers": n_layers}
-
-
-DETECTORS = [detect_smsr]
-
-
-def convert(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     sd = read_state_dict(src)
-    for detect in DETECTORS:
-        model = detect(sd)
-        if model is not None:
-            break
-    else:
+    hyper = smsr.detect(sd)
+    if hyper is None:
         sample = ", ".join(list(sd)[:4])
         raise CheckpointError(f"{src}: unrecognised architecture (keys: {sample}, ...); "
                               "supported: SMSR")
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()
-               if not k.endswith("num_batches_tracked")}
+    scale = hyper["scale"] if scale is None else scale
+    if scale not in smsr.scales(hyper):
+        raise CheckpointError(f"{src}: the model has no x{scale} (it has "
+                              f"{', '.join(f'x{s}' for s in smsr.scales(hyper))})")
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    model, tensors = smsr.build(sd, hyper, scale)
     # Validate now, with the runtime's own checks, rather than at load time.
-    from sparsr.smsr import expected_shapes
-    for key, shape in expected_shapes(model["scale"], model["n_feats"], model["n_blocks"],
-                                      model["n_layers"]).items():
-        if key not in tensors:
-            raise CheckpointError(f"{src}: missing {key!r}")
-        if tuple(tensors[key].shape) != shape:
-            raise CheckpointError(f"{src}: {key!r} has shape {tensors[key].shape}, expected {shape}")
-    model["layers"] = {}
+    from sparsr.model import Model
+    Model(model, dict(tensors), {}, str(dst))
     checkpoint.save(dst, model, tensors, {"source": Path(src).name, "tool": "tools/convert.py"})
     return model
 
@@ -103,14 +73,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="PyTorch weights (.pt/.pth state_dict)")
     p.add_argument("-o", "--output", required=True, help="sparsr checkpoint to write")
+    p.add_argument("--scale", type=int, help="the scale to take from a multi-scale model")
     args = p.parse_args(argv)
     try:
-        model = convert(args.source, args.output)
+        model = convert(args.source, args.output, args.scale)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}: {model['architecture']} x{model['scale']}, "
-          f"{model['n_blocks']} blocks of {model['n_layers']} layers, {model['n_feats']} features")
+    print(f"wrote {args.output}: {model['architecture']} x{model['io']['scale']}, "
+          f"{len(model['graph']['nodes'])} nodes")
     return 0
 
 

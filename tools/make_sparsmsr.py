@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from allocate import allocate_by_sensitivity, load_sensitivity, write_sparse_checkpoint  # noqa: E402
-from sparsity_common import REPO_ROOT, shared_root  # noqa: E402
+from sparsity_common import REPO_ROOT, input_skip, shared_root  # noqa: E402
 
 SPARSMSR_LEVELS = {"1": 0.065, "2": 0.24, "3": 0.35}   # core-layer weight sparsity (Table 3)
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     for tag, path in written.items():
         m = sparsr.load(path)
         ws = m.metadata["weight_sparsity"]
-        print(f"| SparSMSR {tag} | {100 * ws['overall']:.2f} | {m._net.input_skip} | {path} |")
+        print(f"| SparSMSR {tag} | {100 * ws['overall']:.2f} | {input_skip(m)} | {path} |")
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparsity_common import (PAPER_TABLE1, PAPER_TABLE1_DELTAS, SMSR_CORE_LAYERS,  # noqa: E402
                              center_crop_pair, dataset_pairs, load_rgb, magnitude_order,
-                             module_of, prune_smallest, target_layers)
+                             prune_smallest, restart_nodes, restart_of, target_layers)
 
 
 class ProbeCache:
@@ -95,17 +95,17 @@ class CalibrationSet:
             self.names.append(name)
             self.lrs.append(lr)
             self.hrs.append(hr)
-        self.caches = [net.stages(lr, "mask") for lr in self.lrs]
+        self.caches = [net.stages(lr, restart_nodes(net), "mask") for lr in self.lrs]
 
     @property
     def pixels(self) -> int:
         return sum(lr.shape[0] * lr.shape[1] for lr in self.lrs)
 
-    def score(self, start_module: int = 0) -> float:
+    def score(self, start: str | None = None) -> float:
         from sparsr.model import quantize
         vals = []
         for lr, hr, cache in zip(self.lrs, self.hrs, self.caches):
-            out = self.net.forward(lr, "mask", cache=cache, start_module=start_module).output
+            out = self.net.forward(lr, "mask", cache=cache, start=start).output
             vals.append(self.metric_fn(quantize(out), hr, self.scale))
         return float(np.mean(vals))
 
@@ -114,10 +114,10 @@ def measure_layer(net, calib: CalibrationSet, name: str, deltas, baseline: float
                   resolution: int, known: dict[int, float] | None = None,
                   on_probe: Callable[[int, float], None] | None = None):
     """{dP: k_best} for one layer, and the probe cache (k -> metric)."""
-    original = net.specs[name].weight.copy()
+    original = net.conv_weight(name).copy()
     order = magnitude_order(original)
     sorted_abs = np.abs(original.reshape(-1))[order]
-    start = module_of(name)
+    start = restart_of(net, name)
 
     def evaluate(k: int) -> float:
         net.set_conv_weight(name, prune_smallest(original, k, order))
@@ -179,8 +179,8 @@ def main(argv=None) -> int:
     deltas = args.deltas or ([0.01, 0.02, 0.03, 0.04] if args.metric == "psnr" else [0.0005])
     out_path = Path(args.output or f"artifacts/sensitivity_{args.metric}.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    net = sparsr.load(args.model)._net
-    names = target_layers(net.specs, args.layers)
+    net = sparsr.load(args.model)
+    names = target_layers(net.conv_names(), args.layers)
     if not names:
         p.error(f"no conv matches {args.layers!r}")
 
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     calib = CalibrationSet(net, args.calib, args.calib_count, args.crop, args.metric)
     t_stage = time.perf_counter() - t0
     t0 = time.perf_counter()
-    baseline = calib.score(0)
+    baseline = calib.score()
     t_full = time.perf_counter() - t0
     print(f"calibration: {args.calib} first {len(calib.names)} by name "
           f"({calib.names[0]}..{calib.names[-1]}), LR crop {args.crop or 'none'}, "
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     layers_run = 0
     for i, name in enumerate(names):
         entry = report["layers"].setdefault(name, {})
-        n = int(net.specs[name].weight.size)
+        n = int(net.conv_weight(name).size)
         entry["weights"] = n
         probes = entry.setdefault("probes", {})
         if "sparsity" in entry and all(str(d) in entry["k_best"] for d in deltas):

@@ -84,10 +84,21 @@ def target_layers(conv_names, pattern: str = SMSR_CORE_LAYERS) -> list[str]:
     return sorted((n for n in conv_names if rx.search(n)), key=key)
 
 
-def module_of(name: str) -> int:
-    """The SMM index of an SMSR conv name (body.<k>....), else 0 (restart at the start)."""
-    m = re.match(r"body\.(\d+)\.", name)
-    return int(m.group(1)) if m else 0
+def restart_nodes(model) -> list[str]:
+    """Nodes a run keeps its values at for restarts: SMSR's modules."""
+    return [n.name for n in model.graph.nodes if n.op == "smsr_module"]
+
+
+def restart_of(model, name: str) -> str | None:
+    """Where a run restarts after conv `name` changed: its module, else the start."""
+    node = model.node_of(name)
+    return node if node in restart_nodes(model) else None
+
+
+def input_skip(model) -> bool:
+    """Whether the SMSR modules skip the sparse inputs at unimportant pixels."""
+    return all(n.attrs.get("input_skip", True) for n in model.graph.nodes
+               if n.op == "smsr_module")
 
 
 # Published numbers of the SparSMSR paper (x2 SMSR), quoted for side-by-side printing.

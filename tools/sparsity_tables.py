@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from allocate import allocate_by_sensitivity, allocate_uniform, load_sensitivity  # noqa: E402
 from sparsity_common import (PAPER_NONZERO_PARAMS, PAPER_TABLE2, PAPER_TABLE3,  # noqa: E402
                              SMSR_CORE_LAYERS, dataset_pairs, load_rgb, magnitude_order,
-                             prune_smallest, shared_root, target_layers)
+                             input_skip, prune_smallest, shared_root, target_layers)
 
 EVAL_SETS = ("Set5", "Set14")
 MAC_IMAGES = ("Set14/barbara", "Set14/monarch")
@@ -77,13 +77,13 @@ def mac_image(spec: str, size=MAC_SIZE) -> np.ndarray:
 
 def table2(args) -> dict:
     import sparsr
-    net = sparsr.load(args.base)._net
+    net = sparsr.load(args.base)
     methods = args.methods
     if "sensitivity" in methods:
         ks, sizes, _ = load_sensitivity(args.sensitivity, args.delta)
     else:
-        sizes = {n: int(net.specs[n].weight.size) for n in target_layers(net.specs, SMSR_CORE_LAYERS)}
-    originals = {n: net.specs[n].weight.copy() for n in sizes}
+        sizes = {n: int(net.conv_weight(n).size) for n in target_layers(net.conv_names(), SMSR_CORE_LAYERS)}
+    originals = {n: net.conv_weight(n).copy() for n in sizes}
     orders = {n: magnitude_order(w) for n, w in originals.items()}
     images = load_eval_images()
     out_path = Path(args.output or "artifacts/table2.json")
@@ -164,12 +164,8 @@ def count_zero_weight_skips(net) -> None:
     """Counts the MACs of "sparse"-format layers as a zero-skipping kernel executes
     them (nonzero weights only), also where the engine runs them on the dense kernel
     (no CSR kernel in the build): the images are unchanged, only the counter."""
-    from sparsr.smsr import _Conv
-    for owner in [net, *net.modules]:
-        for value in vars(owner).values():
-            for conv in (value if isinstance(value, list) else [value]):
-                if isinstance(conv, _Conv) and net.specs[conv.name].format == "sparse":
-                    conv.skips_zeros = True
+    net.count_zero_skips(lambda layer: net.description.get("layers", {}).get(layer, {})
+                         .get("format") == "sparse")
 
 
 def table3(args) -> dict:
@@ -182,7 +178,7 @@ def table3(args) -> dict:
     images = load_eval_images()
     mac_inputs = {spec: mac_image(spec) for spec in MAC_IMAGES}
     out_path = Path(args.output or "artifacts/table3.json")
-    from sparsr.smsr import available_formats
+    from sparsr.ops.conv import available_formats
     report = {"tool": "tools/sparsity_tables.py table3", "eval_sets": list(EVAL_SETS),
               "engine_formats": sorted(available_formats()),
               "macs_count_zero_weight_skips": bool(args.count_weight_skip),
@@ -191,16 +187,16 @@ def table3(args) -> dict:
     t0 = time.perf_counter()
     for label, path, mode in entries:
         model = sparsr.load(path)
-        net = model._net
-        core = target_layers(net.specs, SMSR_CORE_LAYERS)
+        net = model
+        core = target_layers(net.conv_names(), SMSR_CORE_LAYERS)
         if args.count_weight_skip:
             count_zero_weight_skips(net)
         _, tensors, meta = checkpoint.load(path)
         tensors = checkpoint.decode_sparse(tensors)
         conv_nz, conv_total, all_nz, all_total = nonzero_params(tensors)
-        entry = {"file": str(path), "mode": mode, "input_skip": net.input_skip,
-                 "core_weight_sparsity": 1 - sum(int(np.count_nonzero(net.specs[n].weight))
-                                                 for n in core) / sum(net.specs[n].weight.size for n in core),
+        entry = {"file": str(path), "mode": mode, "input_skip": input_skip(net),
+                 "core_weight_sparsity": 1 - sum(int(np.count_nonzero(net.conv_weight(n)))
+                                                 for n in core) / sum(net.conv_weight(n).size for n in core),
                  "conv_nonzeros": conv_nz, "conv_params": conv_total,
                  "param_nonzeros": all_nz, "params": all_total, "macs": {}}
         for spec, img in mac_inputs.items():

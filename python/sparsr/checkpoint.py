@@ -81,15 +81,18 @@ def save(path: str | os.PathLike, model: Mapping[str, Any], tensors: Mapping[str
 
 def write_atomically(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
     """Calls write(binary file) on a temporary file beside path, then renames it
-    into place: a failure never leaves half a file nor touches an existing one."""
+    into place: a failure (or KeyboardInterrupt) never leaves half a file nor
+    touches an existing one. Replacing a file keeps its mode and, where allowed,
+    its group; a new file gets the mode a plain open() would give it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=suffix,
+                               dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        _chmod_as_new_file(tmp)
+        _chmod_as_new_file(tmp, replacing=path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -97,10 +100,41 @@ def write_atomically(path: str | os.PathLike, write, suffix: str = ".tmp") -> No
         raise
 
 
-def _chmod_as_new_file(path: str) -> None:
-    """mkstemp makes 0600 files; give the result the mode a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
+def _chmod_as_new_file(path: str, replacing: Path | None = None) -> None:
+    """mkstemp makes 0600 files: give path the mode (and group) of the file it
+    replaces, or else the mode a plain open() would give a new file."""
+    import stat
+
+    try:
+        old = os.stat(replacing) if replacing is not None else None
+    except FileNotFoundError:
+        old = None
+    if old is not None:
+        os.chmod(path, stat.S_IMODE(old.st_mode))
+        if old.st_gid != os.stat(path).st_gid:
+            try:
+                os.chown(path, -1, old.st_gid)
+            except OSError:
+                pass   # not a member of that group: the file keeps ours
+        return
+    # The umask, read without setting it: os.umask(0) would let another
+    # thread create a file with mode 0666 meanwhile.
+    umask = None
+    try:
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")),
+                         None)
+    except (OSError, ValueError):
+        pass
+    if umask is None:
+        # No /proc: a probe file created with 0666 gets 0666 less the umask.
+        probe = f"{path}.umask"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            umask = 0o666 & ~stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     os.chmod(path, 0o666 & ~umask)
 
 

@@ -1,58 +1,236 @@
-"""Loading sparsr checkpoints and running them on images."""
+"""Loading sparsr checkpoints and running their graphs on images."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 
 from . import _core, checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, ImageError
+from .executor import Executor, check_input_size
+from .graph import IO, Graph
 from .image import prepare
 from .metrics import quantize
-from .smsr import MODES, Forward, SmsrNetwork
 
-# Architecture name in a checkpoint -> the class that runs it.
-ARCHITECTURES = {SmsrNetwork.architecture: SmsrNetwork}
+MODES = ("mask", "dense")
+
+# BT.601 YCbCr without offsets, as the Y-channel networks here were trained on
+# (FSRCNN-pytorch utils.convert_rgb_to_ycbcr; Y has +16/255 of the range).
+_Y = np.array([64.738, 129.057, 25.064]) / 256.0
+_CB = np.array([-37.945, -74.494, 112.439]) / 256.0
+_CR = np.array([112.439, -94.154, -18.285]) / 256.0
+
+
+@dataclass
+class LayerStats:
+    """MACs one layer executed in one forward pass."""
+    name: str
+    macs: int = 0
+    dense_macs: int = 0
+
+
+@dataclass
+class Forward:
+    """The result of one forward pass."""
+    output: np.ndarray          # (sH, sW, 3) float32 on 0..255, before clamping and rounding
+    masks: list[np.ndarray]     # spatial masks of SMSR modules (all True in dense mode)
+    layers: dict[str, LayerStats]
+    kept: dict | None = None    # values kept for restarts (Model.stages)
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self.layers.values())
+
+    @property
+    def dense_macs(self) -> int:
+        return sum(s.dense_macs for s in self.layers.values())
 
 
 class Model:
-    """A loaded super-resolution network.
+    """A loaded network.
 
     >>> m = sparsr.load("smsr_x2.pt")
     >>> big = m.upscale(small)          # PIL image or (H, W, 3) uint8 array
     """
 
-    def __init__(self, network: SmsrNetwork, description: dict, metadata: dict, path: str):
-        self._net = network
+    def __init__(self, description: dict, tensors: dict[str, np.ndarray], metadata: dict,
+                 path: str, isa: str | None = None):
         self.description = description
         self.metadata = metadata
         self.path = path
+        self.io = IO.from_dict(description.get("io"))
+        self.graph = Graph.from_dict(description.get("graph"))
+        layers = description.get("layers", {})
+        if not isinstance(layers, dict):
+            raise CheckpointError("model 'layers' must be an object")
+        self.tensors = tensors
+        self.isa = isa
+        self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels)
 
     @property
     def scale(self) -> int:
-        return self._net.scale
+        return self.io.scale
 
     @property
     def architecture(self) -> str:
-        return self._net.architecture
+        return str(self.description.get("architecture", "graph"))
 
-    def forward(self, img: Any, mode: str = "mask") -> Forward:
-        """Runs the network on an image and returns the unrounded output, the
-        spatial masks and the MACs each layer executed."""
+    # -- running ----------------------------------------------------------------------
+
+    def process(self, rgb: np.ndarray, mode: str = "mask") -> np.ndarray:
+        """float32 (H, W, 3) RGB on 0..1 -> float32 (sH, sW, 3) on 0..1, not clamped."""
+        rgb = np.asarray(rgb, dtype=np.float32)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ImageError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+        return self._run(rgb, 1.0, mode).output
+
+    def forward(self, img: Any, mode: str = "mask", *, cache: Forward | None = None,
+                start: str | None = None, keep: Iterable[str] = ()) -> Forward:
+        """Runs the network on an image (PIL or uint8 array) and returns the
+        unrounded output on 0..255, the spatial masks and the MACs each layer
+        executed. keep/cache/start: see stages()."""
         prepared = prepare(img, self.scale)
-        return self._net.forward(prepared.rgb, mode)
+        return self._run(prepared.rgb, 255.0, mode, keep=keep, cache=cache, start=start)
+
+    def stages(self, img: Any, at: Iterable[str], mode: str = "mask") -> Forward:
+        """Runs once and keeps the values live at the start of the nodes `at`,
+        so that a tool changing the weights of such a node (or a later one)
+        can re-run from there: forward(img, mode, cache=stages, start=node)."""
+        return self.forward(img, mode, keep=list(at))
 
     def upscale(self, img: Any, mode: str = "mask") -> Any:
         """Upscales a PIL image or an (H, W, 3) / (H, W) uint8 array by the model's
         scale; returns the same kind. mode="dense" ignores the sparse masks
         (every pixel and channel computed)."""
+        prepared = prepare(img, self.scale)
+        out = self._run(prepared.rgb, 255.0, mode).output
+        return prepared.restore(quantize(out))
+
+    def _run(self, rgb: np.ndarray, peak: float, mode: str, keep: Iterable[str] = (),
+             cache: Forward | None = None, start: str | None = None) -> Forward:
+        """rgb: (H, W, 3) on 0..peak -> Forward with output on 0..peak."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        prepared = prepare(img, self.scale)
-        out = self._net.forward(prepared.rgb, mode).output
-        return prepared.restore(quantize(out))
+        h, w = rgb.shape[:2]
+        check_input_size(self._executor, h, w)
+        io = self.io
+        rgb = rgb.astype(np.float32, copy=False)
+        chroma = None
+        if io.color == "rgb":
+            planes = rgb[:, :, ::-1] if io.channel_order == "bgr" else rgb
+            planes = planes.transpose(2, 0, 1)
+        elif io.color == "y":
+            planes = np.tensordot(_Y, rgb, axes=([0], [2]))[None] + 16.0 / 255.0 * peak
+            chroma = np.stack([np.tensordot(_CB, rgb, axes=([0], [2])),
+                               np.tensordot(_CR, rgb, axes=([0], [2]))])
+        else:
+            planes = np.tensordot(np.array([0.299, 0.587, 0.114]), rgb, axes=([0], [2]))[None]
+        factor = io.range / peak
+        planes = np.ascontiguousarray(planes * factor if factor != 1.0 else planes,
+                                      dtype=np.float32)
+        x = _core.Feature.from_numpy(planes).view()
+        kept = cache.kept if cache is not None else None
+        result = self._executor.run(x, mode, keep=keep, cache=kept, start=start)
+        out = result.output.numpy()
+        if factor != 1.0:
+            out = out / np.float32(factor)
+        out = self._to_rgb(out, chroma, peak)
+        layers = {k: LayerStats(k, v[0], v[1]) for k, v in result.layers.items()}
+        return Forward(out, result.masks, layers, result.kept)
+
+    def _to_rgb(self, out: np.ndarray, chroma: np.ndarray | None, peak: float) -> np.ndarray:
+        io = self.io
+        if io.color == "rgb":
+            rgb = out.transpose(1, 2, 0)
+            return np.ascontiguousarray(rgb[:, :, ::-1] if io.channel_order == "bgr" else rgb,
+                                        dtype=np.float32)
+        if io.color == "grey":
+            return np.ascontiguousarray(np.repeat(out[0][:, :, None], 3, axis=2),
+                                        dtype=np.float32)
+        # Y network: the chroma planes upsampled bicubically beside it.
+        s = self.scale
+        c = _core.Feature.from_numpy(np.ascontiguousarray(chroma, dtype=np.float32))
+        up = _core.Feature(2, c.height * s, c.width * s)
+        _core.upsample_bicubic(c.view(), s, up.view())
+        cb, cr = up.numpy()
+        y = out[0] - 16.0 / 255.0 * peak
+        ycc = np.stack([y, cb, cr], axis=-1).astype(np.float64)
+        inverse = np.linalg.inv(np.stack([_Y, _CB, _CR]))
+        return np.ascontiguousarray(ycc @ inverse.T, dtype=np.float32)
+
+    # -- weights, for the tools ----------------------------------------------------------
+
+    def conv_weight(self, name: str) -> np.ndarray:
+        """The weights of convolution `name` (its weight tensor without .weight)."""
+        try:
+            return self.tensors[name + ".weight"]
+        except KeyError:
+            raise KeyError(f"no convolution named {name!r}") from None
+
+    def set_conv_weight(self, name: str, weight: np.ndarray, format: str | None = None) -> None:
+        """Replaces one convolution's weights (same shape) and repacks the nodes
+        that use them; used by the offline tools to try sparsified weights."""
+        old = self.conv_weight(name)
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if weight.shape != old.shape:
+            raise ValueError(f"{name}: weight shape {weight.shape}, expected {old.shape}")
+        self.tensors[name + ".weight"] = weight
+        if format is not None:
+            layers = self.description.setdefault("layers", {})
+            layers.setdefault(name, {})["format"] = format
+        key = name + ".weight"
+        self._executor.rebuild(n.name for n in self.graph.nodes if key in n.params.values())
+
+    def conv_names(self) -> list[str]:
+        """Every convolution's name (its weight tensor without .weight), in graph order."""
+        names = []
+        for n in self.graph.nodes:
+            for t in n.params.values():
+                if t.endswith(".weight") and self.tensors[t].ndim == 4:
+                    names.append(t[:-len(".weight")])
+        return list(dict.fromkeys(names))
+
+    def count_zero_skips(self, layer_filter) -> None:
+        """Counts the MACs of the layers layer_filter(name) accepts as a zero-skipping
+        kernel executes them (nonzero weights only), whatever kernel runs them."""
+        from .ops.conv import PackedConv
+
+        def walk(obj, seen):
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, PackedConv):
+                if layer_filter(obj.name):
+                    obj.skips_zeros = True
+                return
+            children = obj if isinstance(obj, list) else getattr(obj, "__dict__", {}).values()
+            for child in children:
+                if isinstance(child, (list, PackedConv)) or hasattr(child, "__dict__"):
+                    if not isinstance(child, (np.ndarray, str, dict)):
+                        walk(child, seen)
+
+        seen: set[int] = set()
+        for op in self._executor.ops:
+            walk(op, seen)
+
+    def node_of(self, conv: str) -> str:
+        """The graph node that owns convolution `conv`."""
+        key = conv + ".weight"
+        for n in self.graph.nodes:
+            if key in n.params.values():
+                return n.name
+        raise KeyError(f"no node uses {key!r}")
+
+    # -- reports --------------------------------------------------------------------------
+
+    def layer_table(self) -> list[dict]:
+        return self._executor.conv_rows()
+
+    def dense_macs(self, h: int, w: int) -> int:
+        return self._executor.dense_macs(h, w)
 
     def info(self, input_size: tuple[int, int] | None = None, image: Any = None) -> dict:
         """Scale, layers with their weight sparsity and kernels, and MACs.
@@ -60,28 +238,28 @@ class Model:
         input_size=(h, w) adds the dense-mode MACs at that input size; image=...
         runs the network on that image in mask mode and adds the MACs actually
         executed, per layer and in total."""
-        layers = self._net.layer_table()
-        params = sum(r["params"] for r in layers)
-        nonzeros = sum(r["nonzeros"] for r in layers)
+        layers = self.layer_table()
         result = {
             "path": self.path,
             "architecture": self.architecture,
             "scale": self.scale,
-            "isa": self._net.isa or _core.active_isa(),
+            "io": self.io.to_dict(),
+            "isa": self.isa or _core.active_isa(),
             "threads": _core.num_threads(),
-            "conv_params": params,
-            "conv_nonzeros": nonzeros,
+            "nodes": len(self.graph.nodes),
+            "conv_params": sum(r["params"] for r in layers),
+            "conv_nonzeros": sum(r["nonzeros"] for r in layers),
             "layers": layers,
         }
         if input_size is not None:
             h, w = input_size
             result["input_size"] = [h, w]
-            result["dense_macs"] = self._net.dense_macs(h, w)
+            result["dense_macs"] = self.dense_macs(h, w)
         if image is not None:
+            h, w = prepare(image, self.scale).rgb.shape[:2]
             fwd = self.forward(image, "mask")
-            h, w = fwd.masks[0].shape if fwd.masks else prepare(image, self.scale).rgb.shape[:2]
             result["input_size"] = [h, w]
-            result["dense_macs"] = self._net.dense_macs(h, w)
+            result["dense_macs"] = self.dense_macs(h, w)
             result["executed_macs"] = fwd.macs
             result["mask_density"] = [float(m.mean()) for m in fwd.masks]
             result["executed_macs_per_layer"] = {k: v.macs for k, v in fwd.layers.items()}
@@ -98,14 +276,14 @@ def load(path: str | os.PathLike, isa: str | None = None) -> Model:
         tensors = checkpoint.decode_sparse(tensors)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    arch = description.get("architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: architecture {arch!r} is not supported "
-                              f"(supported: {sorted(ARCHITECTURES)})")
+    if description.get("format") != "graph" or "graph" not in description:
+        arch = description.get("architecture")
+        raise CheckpointError(f"{path}: not a graph checkpoint (architecture {arch!r} in an "
+                              "older layout); convert the PyTorch weights again with "
+                              "tools/convert.py")
     if isa is not None and not _core.isa_supported(isa):
         raise ValueError(f"this CPU does not support {isa!r} (best: {_core.detected_isa()})")
     try:
-        network = ARCHITECTURES[arch](description, tensors, isa)
+        return Model(description, tensors, metadata, path, isa)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return Model(network, description, metadata, path)

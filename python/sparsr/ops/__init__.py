@@ -145,3 +145,4 @@ class Op:
 
 # The registry: every op module, imported for its @register classes.
 from . import conv as _conv  # noqa: E402,F401
+from . import smsr as _smsr  # noqa: E402,F401

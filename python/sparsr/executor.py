@@ -1,0 +1,363 @@
+"""The executor: plans a graph for an input size and runs it.
+
+A plan is made once per input size (and cached): the shape of every value,
+the fusions that the shapes allow (a conv's following ReLU and residual add
+run in its epilogue), when each value is read for the last time (its buffer
+is released right after), and which elementwise ops may overwrite their input
+in place (nothing reads it later, and no other live value shares its planes:
+concat, split and slice are views).
+
+A run can keep the values live at chosen nodes (``keep``) and a later run can
+restart at such a node from them (``cache``, ``start``): a tool that changes
+one layer's weights then re-runs only the nodes from that layer on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import _core
+from .errors import CheckpointError, ImageError
+from .graph import Graph
+from .ops import OPS, BuildContext, Op, Shape
+from .ops.conv import Conv2d, MacCounter
+
+# Ops whose outputs are views of their inputs' planes (no copy).
+VIEW_OPS = {"concat", "split", "slice"}
+
+
+@dataclass
+class Step:
+    op: Op
+    inputs: list[str]
+    outputs: list[str]
+    relu: bool = False              # conv2d: fused ReLU
+    residual: str | None = None     # conv2d: fused residual add (a value name)
+    inplace: bool = False           # output reuses input 0's buffer
+    release: list[str] = field(default_factory=list)   # values read for the last time
+    accumulates: bool = False       # adds into its last input, which is also its output
+
+
+class PartialConv:
+    """Columns [c0, c1) of a 1x1 conv over a concat, applied to that part alone:
+    the first part writes the output (with the bias), later ones add into it,
+    and the last applies the conv's ReLU. Each part is consumed as soon as it
+    exists, instead of every part living until the concat is complete."""
+
+    inplace = False
+
+    def __init__(self, conv: Conv2d, c0: int, c1: int, first: bool, relu: bool):
+        self.conv = conv
+        self.node = conv.node
+        self.first = first
+        self.relu = relu
+        self.packed = conv.column_slice(c0, c1, with_bias=first)
+
+    def run(self, rt, inputs):
+        x = inputs[0]
+        pixels = rt.full(x.height, x.width)
+        if self.first:
+            out = rt.new(self.conv.cout, x.height, x.width, written=self.conv.cout)
+            self.packed(rt.counter, x, out, pixels, relu=self.relu, dense_pixels=pixels.count)
+        else:
+            out = inputs[1]
+            self.packed(rt.counter, x, out, pixels, residual=out, dense_pixels=pixels.count)
+            if self.relu:
+                _core.relu_inplace(out)
+        return [out]
+
+
+@dataclass
+class Plan:
+    shapes: dict[str, Shape]
+    steps: list[Step]
+    index: dict[str, int]           # node name -> step index (fused nodes: their conv's)
+
+
+class Run:
+    """What an op sees while it runs (see ops/__init__.py)."""
+
+    def __init__(self, mode: str, isa: str | None):
+        self.mode = mode
+        self.isa = isa
+        self.counter = MacCounter()
+        self.masks: list[np.ndarray] = []
+        self._full: dict[tuple[int, int], Any] = {}
+        self._inputs: list[Any] = []
+        self._inplace = False
+
+    def new(self, channels: int, height: int, width: int, written: int = 0):
+        return _core.Feature(channels, height, width, written=written).view()
+
+    def output(self, i: int, shape: Shape):
+        if self._inplace and i == 0:
+            return self._inputs[0]
+        return self.new(*shape, written=shape[0])
+
+    def count(self, name: str, macs: int, dense_macs: int | None = None) -> None:
+        self.counter.add(name, macs, macs if dense_macs is None else dense_macs)
+
+    def full(self, height: int, width: int):
+        key = (height, width)
+        if key not in self._full:
+            self._full[key] = _core.PixelSet.full(height, width)
+        return self._full[key]
+
+
+@dataclass
+class Result:
+    output: Any                      # _core.Channels of the graph output
+    masks: list[np.ndarray]
+    layers: dict[str, list[int]]     # name -> [executed MACs, dense MACs]
+    kept: dict[str, Any] | None = None
+
+
+class Executor:
+    def __init__(self, graph: Graph, tensors: dict[str, np.ndarray], layers: dict,
+                 isa: str | None, in_channels: int):
+        graph.check(OPS, tensors)
+        self.graph = graph
+        self.isa = isa
+        self.in_channels = in_channels
+        self.ctx = BuildContext(tensors, layers, isa)
+        self.ops = [OPS[n.op](n, self.ctx) for n in graph.nodes]
+        self._plans: dict[tuple[int, int], Plan] = {}
+        # Shape inference at a probe size: a graph whose shapes do not work is
+        # refused at load time, not at the first image.
+        try:
+            self.plan(64, 64)
+        except ValueError as e:
+            raise CheckpointError(f"shape inference fails on a 64x64 input: {e}") from None
+
+    def rebuild(self, names: Iterable[str]) -> None:
+        """Re-makes the ops of these nodes (after their tensors changed)."""
+        names = set(names)
+        for i, n in enumerate(self.graph.nodes):
+            if n.name in names:
+                self.ops[i] = OPS[n.op](n, self.ctx)
+        self._plans.clear()
+
+    # -- planning -----------------------------------------------------------------
+
+    def plan(self, height: int, width: int) -> Plan:
+        key = (height, width)
+        if key in self._plans:
+            return self._plans[key]
+        g = self.graph
+        shapes: dict[str, Shape] = {g.inputs[0]: (self.in_channels, height, width)}
+        for op, n in zip(self.ops, g.nodes):
+            outs = op.infer([shapes[v] for v in n.inputs])
+            if len(outs) != len(n.outputs):
+                raise CheckpointError(f"node {n.name!r} ({n.op}) gives {len(outs)} outputs, "
+                                      f"the graph names {len(n.outputs)}")
+            shapes.update(zip(n.outputs, outs))
+        steps = self._split_concat_convs(self._fuse(shapes), shapes)
+        index = {}
+        for i, s in enumerate(steps):
+            index.setdefault(s.op.node.name, i)
+        for name in self._fused_into:
+            index[name] = index[self._fused_into[name]]
+        self._lifetimes(steps)
+        plan = Plan(shapes, steps, index)
+        if len(self._plans) > 16:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _fuse(self, shapes: dict[str, Shape]) -> list[Step]:
+        """Steps, with a conv's sole-consumer ReLU and then residual add folded in."""
+        g = self.graph
+        consumers = g.consumers()
+        producers = g.producers()
+        out = g.outputs[0]
+        fused: set[int] = set()
+        self._fused_into: dict[str, str] = {}
+        steps = []
+        for i, (op, n) in enumerate(zip(self.ops, g.nodes)):
+            if i in fused:
+                continue
+            step = Step(op, list(n.inputs), list(n.outputs))
+            if isinstance(op, Conv2d):
+                value = n.outputs[0]
+
+                def sole(v):
+                    readers = consumers.get(v, [])
+                    return readers[0] if len(readers) == 1 and v != out else None
+
+                j = sole(value)
+                if j is not None and g.nodes[j].op == "relu":
+                    fused.add(j)
+                    self._fused_into[g.nodes[j].name] = n.name
+                    step.relu = True
+                    value = g.nodes[j].outputs[0]
+                    j = sole(value)
+                if j is not None and g.nodes[j].op == "add" and len(g.nodes[j].inputs) == 2:
+                    a, b = g.nodes[j].inputs
+                    other = b if a == value else a
+                    if (other != value and shapes[other] == shapes[value]
+                            and producers.get(other, -1) < i):
+                        fused.add(j)
+                        self._fused_into[g.nodes[j].name] = n.name
+                        step.residual = other
+                        step.inputs.append(other)
+                        value = g.nodes[j].outputs[0]
+                step.outputs = [value]
+            steps.append(step)
+        return steps
+
+    def _split_concat_convs(self, steps: list[Step], shapes: dict[str, Shape]) -> list[Step]:
+        """A dense 1x1 conv over a concat of 3 or more separately made parts
+        runs as one partial conv per part, each right after its part is made
+        (SMSR's collect over its module outputs: one module output alive at a
+        time instead of all of them)."""
+        producer = {v: i for i, s in enumerate(steps) for v in s.outputs}
+        readers: dict[str, int] = {}
+        for s in steps:
+            for v in s.inputs:
+                readers[v] = readers.get(v, 0) + 1
+        out = self.graph.outputs[0]
+        moves: dict[int, list[Step]] = {}
+        drop: set[int] = set()
+        for i, s in enumerate(steps):
+            op = s.op
+            if not (isinstance(op, Conv2d) and op.splittable() and s.residual is None):
+                continue
+            cat = producer.get(s.inputs[0])
+            if cat is None or steps[cat].op.node.op != "concat" or readers[s.inputs[0]] != 1:
+                continue
+            parts = steps[cat].inputs
+            makers = [producer.get(v) for v in parts]
+            if len(parts) < 3 or None in makers or len(set(makers)) != len(parts) \
+                    or s.inputs[0] == out:
+                continue
+            acc = s.outputs[0]
+            c0, after = 0, -1
+            for k, (v, maker) in enumerate(zip(parts, makers)):
+                c1 = c0 + shapes[v][0]
+                last = k == len(parts) - 1
+                part = PartialConv(op, c0, c1, k == 0, s.relu and last)
+                step = Step(part, [v] if k == 0 else [v, acc], [acc], accumulates=k > 0)
+                after = max(after, maker)
+                moves.setdefault(after, []).append(step)
+                c0 = c1
+            drop.update((i, cat))
+        if not moves:
+            return steps
+        result = []
+        for i, s in enumerate(steps):
+            if i not in drop:
+                result.append(s)
+            result.extend(moves.get(i, []))
+        return result
+
+    def _lifetimes(self, steps: list[Step]) -> None:
+        """When each value dies, and which steps may work in place."""
+        out = self.graph.outputs[0]
+        last: dict[str, int] = {}
+        for i, s in enumerate(steps):
+            for v in s.inputs:
+                last[v] = i
+        # Values that share planes (views) stand or fall together: a value's
+        # buffer is its roots' buffers.
+        roots: dict[str, frozenset] = {self.graph.inputs[0]: frozenset(["<input>"])}
+        for s in steps:
+            if s.op.node.op in VIEW_OPS:
+                r = frozenset().union(*(roots[v] for v in s.inputs))
+                for v in s.outputs:
+                    roots[v] = r
+            else:
+                for v in s.outputs:
+                    roots[v] = frozenset([v])
+        for i, s in enumerate(steps):
+            s.release = [v for v in dict.fromkeys(s.inputs) if last.get(v) == i and v != out]
+            if s.op.inplace and s.inputs:
+                x = s.inputs[0]
+                live_after = {v for v, j in last.items() if j > i} | {out}
+                shared = any(roots.get(v, frozenset()) & roots[x] for v in live_after
+                             if v != x and v in roots)
+                s.inplace = (last.get(x) == i and x != out and "<input>" not in roots[x]
+                             and not shared and s.inputs.count(x) == 1)
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
+            cache: dict[str, Any] | None = None, start: str | None = None) -> Result:
+        """Runs the graph on x (a _core.Channels of the input). keep: node
+        names at whose start the live values are kept in Result.kept (with the
+        masks so far); cache + start: begin at node `start` from such values."""
+        plan = self.plan(x.height, x.width)
+        rt = Run(mode, self.isa)
+        values: dict[str, Any] = {self.graph.inputs[0]: x}
+        first = 0
+        if start is not None:
+            if cache is None or start not in cache:
+                raise ValueError(f"no cached values for node {start!r}")
+            first = plan.index[start]
+            values.update(cache[start]["values"])
+            rt.masks = list(cache[start]["masks"])
+        keep_at = {plan.index[k]: k for k in keep}
+        kept: dict[str, Any] = {}
+        if start is not None:
+            # Cached values that later steps overwrite in place get copies, so
+            # that a cache serves any number of restarts.
+            for v in self._mutated_from(plan, first) & set(values):
+                values[v] = _copy(values[v])
+        for i in range(first, len(plan.steps)):
+            s = plan.steps[i]
+            if i in keep_at:
+                mutated = self._mutated_from(plan, i)
+                kept[keep_at[i]] = {"values": {v: _copy(c) if v in mutated else c
+                                               for v, c in values.items()},
+                                    "masks": list(rt.masks)}
+            inputs = [values[v] for v in s.inputs]
+            rt._inputs = inputs
+            rt._inplace = s.inplace
+            if s.relu or s.residual is not None:
+                outs = s.op.run_fused(rt, inputs[:1], s.relu,
+                                      values[s.residual] if s.residual else None)
+            else:
+                outs = s.op.run(rt, inputs)
+            rt._inputs = []
+            for v in s.release:
+                values.pop(v, None)
+            values.update(zip(s.outputs, outs))
+        output = values[self.graph.outputs[0]]
+        return Result(output, rt.masks, rt.counter.layers, kept or None)
+
+    @staticmethod
+    def _mutated_from(plan: Plan, first: int) -> set[str]:
+        """Values that steps from `first` on overwrite in place."""
+        out = set()
+        for s in plan.steps[first:]:
+            if s.accumulates:
+                out.add(s.inputs[-1])
+            if s.inplace:
+                out.add(s.inputs[0])
+        return out
+
+    # -- reports ----------------------------------------------------------------------
+
+    def dense_macs(self, height: int, width: int) -> int:
+        plan = self.plan(height, width)
+        total = 0
+        for op, n in zip(self.ops, self.graph.nodes):
+            total += op.macs([plan.shapes[v] for v in n.inputs])
+        return total
+
+    def conv_rows(self) -> list[dict]:
+        return [row for op in self.ops for row in op.convs()]
+
+
+def _copy(channels):
+    return _core.Feature.from_numpy(channels.numpy()).view()
+
+
+def check_input_size(executor: Executor, height: int, width: int) -> None:
+    """ImageError when the network's shapes do not work at this size."""
+    try:
+        executor.plan(height, width)
+    except ValueError as e:
+        raise ImageError(f"a {width}x{height} image does not fit this network: {e}") from None

@@ -1,0 +1,53 @@
+"""SMSR (Wang et al., "Exploring sparsity in image super-resolution"), as in
+LongguangWang/SMSR model/smsr.py: mean shift, a 3x3 head, sparse mask modules,
+a collect over all module outputs, a pixel-shuffle tail plus the bicubically
+upsampled input."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ...graph import IO
+from ...ops.smsr import channel_masks, module_shapes
+from ..builder import GraphBuilder
+
+NAME = "smsr"
+
+
+def detect(sd) -> dict | None:
+    keys = list(sd)
+    if not any(re.match(r"body\.\d+\.body\.ch_mask$", k) for k in keys) or "tail.0.weight" not in sd:
+        return None
+    n_blocks = 1 + max(int(m.group(1)) for k in keys
+                       if (m := re.match(r"body\.(\d+)\.body\.ch_mask$", k)))
+    tail_out = int(sd["tail.0.weight"].shape[0])
+    scale = int(round((tail_out / 3) ** 0.5))
+    return {"scale": scale, "n_feats": int(sd["head.0.weight"].shape[0]),
+            "n_blocks": n_blocks, "n_layers": int(sd["body.0.body.ch_mask"].shape[2])}
+
+
+def scales(hyper: dict) -> list[int]:
+    return [hyper["scale"]]
+
+
+def build(sd, hyper: dict, scale: int):
+    b = GraphBuilder(sd, IO(scale=scale, color="rgb", range=255.0), NAME, hyper)
+    n_blocks, n_layers, n_feats = hyper["n_blocks"], hyper["n_layers"], hyper["n_feats"]
+    # One size for every module's feature of dense channels (see ops/smsr.py).
+    dense_planes = max(int(channel_masks(np.asarray(sd[f"body.{k}.body.ch_mask"])).sum())
+                       for k in range(n_blocks))
+    x0 = b.conv(b.input, "sub_mean")
+    head = b.conv(b.relu(b.conv(x0, "head.0")), "head.2")
+    fea, outs = head, []
+    for k in range(n_blocks):
+        prefix = f"body.{k}"
+        params = {role: b.param(f"{prefix}.{role}") for role in module_shapes(n_feats, n_layers)}
+        fea = b.op("smsr_module", [fea], {"n_layers": n_layers, "input_skip": True,
+                                          "dense_planes": dense_planes}, params, prefix)
+        outs.append(fea)
+    body = b.add(b.conv(b.relu(b.conv(b.concat(outs), "collect.0")), "collect.2"), head)
+    up = b.pixel_shuffle(b.conv(body, "tail.0"), scale)
+    out = b.conv(b.add(up, b.resize(x0, "bicubic", scale=scale)), "add_mean")
+    return b.finish(out)

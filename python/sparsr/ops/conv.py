@@ -1,0 +1,210 @@
+"""conv2d: the packed fast convolutions (dense, CSR, N:M) and the general one.
+
+1x1 and 3x3 "same" convolutions with stride 1 run on the packed micro-kernels
+of csrc/kernels in the weight format the checkpoint chooses per layer
+(``model["layers"][name]["format"]``: "dense", "csr", "nm" or "sparse", the
+engine's choice by measured cost). Grouped ones run one packed conv per group
+over channel views. Everything else (other kernel sizes, strides, dilations,
+paddings) runs on the general direct convolution, dense.
+
+The executor fuses a following ReLU and a following residual add into the
+conv's epilogue (``run_fused``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from . import BuildContext, Op, register
+
+
+class MacCounter:
+    """Executed and dense multiply-accumulates per layer name."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, list[int]] = {}
+
+    def add(self, name: str, macs: int, dense_macs: int = 0) -> None:
+        s = self.layers.setdefault(name, [0, 0])
+        s[0] += int(macs)
+        s[1] += int(dense_macs)
+
+
+def available_formats() -> set[str]:
+    return {k["format"] for k in _core.kernels()}
+
+
+def choose_format(requested: str, weight: np.ndarray, isa: str | None) -> str:
+    """The kernel format a layer runs with. "sparse" leaves the choice to the
+    engine: the zero-skip (CSR) kernel where its cost model, fitted to measured
+    CSR and dense kernel times, expects it to beat dense by a margin; so a
+    lightly sparse layer stays dense."""
+    if requested != "sparse":
+        return requested
+    if "csr" not in available_formats():
+        return "dense"
+    return "csr" if _core.csr_beneficial(np.ascontiguousarray(weight), isa) else "dense"
+
+
+class PackedConv:
+    """One packed fast convolution (1x1 or 3x3, stride 1) plus its MAC bookkeeping."""
+
+    def __init__(self, name: str, weight: np.ndarray, bias: np.ndarray | None, isa: str | None,
+                 format: str = "dense", options: dict | None = None,
+                 dense_cin: int | None = None):
+        w = np.ascontiguousarray(weight, dtype=np.float32)
+        self.name = name
+        self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
+        self.nonzeros = int(np.count_nonzero(w))
+        self.format = choose_format(format, w, isa)
+        self.native = _core.Conv2d(w, bias, isa=isa, format=self.format, **(options or {}))
+        self.weight = w
+        # Input channels of the whole layer this conv computes part of: dense
+        # MACs are counted as for the whole layer.
+        self.dense_cin = self.cin if dense_cin is None else dense_cin
+        # Formats other than dense skip zero weights: only nonzeros cost a MAC.
+        self.skips_zeros = self.format != "dense"
+        self._nonzeros_in: dict[tuple[int, int], int] = {}
+
+    def macs_per_pixel(self, cin: int, cout: int) -> int:
+        if not self.skips_zeros:
+            return cin * cout * self.k * self.k
+        key = (cin, cout)
+        if key not in self._nonzeros_in:
+            self._nonzeros_in[key] = int(np.count_nonzero(self.weight[:cout, :cin]))
+        return self._nonzeros_in[key]
+
+    def __call__(self, counter: MacCounter, src, dst, pixels, relu=False, cin=-1, cout=-1,
+                 residual=None, dense_pixels: int | None = None) -> None:
+        self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual)
+        ci = self.cin if cin < 0 else cin
+        co = self.cout if cout < 0 else cout
+        dense = (dense_pixels or 0) * self.dense_cin * self.cout * self.k * self.k
+        counter.add(self.name, pixels.count * self.macs_per_pixel(ci, co), dense)
+
+    def row(self) -> dict:
+        """A row of Model.info()'s layer table."""
+        params = int(self.weight.size)
+        return {"name": self.name, "shape": list(self.weight.shape), "format": self.format,
+                "kernel": self.native.kernel, "params": params, "nonzeros": self.nonzeros,
+                "sparsity": 1.0 - self.nonzeros / params if params else 0.0}
+
+
+def layer_format(ctx: BuildContext, layer: str) -> tuple[str, dict]:
+    """The format and options the checkpoint asks for layer `layer`."""
+    info = ctx.layers.get(layer, {})
+    fmt = info.get("format", "dense") if isinstance(info, dict) else "dense"
+    options = info.get("options", {}) if isinstance(info, dict) else {}
+    return fmt, {k: int(v) for k, v in options.items()}
+
+
+@register
+class Conv2d(Op):
+    name = "conv2d"
+
+    def __init__(self, node, ctx: BuildContext):
+        super().__init__(node, ctx)
+        w = self.tensor(ctx, "weight")
+        if w.ndim != 4:
+            self.fail(f"weight must be (cout, cin / groups, kh, kw), got shape {w.shape}")
+        cout, cin_g, kh, kw = (int(d) for d in w.shape)
+        self.kernel = self.int_pair("kernel", [kh, kw], 1, 11)
+        if self.kernel != (kh, kw):
+            self.fail(f"kernel {list(self.kernel)} does not match weight shape {w.shape}")
+        self.stride = self.int_pair("stride", 1, 1, 4)
+        self.dilation = self.int_pair("dilation", 1, 1, 8)
+        self.padding = self.int_pair("padding", [kh // 2 * self.dilation[0],
+                                                 kw // 2 * self.dilation[1]], 0, 32)
+        self.groups = self.attr("groups", 1, int, 1, 1 << 16)
+        if cout % self.groups:
+            self.fail(f"{cout} output channels do not split into {self.groups} groups")
+        self.cout, self.cin = cout, cin_g * self.groups
+        self.bias = self.tensor(ctx, "bias", (cout,), required=False)
+        self.layer = node.params["weight"].removesuffix(".weight")
+        fmt, options = layer_format(ctx, self.layer)
+        fast = (kh == kw and kh in (1, 3) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.padding == (kh // 2, kw // 2))
+        self.parts: list[PackedConv] = []
+        self.general = None
+        if fast:
+            og = cout // self.groups
+            for g in range(self.groups):
+                name = self.layer if self.groups == 1 else f"{self.layer}[{g}]"
+                b = None if self.bias is None else self.bias[g * og:(g + 1) * og]
+                self.parts.append(PackedConv(name, w[g * og:(g + 1) * og], b, ctx.isa, fmt,
+                                             options))
+        else:
+            if fmt not in ("dense", "sparse"):
+                self.fail(f"format {fmt!r} needs a 1x1 or 3x3 stride-1 convolution")
+            self.general = _core.ConvGeneral(w, self.bias, stride=self.stride,
+                                             padding=self.padding, dilation=self.dilation,
+                                             groups=self.groups, isa=ctx.isa)
+        self.weight = w
+        self._format = (fmt, options)
+        self._slices: dict[tuple[int, int, bool], PackedConv] = {}
+
+    def splittable(self) -> bool:
+        """Whether the conv can run as partial convs over column ranges of its input."""
+        return (self.general is None and self.groups == 1 and self.kernel == (1, 1)
+                and self.parts[0].format in ("dense", "csr"))
+
+    def column_slice(self, c0: int, c1: int, with_bias: bool) -> PackedConv:
+        """The conv over input channels [c0, c1) only, packed once."""
+        key = (c0, c1, with_bias)
+        if key not in self._slices:
+            fmt, options = self._format
+            self._slices[key] = PackedConv(self.layer, self.weight[:, c0:c1],
+                                           self.bias if with_bias else None,
+                                           self.parts[0].native.isa, fmt, options)
+        return self._slices[key]
+
+    def infer(self, shapes):
+        c, h, w = shapes[0]
+        if c != self.cin:
+            self.fail(f"input has {c} channels, the weight expects {self.cin}", ValueError)
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) \
+            // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) \
+            // self.stride[1] + 1
+        if oh < 1 or ow < 1:
+            self.fail(f"a {h}x{w} input is too small for this convolution", ValueError)
+        return [(self.cout, oh, ow)]
+
+    def macs(self, shapes):
+        _, oh, ow = self.infer(shapes)[0]
+        return oh * ow * self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
+
+    def run(self, rt, inputs):
+        return self.run_fused(rt, inputs, relu=False, residual=None)
+
+    def run_fused(self, rt, inputs, relu: bool, residual):
+        """act(conv(x)) (+ residual), in one pass over the output."""
+        x = inputs[0]
+        (c, oh, ow), = self.infer([(len(x), x.height, x.width)])
+        out = rt.new(c, oh, ow, written=c)
+        if self.general is not None:
+            self.general.run(x, out, relu=relu, residual=residual)
+            rt.count(self.layer, self.macs([(len(x), x.height, x.width)]))
+            return [out]
+        pixels = rt.full(oh, ow)
+        og, ig = self.cout // self.groups, self.cin // self.groups
+        for g, part in enumerate(self.parts):
+            if self.groups == 1:
+                src, dst, res = x, out, residual
+            else:
+                src = x.select(list(range(g * ig, (g + 1) * ig)))
+                dst = out.select(list(range(g * og, (g + 1) * og)))
+                res = None if residual is None else residual.select(
+                    list(range(g * og, (g + 1) * og)))
+            part(rt.counter, src, dst, pixels, relu=relu, residual=res,
+                 dense_pixels=pixels.count)
+        return [out]
+
+    def convs(self):
+        if self.general is not None:
+            n = int(np.count_nonzero(self.weight))
+            return [{"name": self.layer, "shape": list(self.weight.shape), "format": "dense",
+                     "kernel": "conv-general", "params": int(self.weight.size), "nonzeros": n,
+                     "sparsity": 1.0 - n / self.weight.size}]
+        return [p.row() for p in self.parts]
