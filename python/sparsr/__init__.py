@@ -21,16 +21,6 @@ try:
 except SparsrError:
     pass
 
-_load = load
-
-
-def load(path, isa=None) -> Model:
-    _env.check()
-    return _load(path, isa)
-
-
-load.__doc__ = _load.__doc__
-
 
 def cpu_info() -> dict:
     """The instruction set in use, the best one this CPU has, the thread count

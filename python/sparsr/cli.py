@@ -220,42 +220,11 @@ def _list_models(directory) -> list[tuple[str, int, str]]:
             if p.is_file() and not p.name.startswith(".")]
 
 
-class _Uint8Model:
-    """The `scale` / `process` contract over a Model that only upscales uint8
-    images (sparsr before Model.process): colour goes through 8 bits."""
-
-    def __init__(self, model: Any, mode: str):
-        self._model = model
-        self._mode = mode
-        self.scale = model.scale
-
-    def process(self, rgb: np.ndarray) -> np.ndarray:
-        u8 = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-        return self._model.upscale(u8, mode=self._mode).astype(np.float32) / np.float32(255)
-
-
 def _load_model(args) -> Any:
     """The model the upscale command runs (tests replace this function)."""
     from . import load
 
-    model = load(_resolve_model(args.model))
-    if not hasattr(model, "process"):
-        return _Uint8Model(model, args.mode or "mask")
-    if args.mode is None:
-        return model
-    import inspect
-
-    if "mode" not in inspect.signature(model.process).parameters:
-        raise SparsrError(f"--mode {args.mode}: this model has no modes")
-    mode = args.mode
-
-    class _WithMode:
-        scale = model.scale
-
-        def process(self, rgb):
-            return model.process(rgb, mode=mode)
-
-    return _WithMode()
+    return load(_resolve_model(args.model)).with_mode(args.mode or "mask")
 
 
 def _release_buffers() -> None:

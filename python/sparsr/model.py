@@ -8,12 +8,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import _core, checkpoint
+from . import _core, checkpoint, env
 from .errors import CheckpointError, ImageError
 from .executor import Executor, check_input_size
 from .graph import IO, Graph
 from .image import prepare
-from .metrics import quantize
 
 MODES = ("mask", "dense")
 
@@ -101,13 +100,23 @@ class Model:
         can re-run from there: forward(img, mode, cache=stages, start=node)."""
         return self.forward(img, mode, keep=list(at))
 
-    def upscale(self, img: Any, mode: str = "mask") -> Any:
-        """Upscales a PIL image or an (H, W, 3) / (H, W) uint8 array by the model's
-        scale; returns the same kind. mode="dense" ignores the sparse masks
-        (every pixel and channel computed)."""
-        prepared = prepare(img, self.scale)
-        out = self._run(prepared.rgb, 255.0, mode).output
-        return prepared.restore(quantize(out))
+    def upscale(self, img: Any, mode: str = "mask", *, alpha: str = "model",
+                outscale: float | None = None, progress=None) -> Any:
+        """Upscales a PIL image or a uint8 / uint16 array ((H, W), (H, W, 3) or
+        (H, W, 4)) by the model's scale; returns the same kind. mode="dense"
+        ignores the sparse masks (every pixel and channel computed); alpha
+        "model" or "bicubic" upscales an alpha channel by the network or
+        bicubically; outscale resizes the result to that factor of the input;
+        progress(done, total) is called as the work goes on."""
+        from .upscale import upscale_image
+        return upscale_image(self.with_mode(mode), img, alpha=alpha, outscale=outscale,
+                             progress=progress)
+
+    def with_mode(self, mode: str) -> "ModeBound":
+        """This model with its run mode fixed: `scale` and `process(rgb)`."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return ModeBound(self, mode)
 
     def _run(self, rgb: np.ndarray, peak: float, mode: str, keep: Iterable[str] = (),
              cache: Forward | None = None, start: str | None = None) -> Forward:
@@ -266,10 +275,23 @@ class Model:
         return result
 
 
+class ModeBound:
+    """A model and a run mode: what the upscaler runs (`scale`, `process`)."""
+
+    def __init__(self, model: Model, mode: str):
+        self.model = model
+        self.mode = mode
+        self.scale = model.scale
+
+    def process(self, rgb: np.ndarray) -> np.ndarray:
+        return self.model.process(rgb, self.mode)
+
+
 def load(path: str | os.PathLike, isa: str | None = None) -> Model:
     """Loads a sparsr checkpoint. isa forces a kernel level ("scalar", "avx2",
     "avx512") for this model; by default the best this CPU supports (lowered by
     the SPARSR_ISA environment variable)."""
+    env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
     try:
