@@ -1,2 +1,3 @@
-"""PyTorch reference definitions of the architectures sparsr imports, with the
-parameter names of the authors' state_dicts, and helpers to run them."""
+"""PyTorch reference definitions of the architectures sparsr imports (one
+module each, written from the original repositories, with their parameter
+names so that the real state_dicts load strictly), and shared test helpers."""

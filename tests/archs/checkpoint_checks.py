@@ -1,4 +1,4 @@
-"""The checks every architecture's test file runs on its real checkpoint."""
+"""The checks every architecture test here makes on the authors' checkpoint."""
 
 from __future__ import annotations
 
