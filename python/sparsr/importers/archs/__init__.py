@@ -12,6 +12,7 @@ Adding an architecture is one module and one line below; detection tries them
 in this order and the first that recognises a state_dict wins.
 """
 
-from . import carn_m, dncnn, edsr, fsrcnn, msrresnet, rcan, smsr, srvgg
+from . import carn_m, dncnn, edsr, fsrcnn, imdn, msrresnet, rcan, rfdn, rlfn, smsr, span, srvgg
 
-ARCHITECTURES = [smsr, srvgg, fsrcnn, dncnn, carn_m, rcan, edsr, msrresnet]
+ARCHITECTURES = [smsr, srvgg, fsrcnn, dncnn, carn_m, rcan, edsr, msrresnet, rfdn, rlfn, imdn,
+                 span]

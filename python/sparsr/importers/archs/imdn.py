@@ -1,0 +1,94 @@
+"""IMDN: information multi-distillation network (Hui et al., ACM MM 2019).
+
+Definition: Zheng222/IMDN model/architecture.py (IMDN) and model/block.py
+(IMDModule, CCALayer). The network sees RGB on 0..1. Each block (IMDB) runs
+four 3x3 convs; after each of the first three a quarter of the channels is
+split off ("distilled") and the rest goes on. The four distilled parts are
+concatenated, weighted per channel by contrast-aware attention (CCA: sigmoid
+of a 1x1 bottleneck over std + mean of each channel), fused by a 1x1 conv and
+added to the block input. All blocks' outputs are concatenated and fused.
+The authors' checkpoints are saved from nn.DataParallel (keys prefixed
+``module.``); the reader strips that before detection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ...graph import IO
+from ..builder import GraphBuilder
+from ._shapes import Shapes, block_count, check, check_scale, conv, shape, upsampler_scale
+
+NAME = "imdn"
+COLOURS = 3
+SLOPE = 0.05
+
+
+def detect(sd: Mapping[str, Any]) -> dict | None:
+    if not all(k in sd for k in ("fea_conv.weight", "IMDB1.c1.weight",
+                                 "IMDB1.cca.conv_du.0.weight")):
+        return None
+    nf = shape(sd, "fea_conv.weight", NAME, 4)[0]
+    remaining = shape(sd, "IMDB1.c2.weight", NAME, 4)[1]
+    hyper = {"nf": nf, "blocks": block_count(sd, r"IMDB(\d+)\.", NAME),
+             "distilled": nf - remaining,
+             "cca_channels": shape(sd, "IMDB1.cca.conv_du.0.weight", NAME, 4)[0],
+             "scale": upsampler_scale(sd, "upsampler.0.weight", COLOURS, NAME)}
+    check(sd, expected_shapes(hyper), NAME)
+    return hyper
+
+
+def scales(hyper: Mapping[str, Any]) -> list[int]:
+    return [hyper["scale"]]
+
+
+def expected_shapes(hyper: Mapping[str, Any]) -> Shapes:
+    nf, dc, n = hyper["nf"], hyper["distilled"], hyper["blocks"]
+    rc = nf - dc
+    s: Shapes = {}
+    conv(s, "fea_conv", nf, COLOURS, 3)
+    for i in range(1, n + 1):
+        p = f"IMDB{i}"
+        conv(s, f"{p}.c1", nf, nf, 3)
+        conv(s, f"{p}.c2", nf, rc, 3)
+        conv(s, f"{p}.c3", nf, rc, 3)
+        conv(s, f"{p}.c4", dc, rc, 3)
+        # c5 is conv_layer(nf, nf, 1) over the 4 * dc distilled channels.
+        conv(s, f"{p}.c5", nf, 4 * dc, 1)
+        conv(s, f"{p}.cca.conv_du.0", hyper["cca_channels"], 4 * dc, 1)
+        conv(s, f"{p}.cca.conv_du.2", 4 * dc, hyper["cca_channels"], 1)
+    conv(s, "c.0", nf, n * nf, 1)
+    conv(s, "LR_conv", nf, nf, 3)
+    conv(s, "upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3)
+    return s
+
+
+def build(sd: Mapping[str, Any], hyper: Mapping[str, Any], scale: int):
+    check_scale(hyper, scale, NAME)
+    check(sd, expected_shapes(hyper), NAME)
+    b = GraphBuilder(sd, IO(scale, color="rgb", range=1.0), NAME, hyper)
+    fea = b.conv(b.input, "fea_conv")
+    x, outs = fea, []
+    for i in range(1, hyper["blocks"] + 1):
+        x = _imdb(b, x, f"IMDB{i}", hyper["distilled"], hyper["nf"] - hyper["distilled"])
+        outs.append(x)
+    y = b.leaky_relu(b.conv(b.concat(outs), "c.0"), SLOPE)
+    y = b.add(b.conv(y, "LR_conv"), fea)
+    return b.finish(b.pixel_shuffle(b.conv(y, "upsampler.0"), scale))
+
+
+def _imdb(b: GraphBuilder, x: str, p: str, dc: int, rc: int) -> str:
+    distilled, r = [], x
+    for j in (1, 2, 3):
+        d, r = b.split(b.leaky_relu(b.conv(r, f"{p}.c{j}"), SLOPE), [dc, rc])
+        distilled.append(d)
+    distilled.append(b.conv(r, f"{p}.c4"))
+    out = b.concat(distilled)
+    return b.add(b.conv(_cca(b, out, f"{p}.cca"), f"{p}.c5"), x)
+
+
+def _cca(b: GraphBuilder, x: str, p: str) -> str:
+    """Contrast-aware channel attention: x * sigmoid(W2 relu(W1 (std + mean)))."""
+    y = b.add(b.global_std(x), b.global_mean(x))
+    y = b.relu(b.conv(y, f"{p}.conv_du.0"))
+    return b.mul(x, b.sigmoid(b.conv(y, f"{p}.conv_du.2")))
