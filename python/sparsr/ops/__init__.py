@@ -145,3 +145,5 @@ class Op:
 
 # The registry: every op module, imported for its @register classes.
 from . import conv as _conv  # noqa: E402,F401
+from . import conv_transpose as _conv_transpose  # noqa: E402,F401
+from . import pool as _pool  # noqa: E402,F401
