@@ -145,9 +145,11 @@ class Op:
 
 # The registry: every op module, imported for its @register classes.
 from . import conv as _conv  # noqa: E402,F401
+from . import conv_transpose as _conv_transpose  # noqa: E402,F401
 from . import activation as _activation  # noqa: E402,F401
 from . import arith as _arith  # noqa: E402,F401
 from . import channels as _channels  # noqa: E402,F401
 from . import spatial as _spatial  # noqa: E402,F401
 from . import reduce as _reduce  # noqa: E402,F401
+from . import pool as _pool  # noqa: E402,F401
 from . import smsr as _smsr  # noqa: E402,F401
