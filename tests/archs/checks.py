@@ -4,6 +4,7 @@ computes what the reference computes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def random_state(net: torch.nn.Module, seed: int = 0, gain: float = 1.0) -> dict
     """Random weights of a reference, as the numpy state_dict read_state_dict gives;
     frozen layers (mean shifts) keep their values. Weights have std gain / sqrt(fan_in):
     a deep residual net needs gain < 1 to keep its activations of order one."""
+    with one_thread():
+        return _random_state(net, seed, gain)
+
+
+def _random_state(net: torch.nn.Module, seed: int, gain: float) -> dict:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, p in net.state_dict().items():
@@ -46,6 +52,18 @@ def random_state(net: torch.nn.Module, seed: int = 0, gain: float = 1.0) -> dict
         out[name] = (torch.randn(p.shape, generator=gen) * scale).numpy()
     net.load_state_dict(torch_state(out), strict=True)
     return out
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread: for many small tensors, its thread pool costs far more
+    than it saves, the more so on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def refuses(sd: dict, expected_words: list[str]) -> str:
@@ -85,8 +103,8 @@ def assert_graph_is_the_network(sd: dict, scale: int, reference: torch.nn.Module
                                 x: torch.Tensor, *args, tol: float = 1e-9) -> dict:
     """The graph and the reference (called as reference(x, *args)) agree in float64:
     they compute the same ops."""
-    got, model = graph_output(sd, scale, x.double())
-    with torch.no_grad():
+    with one_thread(), torch.no_grad():
+        got, model = graph_output(sd, scale, x.double())
         want = copy.deepcopy(reference).double()(x.double(), *args)
     assert got.shape == want.shape
     diff = float((got - want).abs().max())
@@ -129,16 +147,10 @@ def convert(sd: dict, tmp_path: Path, scale: int, name: str = "model") -> Path:
 
 
 def not_yet_runnable(model: dict) -> list[str]:
-    """What the graph needs that this build of sparsr lacks (ops being written on
-    other branches); empty when it can run."""
-    from sparsr import _core
+    """The ops the graph uses that this build of sparsr lacks (ops are written
+    on other branches); empty when it can run."""
     from sparsr.ops import OPS
-    missing = sorted({n["op"] for n in model["graph"]["nodes"]} - set(OPS))
-    general = [n["name"] for n in model["graph"]["nodes"] if n["op"] == "conv2d"
-               and (n["attrs"]["kernel"] not in ([1, 1], [3, 3]) or n["attrs"]["stride"] != [1, 1])]
-    if general and not hasattr(_core, "ConvGeneral"):
-        missing.append(f"conv2d beyond 1x1/3x3 stride 1 (_core.ConvGeneral; {general[0]})")
-    return missing
+    return sorted({n["op"] for n in model["graph"]["nodes"]} - set(OPS))
 
 
 def load_or_skip(sd: dict, tmp_path: Path, scale: int):
@@ -168,7 +180,7 @@ def assert_sparsr_matches(sd: dict, tmp_path: Path, scale: int, reference: torch
         luma = (img.astype(np.float64) @ _Y + 16.0).astype(np.float32)
         x = torch.from_numpy(luma * np.float32(rgb_range / 255.0))[None, None]
         got = got.astype(np.float64) @ _Y + 16.0
-    with torch.no_grad():
+    with one_thread(), torch.no_grad():
         want = reference.float().eval()(x, *args)[0] * (255.0 / rgb_range)
     want = want.permute(1, 2, 0).numpy() if want.shape[0] == 3 else want[0].numpy()
     assert got.shape == want.shape, (got.shape, want.shape)
