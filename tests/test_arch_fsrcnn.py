@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 from archs import checks  # noqa: E402
 from archs.fsrcnn import FSRCNN  # noqa: E402
 
+from sparsr import checkpoint  # noqa: E402
 from sparsr.errors import CheckpointError  # noqa: E402
 from sparsr.importers import pth  # noqa: E402
 from sparsr.importers.archs import fsrcnn  # noqa: E402
@@ -75,3 +76,10 @@ def test_other_scales_and_sizes_with_random_weights(scale):
 def test_sparsr_matches_torch_on_a_set14_crop(shared_dir, state_dict, reference, tmp_path):
     img = checks.crop(checks.set14_lr(shared_dir, "lenna", 2), 50, 60)
     checks.assert_sparsr_matches(state_dict, tmp_path, 2, reference, img, color="y")
+
+
+def test_convert_takes_the_scale_from_the_file_name(shared_dir, tmp_path):
+    model = pth.convert(shared_dir / MODEL, tmp_path / "f.pt")
+    assert model["io"]["scale"] == 2
+    metadata = checkpoint.load(tmp_path / "f.pt")[2]
+    assert metadata["scale_from"] == "file name" and metadata["scales_in_source"] == [2, 3, 4]

@@ -126,6 +126,7 @@ def test_convert_writes_a_checkpoint(tmp_path):
     description, tensors, metadata = checkpoint.load(tmp_path / "tiny.pt")
     assert description == model
     assert metadata["source"] == "tiny_x2.pth" and metadata["scales_in_source"] == [2]
+    assert metadata["scale_from"] == "weights"
     assert set(tensors) == set(small_srvgg())
 
 

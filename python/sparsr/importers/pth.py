@@ -132,7 +132,8 @@ def choose_scale(arch: ModuleType, hyper: dict, scale: int | None, src: str | os
     hinted = scale_in_file_name(src)
     if hinted in available:
         return hinted
-    raise CheckpointError(f"{arch.NAME} weights can run at {have}: choose one (scale=...)")
+    raise CheckpointError(f"{arch.NAME} weights can run at {have}: choose one (--scale, or "
+                          "scale= in Python)")
 
 
 def scale_in_file_name(path: str | os.PathLike) -> int | None:
@@ -155,7 +156,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, scale: int | None = 
         Model(model, dict(tensors), {}, os.fspath(dst))
     except CheckpointError as e:
         raise CheckpointError(f"{src}: {e}") from None
+    # Where the scale came from: the weights, the caller, or the file name (FSRCNN).
+    scale_from = ("argument" if scale is not None else
+                  "weights" if len(arch.scales(hyper)) == 1 else "file name")
     metadata = {"source": Path(src).name, "tool": "sparsr.importers.pth",
-                "architecture": arch.NAME, "scales_in_source": arch.scales(hyper)}
+                "architecture": arch.NAME, "scales_in_source": arch.scales(hyper),
+                "scale_from": scale_from}
     checkpoint.save(dst, model, tensors, metadata)
     return model
