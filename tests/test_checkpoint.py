@@ -182,5 +182,5 @@ def test_missing_and_misshapen_tensors_are_named(tmp_path, smsr_checkpoint):
     broken = dict(tensors)
     broken["head.0.weight"] = np.zeros((64, 3, 5, 5), np.float32)
     checkpoint.save(path, model, broken, meta)
-    with pytest.raises(CheckpointError, match=r"head.0.weight.*\(64, 3, 5, 5\)"):
+    with pytest.raises(CheckpointError, match=r"head.0.*\(64, 3, 5, 5\)"):
         sparsr.load(path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sparsr
+from conftest import with_input_skip
 from sparsr import checkpoint
 from sparsr.errors import CheckpointError
 
@@ -89,7 +90,7 @@ def test_set_conv_weight_matches_a_saved_sparsified_checkpoint(smsr_checkpoint, 
 def test_without_input_skip_same_image_more_macs(smsr_checkpoint, shared_dir, tmp_path):
     model, tensors, meta = checkpoint.load(smsr_checkpoint)
     path = tmp_path / "no_input_skip.pt"
-    checkpoint.save(path, dict(model, input_skip=False), tensors, meta)
+    checkpoint.save(path, with_input_skip(model, False), tensors, meta)
     lr = _image(shared_dir)
     b = sparsr.load(smsr_checkpoint).forward(lr, "mask")
     a = sparsr.load(path).forward(lr, "mask")

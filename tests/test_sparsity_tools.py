@@ -217,7 +217,7 @@ def _fake_sensitivity(tmp_path, names, n=36864):
 
 def test_sparse_checkpoint_end_to_end(smsr_checkpoint, shared_dir, tmp_path):
     import sparsr
-    from sparsr.model import quantize
+    from sparsr.metrics import quantize
     names = [f"body.{k}.body.body.{i}" for k in range(5) for i in range(4)]
     sens_path, ks = _fake_sensitivity(tmp_path, names)
     ks2, sizes, _ = load_sensitivity(sens_path, 0.04)

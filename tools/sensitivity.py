@@ -102,7 +102,7 @@ class CalibrationSet:
         return sum(lr.shape[0] * lr.shape[1] for lr in self.lrs)
 
     def score(self, start: str | None = None) -> float:
-        from sparsr.model import quantize
+        from sparsr.metrics import quantize
         vals = []
         for lr, hr, cache in zip(self.lrs, self.hrs, self.caches):
             out = self.net.forward(lr, "mask", cache=cache, start=start).output

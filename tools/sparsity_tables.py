@@ -42,7 +42,7 @@ def load_eval_images(sets=EVAL_SETS, scale: int = 2):
 def score(net, images, mode: str = "mask", with_ssim: bool = False, keep_outputs: bool = False):
     """Per-image PSNR (and SSIM) of the network's rounded output."""
     from sparsr.metrics import psnr_y, ssim_y
-    from sparsr.model import quantize
+    from sparsr.metrics import quantize
     rows, outputs = [], []
     for s, name, lr, hr in images:
         sr = quantize(net.forward(lr, mode).output)
