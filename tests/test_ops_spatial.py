@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from op_testing import border_is_zero, empty, feature, random
+from op_testing import LEVELS, border_is_zero, empty, feature, random
 from sparsr import _core
 
 torch = pytest.importorskip("torch", reason="the references are PyTorch's")
@@ -73,6 +73,73 @@ def test_resize_by_a_scale_maps_with_its_inverse(mode, align_corners, scale):
         x = random(rng, (2, *size))
         got = resized(x, out_hw, mode, align_corners, scale).numpy()
         check_against_torch(got, x, mode, align_corners, scale_factor=scale)
+
+
+# Rows long enough for the vector loops (16 and 8 outputs a vector): whole
+# vectors and tails, x2 / x4 / x1.5, shrinking past a half (the taps of a
+# vector then span more than two vectors: the scalar loop), near that limit
+# (both kinds in one row: 147 for bilinear, 158 and 166 for bicubic at 16 and
+# 8 a vector), one column, one pixel and equal sizes.
+WIDE_SIZES = [((5, 640), (10, 1280)), ((3, 33), (13, 133)), ((4, 50), (6, 75)),
+              ((9, 300), (20, 137)), ((9, 300), (4, 147)), ((9, 300), (3, 158)),
+              ((9, 300), (5, 166)), ((2, 17), (40, 1)), ((1, 1), (2, 37)), ((6, 40), (6, 40))]
+
+
+def resized_at(isa, x, out_hw, mode, align_corners, scale=0.0):
+    dst = empty((x.shape[0], *out_hw))
+    _core.resize(feature(x), dst, mode, align_corners, scale_h=scale, scale_w=scale, isa=isa)
+    return dst
+
+
+def check_wide_against_torch(got, x, mode, align_corners, **size_or_scale):
+    """As check_against_torch, but the float coordinates of rows 1000 pixels
+    long are off the exact ones by up to about 1e-4 pixel (PyTorch's as ours),
+    so float64 PyTorch is only a sanity check here."""
+    want32 = torch_resize(x, mode, align_corners, torch.float32, **size_or_scale)
+    want64 = torch_resize(x, mode, align_corners, torch.float64, **size_or_scale)
+    assert got.shape == want32.shape
+    if mode == "nearest":
+        np.testing.assert_array_equal(got, want32)
+        return
+    np.testing.assert_allclose(got, want32, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got, want64, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mode,align_corners", MODES)
+@pytest.mark.parametrize("size_in,size_out", WIDE_SIZES)
+def test_resize_at_every_isa_level(isa, mode, align_corners, size_in, size_out):
+    x = random(np.random.default_rng(WIDE_SIZES.index((size_in, size_out))), (2, *size_in))
+    out = resized_at(isa, x, size_out, mode, align_corners)
+    check_wide_against_torch(out.numpy(), x, mode, align_corners, size=size_out)
+    assert border_is_zero(out)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mode,align_corners", MODES)
+@pytest.mark.parametrize("scale", [2.0, 3.0, 4.0, 0.5])
+def test_resize_by_a_scale_at_every_isa_level(isa, mode, align_corners, scale):
+    x = random(np.random.default_rng(7), (3, 21, 45))
+    out_hw = (math.floor(21 * scale), math.floor(45 * scale))
+    got = resized_at(isa, x, out_hw, mode, align_corners, scale).numpy()
+    check_against_torch(got, x, mode, align_corners, scale_factor=scale)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_large_outputs_stored_past_the_caches(isa, mode):
+    # More than 16 MB of output is streamed (aligned vectors from a row's
+    # first aligned float); an odd width leaves a head and a tail in each row.
+    x = random(np.random.default_rng(3), (1, 50, 75))
+    out = resized_at(isa, x, (2101, 2101), mode, False)
+    check_wide_against_torch(out.numpy(), x, mode, False, size=(2101, 2101))
+    assert border_is_zero(out)
+
+
+def test_resize_refuses_an_unknown_isa_level():
+    x = feature(np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="unknown ISA level 'sse9'"):
+        _core.resize(x, empty((1, 8, 8)), "bilinear", isa="sse9")
 
 
 def test_resize_refusals():

@@ -1,6 +1,7 @@
 // Pixel (un)shuffle and resizing. The source coordinates and weights follow
 // PyTorch's CPU kernels (aten/src/ATen/native/UpSample.h, UpSampleKernel.cpp)
-// step by step in float, so that results agree to rounding.
+// step by step in float, so that results agree to rounding. The row loops of
+// resize are in spatial-rows.h, one copy per ISA.
 #include "spatial.h"
 
 #include <algorithm>
@@ -8,10 +9,14 @@
 #include <unordered_set>
 #include <vector>
 
+#include "spatial-rows.h"
 #include "threadpool.h"
 
 namespace sparsr {
 namespace {
+
+// Outputs of more bytes than this are stored past the caches (as Conv2d's).
+constexpr int64_t kStreamOutBytes = 16 << 20;
 
 std::string size_of(const Channels& c) {
   return "(" + std::to_string(c.size()) + ", " + std::to_string(c.height) + ", " +
@@ -34,11 +39,13 @@ inline float* row_out(const Channels& ch, int c, int y) {
 }
 
 // For each output position along one axis: `taps` source indices (clamped to
-// the input) and their weights.
+// the input) and their weights; first[o]: the first index before clamping
+// (the taps are first[o] + k, k < taps, clamped).
 struct AxisTaps {
   int taps = 1;
   std::vector<int> index;
   std::vector<float> weight;
+  std::vector<int> first;
 };
 
 // PyTorch's compute_scales_value / area_pixel_compute_scale.
@@ -69,6 +76,7 @@ AxisTaps nearest_taps(int in, int out, double scale) {
     else
       t.index[o] = std::min(static_cast<int>(std::floor(static_cast<float>(o) * s)), in - 1);
   }
+  t.first = t.index;
   return t;
 }
 
@@ -83,6 +91,7 @@ AxisTaps linear_taps(int in, int out, bool align_corners, double scale) {
   t.taps = 2;
   t.index.resize(out * 2);
   t.weight.resize(out * 2);
+  t.first.resize(out);
   const float s = coordinate_scale(in, out, align_corners, scale);
   for (int o = 0; o < out; ++o) {
     int i0 = o;
@@ -92,6 +101,7 @@ AxisTaps linear_taps(int in, int out, bool align_corners, double scale) {
       if (src < 0.0f) src = 0.0f;
       guard(src, in, &i0, &lambda);
     }
+    t.first[o] = i0;
     t.index[o * 2] = i0;
     t.index[o * 2 + 1] = i0 < in - 1 ? i0 + 1 : i0;
     t.weight[o * 2] = 1.0f - lambda;
@@ -121,6 +131,7 @@ AxisTaps cubic_taps(int in, int out, bool align_corners, double scale) {
   t.taps = 4;
   t.index.resize(out * 4);
   t.weight.resize(out * 4);
+  t.first.resize(out);
   const float s = coordinate_scale(in, out, align_corners, scale);
   for (int o = 0; o < out; ++o) {
     const float src = source_coordinate(s, o, align_corners);
@@ -128,6 +139,7 @@ AxisTaps cubic_taps(int in, int out, bool align_corners, double scale) {
     float lambda;
     guard(src, in, &i0, &lambda);
     cubic_weights(lambda, &t.weight[o * 4]);
+    t.first[o] = i0 - 1;
     for (int k = 0; k < 4; ++k) t.index[o * 4 + k] = std::min(std::max(i0 - 1 + k, 0), in - 1);
   }
   return t;
@@ -140,6 +152,73 @@ AxisTaps axis_taps(ResizeMode mode, int in, int out, bool align_corners, double 
     case ResizeMode::kBicubic: break;
   }
   return cubic_taps(in, out, align_corners, scale);
+}
+
+// RowTaps (spatial-rows.h) with its arrays, for a row of `in` source floats
+// and vectors of `width` floats.
+struct RowTapTable {
+  RowTaps taps;
+  int left = 0;        // replicated floats before the source row
+  int right = 0;       // and after it
+  int padded_size = 0; // floats of the padded row, with two vectors of slack for the loads
+  std::vector<int32_t> start, lane, block_base;
+  std::vector<float> weight;
+
+  RowTapTable(const AxisTaps& t, int in, int width) {
+    const int n = static_cast<int>(t.first.size()), k_taps = t.taps;
+    const int stride = (n + width - 1) / width * width;
+    for (int x = 0; x < n; ++x) {
+      left = std::max(left, -t.first[x]);
+      right = std::max(right, t.first[x] + k_taps - in);
+    }
+    padded_size = left + in + right + 2 * width;
+    // Past n: the last output's taps with zero weights (computed, never read).
+    start.resize(stride);
+    for (int x = 0; x < stride; ++x) start[x] = t.first[std::min(x, n - 1)] + left;
+    if (k_taps > 1) {
+      weight.assign(static_cast<size_t>(k_taps) * stride, 0.0f);
+      for (int x = 0; x < n; ++x)
+        for (int k = 0; k < k_taps; ++k) weight[k * stride + x] = t.weight[x * k_taps + k];
+    }
+    if (width > 1) {
+      lane.assign(static_cast<size_t>(k_taps) * stride, 0);
+      block_base.resize(stride / width);
+      for (int b = 0; b < stride / width; ++b) {
+        const int x0 = b * width;
+        const auto [lo, hi] = std::minmax_element(&start[x0], &start[x0] + width);
+        const bool fits = *hi + k_taps - *lo <= 2 * width;
+        block_base[b] = fits ? *lo : -1;
+        if (fits)
+          for (int x = x0; x < x0 + width; ++x)
+            for (int k = 0; k < k_taps; ++k) lane[k * stride + x] = start[x] + k - *lo;
+      }
+    }
+    taps.taps = k_taps;
+    taps.n = n;
+    taps.stride = stride;
+    taps.start = start.data();
+    taps.weight = weight.empty() ? nullptr : weight.data();
+    taps.lane = lane.empty() ? nullptr : lane.data();
+    taps.block_base = block_base.empty() ? nullptr : block_base.data();
+  }
+
+  // The source row with its end pixels replicated `left` and `right` times.
+  void pad(const float* row, int in, float* padded) const {
+    std::fill(padded, padded + left, row[0]);
+    std::copy(row, row + in, padded + left);
+    std::fill(padded + left + in, padded + left + in + right, row[in - 1]);
+  }
+};
+
+const ResizeRows& resize_rows_for(Isa isa) {
+  // At most the active level, as Conv2d's kernel choice.
+  if (static_cast<int>(isa) > static_cast<int>(active_isa())) isa = active_isa();
+  switch (isa) {
+    case Isa::kAvx512: return resize_rows_avx512();
+    case Isa::kAvx2: return resize_rows_avx2();
+    case Isa::kScalar: break;
+  }
+  return resize_rows_scalar();
 }
 
 }  // namespace
@@ -200,7 +279,7 @@ ResizeMode resize_mode_from_name(const std::string& name) {
 }
 
 void resize(const Channels& src, const Channels& dst, ResizeMode mode, bool align_corners,
-            double scale_h, double scale_w) {
+            double scale_h, double scale_w, Isa isa) {
   if (src.size() != dst.size())
     throw std::invalid_argument("resize: channel counts differ (" + size_of(src) + " to " +
                                 size_of(dst) + ")");
@@ -209,28 +288,43 @@ void resize(const Channels& src, const Channels& dst, ResizeMode mode, bool alig
   if (!(scale_h >= 0.0) || !(scale_w >= 0.0))
     throw std::invalid_argument("resize: scales must be positive (or 0: from the sizes)");
   check_disjoint(src, dst, "resize");
+  if (dst.size() == 0 || dst.height == 0 || dst.width == 0) return;
+  const ResizeRows& rows = resize_rows_for(isa);
   const AxisTaps ty = axis_taps(mode, src.height, dst.height, align_corners, scale_h);
   const AxisTaps tx = axis_taps(mode, src.width, dst.width, align_corners, scale_w);
-  parallel_for(static_cast<size_t>(dst.size()) * dst.height, [&](size_t task) {
-    const int c = static_cast<int>(task / dst.height), oy = static_cast<int>(task % dst.height);
-    float* d = row_out(dst, c, oy);
-    if (mode == ResizeMode::kNearest) {
-      const float* s = row(src, c, ty.index[oy]);
-      for (int ox = 0; ox < dst.width; ++ox) d[ox] = s[tx.index[ox]];
-      return;
-    }
-    // As PyTorch: along the row within each source row first, then across the
-    // rows, each sum starting from its first tap.
-    for (int ky = 0; ky < ty.taps; ++ky) {
-      const float* s = row(src, c, ty.index[oy * ty.taps + ky]);
-      const float wy = ty.weight[oy * ty.taps + ky];
-      for (int ox = 0; ox < dst.width; ++ox) {
-        const int* ix = &tx.index[ox * tx.taps];
-        const float* wx = &tx.weight[ox * tx.taps];
-        float h = s[ix[0]] * wx[0];
-        for (int kx = 1; kx < tx.taps; ++kx) h += s[ix[kx]] * wx[kx];
-        d[ox] = ky == 0 ? h * wy : d[ox] + h * wy;
+  const RowTapTable along_row(tx, src.width, rows.width);
+  const int taps = ty.taps, stride = along_row.taps.stride;
+  const bool stream =
+      static_cast<int64_t>(dst.size()) * dst.height * dst.width * 4 > kStreamOutBytes;
+  // Tasks of whole bands of output rows: a band resizes each source row it
+  // needs along the row once. About 4 tasks a thread balance the load.
+  const int channels = dst.size(), height = dst.height;
+  int bands = std::max(1, (4 * num_threads() + channels - 1) / channels);
+  bands = std::min(bands, std::max(1, height / 16));
+  const int band_rows = (height + bands - 1) / bands;
+  bands = (height + band_rows - 1) / band_rows;
+  parallel_for(static_cast<size_t>(channels) * bands, [&](size_t task) {
+    const int c = static_cast<int>(task / bands), band = static_cast<int>(task % bands);
+    const int oy0 = band * band_rows, oy1 = std::min(height, oy0 + band_rows);
+    std::vector<float> padded(along_row.padded_size, 0.0f);
+    // Source rows resized along the row, source row y in slot y % taps: the
+    // rows of one output are consecutive, and move on monotonically.
+    std::vector<float> resized(static_cast<size_t>(taps) * stride);
+    int held[4] = {-1, -1, -1, -1};
+    const float* sum_rows[4];
+    for (int oy = oy0; oy < oy1; ++oy) {
+      for (int k = 0; k < taps; ++k) {
+        const int y = ty.index[oy * taps + k], slot = y % taps;
+        float* r = &resized[static_cast<size_t>(slot) * stride];
+        if (held[slot] != y) {
+          along_row.pad(row(src, c, y), src.width, padded.data());
+          rows.horizontal(along_row.taps, padded.data(), r);
+          held[slot] = y;
+        }
+        sum_rows[k] = r;
       }
+      rows.vertical(sum_rows, &ty.weight[oy * taps], taps, dst.width, row_out(dst, c, oy),
+                    stream);
     }
   });
 }

@@ -23,6 +23,6 @@ ResizeMode resize_mode_from_name(const std::string& name);
 // PyTorch then uses as 1 / scale to map coordinates (unless align_corners);
 // 0: in / out.
 void resize(const Channels& src, const Channels& dst, ResizeMode mode, bool align_corners,
-            double scale_h, double scale_w);
+            double scale_h, double scale_w, Isa isa);
 
 }  // namespace sparsr

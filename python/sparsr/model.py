@@ -163,7 +163,7 @@ class Model:
         s = self.scale
         c = _core.Feature.from_numpy(np.ascontiguousarray(chroma, dtype=np.float32))
         up = _core.Feature(2, c.height * s, c.width * s)
-        _core.upsample_bicubic(c.view(), s, up.view())
+        _core.resize(c.view(), up.view(), "bicubic", False, s, s)
         cb, cr = up.numpy()
         y = out[0] - 16.0 / 255.0 * peak
         ycc = np.stack([y, cb, cr], axis=-1).astype(np.float64)
