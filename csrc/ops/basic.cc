@@ -1,5 +1,5 @@
 // Whole-feature operations the SMSR module uses: fill, scale-add, ReLU, means,
-// 2x2 pooling, the stride-2 transposed 3x3 and bicubic upsampling.
+// 2x2 pooling and the stride-2 transposed 3x3.
 #include "ops.h"
 
 #include <algorithm>
@@ -116,66 +116,6 @@ void conv_transpose3x3_s2(const Channels& src, const float* weight, const float*
           d[ox + 1] += wk[2] * s[ix] + wk[0] * s[ix + 1];
         }
       }
-    }
-  });
-}
-
-namespace {
-
-void cubic_weights(float t, float w[4]) {
-  const float a = -0.75f;
-  auto near = [a](float x) { return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f; };
-  auto far = [a](float x) { return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a; };
-  w[0] = far(t + 1.0f);
-  w[1] = near(t);
-  w[2] = near(1.0f - t);
-  w[3] = far(2.0f - t);
-}
-
-struct Taps {
-  std::vector<int> index;   // 4 per output position, clamped
-  std::vector<float> weight;
-};
-
-Taps bicubic_taps(int in_size, int out_size, int scale) {
-  Taps t;
-  t.index.resize(out_size * 4);
-  t.weight.resize(out_size * 4);
-  const float ratio = 1.0f / static_cast<float>(scale);
-  for (int o = 0; o < out_size; ++o) {
-    const float src = (o + 0.5f) * ratio - 0.5f;
-    const float fl = std::floor(src);
-    const int i0 = static_cast<int>(fl);
-    cubic_weights(src - fl, &t.weight[o * 4]);
-    for (int k = 0; k < 4; ++k)
-      t.index[o * 4 + k] = std::min(std::max(i0 - 1 + k, 0), in_size - 1);
-  }
-  return t;
-}
-
-}  // namespace
-
-void upsample_bicubic(const Channels& src, int scale, const Channels& dst) {
-  if (dst.height != src.height * scale || dst.width != src.width * scale ||
-      dst.size() != src.size())
-    throw std::invalid_argument("upsample_bicubic: output must be scale times the input size");
-  const Taps ty = bicubic_taps(src.height, dst.height, scale);
-  const Taps tx = bicubic_taps(src.width, dst.width, scale);
-  parallel_for(static_cast<size_t>(dst.size()) * dst.height, [&](size_t task) {
-    const int c = static_cast<int>(task / dst.height);
-    const int oy = static_cast<int>(task % dst.height);
-    std::vector<float> row(src.width);
-    for (int x = 0; x < src.width; ++x) {
-      float v = 0.0f;
-      for (int k = 0; k < 4; ++k)
-        v += ty.weight[oy * 4 + k] * src.planes[c][(ty.index[oy * 4 + k] + 1) * src.ld + 1 + x];
-      row[x] = v;
-    }
-    float* d = dst.planes[c] + (oy + 1) * dst.ld + 1;
-    for (int ox = 0; ox < dst.width; ++ox) {
-      float v = 0.0f;
-      for (int k = 0; k < 4; ++k) v += tx.weight[ox * 4 + k] * row[tx.index[ox * 4 + k]];
-      d[ox] = v;
     }
   });
 }

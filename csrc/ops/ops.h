@@ -20,8 +20,6 @@ void avg_pool2(const Channels& src, const Channels& dst);
 // (cin, h, w) -> (cout, 2h, 2w). weight is (cin, cout, 3, 3) as in PyTorch.
 void conv_transpose3x3_s2(const Channels& src, const float* weight, const float* bias, int cout,
                           const Channels& dst);
-// Bicubic upsampling by an integer factor (PyTorch: a = -0.75, align_corners=False).
-void upsample_bicubic(const Channels& src, int scale, const Channels& dst);
 
 
 }  // namespace sparsr
