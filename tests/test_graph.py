@@ -256,3 +256,18 @@ def test_an_image_too_small_for_the_network_is_an_image_error(tmp_path, rng):
     m = sparsr.load(_save(tmp_path, model, tensors))
     with pytest.raises(ImageError, match="does not fit this network"):
         m.forward(np.zeros((2, 9, 3), np.uint8))
+
+
+def test_pooled_buffers_are_released_on_request(tmp_path, rng):
+    from sparsr import _core
+    sd = _sd(rng, {"a": (64, 3, 3)})
+    b = GraphBuilder(sd, IO(scale=1, range=255.0), "tiny")
+    model, tensors = b.finish(b.conv(b.input, "a"))
+    # The input and output features (> 1 MB) go back to the pool when freed.
+    m = sparsr.load(_save(tmp_path, model, tensors))
+    m.forward(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8))
+    _core.release_buffers()
+    m.forward(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8))
+    held = _core.pooled_bytes()
+    assert held > 0
+    assert _core.release_buffers() == held and _core.pooled_bytes() == 0

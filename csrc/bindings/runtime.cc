@@ -39,6 +39,9 @@ SPARSR_BINDINGS(0) {
   m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("release_buffers", &release_pooled_buffers,
+        "Returns the pooled feature buffers to the OS; the bytes released.");
+  m.def("pooled_bytes", &pooled_buffer_bytes, "Bytes of feature buffers held for reuse.");
   m.def("kernels", [] {
     py::list out;
     for (const KernelInfo& k : kernel_table()) {

@@ -53,6 +53,21 @@ class BufferPool {
     return static_cast<float*>(p);
   }
 
+  // Returns every pooled buffer to the OS (between images of different sizes).
+  size_t release_all() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t bytes = pooled_;
+    for (auto& [size, p] : free_) std::free(p);
+    free_.clear();
+    pooled_ = 0;
+    return bytes;
+  }
+
+  size_t pooled() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pooled_;
+  }
+
   void give(float* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (pooled_ + bytes > kMaxPooledBytes) {
@@ -75,6 +90,9 @@ class BufferPool {
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
 
 }  // namespace
+
+size_t release_pooled_buffers() { return BufferPool::get().release_all(); }
+size_t pooled_buffer_bytes() { return BufferPool::get().pooled(); }
 
 void Feature::Free::operator()(float* p) const {
   if (bytes >= kPoolMinBytes) {

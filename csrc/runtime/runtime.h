@@ -104,6 +104,11 @@ class Conv2d {
   int64_t nnz_ = 0;
 };
 
+// Feature buffers freed by the network are pooled for reuse (same sizes);
+// this returns them to the OS and gives the bytes released.
+size_t release_pooled_buffers();
+size_t pooled_buffer_bytes();
+
 // Splits runs into tasks of roughly equal pixel counts for the thread pool.
 std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel);
 // Throws std::invalid_argument naming `what` when a and b differ in height or width.
