@@ -271,3 +271,23 @@ def test_pooled_buffers_are_released_on_request(tmp_path, rng):
     held = _core.pooled_bytes()
     assert held > 0
     assert _core.release_buffers() == held and _core.pooled_bytes() == 0
+
+
+def test_planned_memory_bounds_a_run_before_allocating(tmp_path, rng):
+    sd, (model, tensors) = _residual_net(rng)
+    path = _save(tmp_path, model, tensors)
+    m = sparsr.load(path)
+    small = m._executor.plan(20, 30).peak_bytes
+    big = m._executor.plan(40, 60).peak_bytes
+    assert 3.5 < big / small < 4.5              # features scale with the pixels
+    tight = sparsr.load(path, max_memory=small)
+    tight.forward(np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ImageError, match=r"needs about .* GiB .*max_memory"):
+        tight.forward(np.zeros((40, 60, 3), np.uint8))
+
+
+def test_smsr_plan_accounts_for_its_scratch(smsr_model):
+    plan = smsr_model._executor.plan(360, 640)
+    # The 64-channel features of a module, its dense channels, the mask branch
+    # and the accumulated collect: a few hundred MB at 640x360, not a few MB.
+    assert 300e6 < plan.peak_bytes < 1500e6

@@ -75,6 +75,7 @@ class Plan:
     shapes: dict[str, Shape]
     steps: list[Step]
     index: dict[str, int]           # node name -> step index (fused nodes: their conv's)
+    peak_bytes: int = 0             # most feature memory live at once (estimated)
 
 
 class Run:
@@ -161,7 +162,7 @@ class Executor:
         for name in self._fused_into:
             index[name] = index[self._fused_into[name]]
         self._lifetimes(steps)
-        plan = Plan(shapes, steps, index)
+        plan = Plan(shapes, steps, index, self._peak_bytes(steps, shapes))
         if len(self._plans) > 16:
             self._plans.clear()
         self._plans[key] = plan
@@ -281,6 +282,24 @@ class Executor:
                 s.inplace = (last.get(x) == i and x != out and "<input>" not in roots[x]
                              and not shared and s.inputs.count(x) == 1)
 
+    def _peak_bytes(self, steps: list[Step], shapes: dict[str, Shape]) -> int:
+        """The largest sum of live feature buffers over the steps, plus each
+        step's own scratch: what a run needs beyond the weights."""
+        live: dict[str, int] = {self.graph.inputs[0]: feature_bytes(*shapes[self.graph.inputs[0]])}
+        peak = 0
+        for s in steps:
+            new = 0
+            if not (s.inplace or s.accumulates or s.op.node.op in VIEW_OPS):
+                new = sum(feature_bytes(*shapes[v]) for v in s.outputs if v not in live)
+            scratch = s.op.workspace([shapes[v] for v in s.inputs]) \
+                if isinstance(s.op, Op) else 0
+            peak = max(peak, sum(live.values()) + new + scratch)
+            for v in s.outputs:
+                live.setdefault(v, 0 if s.op.node.op in VIEW_OPS else feature_bytes(*shapes[v]))
+            for v in s.release:
+                live.pop(v, None)
+        return peak
+
     # -- running --------------------------------------------------------------------
 
     def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
@@ -351,13 +370,40 @@ class Executor:
         return [row for op in self.ops for row in op.convs()]
 
 
+def feature_bytes(channels: int, height: int, width: int) -> int:
+    """Bytes of a feature buffer: planes of (height + 2) rows of the padded stride."""
+    ld = (width + 2 + 15) // 16 * 16
+    return channels * (height + 2) * ld * 4
+
+
 def _copy(channels):
     return _core.Feature.from_numpy(channels.numpy()).view()
 
 
-def check_input_size(executor: Executor, height: int, width: int) -> None:
-    """ImageError when the network's shapes do not work at this size."""
+def check_input_size(executor: Executor, height: int, width: int,
+                     max_memory: int | None = None) -> Plan:
+    """The plan for this size; ImageError when the network's shapes do not work
+    at it, or when it needs more memory than max_memory (default: what the
+    system has available), before anything is allocated."""
     try:
-        executor.plan(height, width)
+        plan = executor.plan(height, width)
     except ValueError as e:
         raise ImageError(f"a {width}x{height} image does not fit this network: {e}") from None
+    limit = max_memory if max_memory is not None else available_memory()
+    if limit is not None and plan.peak_bytes > limit:
+        what = "the max_memory budget" if max_memory is not None else "available"
+        raise ImageError(f"a {width}x{height} image needs about {plan.peak_bytes / 2**30:.2f} GiB "
+                         f"of feature memory, {limit / 2**30:.2f} GiB {what}")
+    return plan
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -56,7 +56,7 @@ class Model:
     """
 
     def __init__(self, description: dict, tensors: dict[str, np.ndarray], metadata: dict,
-                 path: str, isa: str | None = None):
+                 path: str, isa: str | None = None, max_memory: int | None = None):
         self.description = description
         self.metadata = metadata
         self.path = path
@@ -67,6 +67,7 @@ class Model:
             raise CheckpointError("model 'layers' must be an object")
         self.tensors = tensors
         self.isa = isa
+        self.max_memory = max_memory
         self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels)
 
     @property
@@ -124,7 +125,7 @@ class Model:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         h, w = rgb.shape[:2]
-        check_input_size(self._executor, h, w)
+        check_input_size(self._executor, h, w, self.max_memory)
         io = self.io
         rgb = rgb.astype(np.float32, copy=False)
         chroma = None
@@ -287,10 +288,13 @@ class ModeBound:
         return self.model.process(rgb, self.mode)
 
 
-def load(path: str | os.PathLike, isa: str | None = None) -> Model:
+def load(path: str | os.PathLike, isa: str | None = None,
+         max_memory: int | None = None) -> Model:
     """Loads a sparsr checkpoint. isa forces a kernel level ("scalar", "avx2",
     "avx512") for this model; by default the best this CPU supports (lowered by
-    the SPARSR_ISA environment variable)."""
+    the SPARSR_ISA environment variable). max_memory (bytes) bounds the feature
+    memory of one run: a larger image is refused before anything is allocated
+    (default: the memory the system has available)."""
     env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
@@ -306,6 +310,6 @@ def load(path: str | os.PathLike, isa: str | None = None) -> Model:
     if isa is not None and not _core.isa_supported(isa):
         raise ValueError(f"this CPU does not support {isa!r} (best: {_core.detected_isa()})")
     try:
-        return Model(description, tensors, metadata, path, isa)
+        return Model(description, tensors, metadata, path, isa, max_memory)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

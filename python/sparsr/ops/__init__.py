@@ -75,6 +75,10 @@ class Op:
     def run(self, rt: Any, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def workspace(self, shapes: list[Shape]) -> int:
+        """Bytes of scratch features the op allocates while it runs, beyond its outputs."""
+        return 0
+
     def macs(self, shapes: list[Shape]) -> int:
         """Multiply-accumulates of a dense run at these input shapes."""
         return 0

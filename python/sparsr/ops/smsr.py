@@ -355,6 +355,14 @@ class SmsrModuleOp(Op):
         rt.masks.append(mask)
         return [y]
 
+    def workspace(self, shapes):
+        # The dense channels of every layer, two layers' sparse channels, the
+        # mask branch (a quarter of the channels) and its logits.
+        from ..executor import feature_bytes
+        _, h, w = shapes[0]
+        planes = self.module.dense_planes + 2 * self.channels + self.channels // 4 + 2
+        return feature_bytes(planes, h, w)
+
     def macs(self, shapes):
         _, h, w = shapes[0]
         total = 0
