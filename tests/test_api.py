@@ -213,3 +213,22 @@ def test_cli_info_and_cpu(smsr_checkpoint):
     assert "body.4.body.body.3" in r.stdout and "dense MACs at 640x360" in r.stdout
     r = _cli("cpu")
     assert r.returncode == 0 and "active ISA" in r.stdout
+
+
+def test_convert_command_writes_a_model_and_refuses_to_overwrite(shared_dir, tmp_path):
+    pytest.importorskip("torch", reason="converting PyTorch weights needs torch")
+    out = tmp_path / "rfdn.pt"
+    r = _cli("convert", shared_dir / "models" / "rfdn_aim_x4.pth", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "rfdn x4" in r.stdout and out.is_file()
+    m = sparsr.load(out)
+    assert m.scale == 4 and m.architecture == "rfdn"
+    again = _cli("convert", shared_dir / "models" / "rfdn_aim_x4.pth", "-o", out)
+    assert again.returncode == 2 and "exists" in again.stderr
+    wrong = _cli("convert", shared_dir / "models" / "carn_m.pth", "-o", tmp_path / "c.pt",
+                 "--scale", "8")
+    assert wrong.returncode == 2 and "x2, x3, x4" in wrong.stderr
+    image = tmp_path / "not_weights.pth"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    bad = _cli("convert", image, "-o", tmp_path / "x.pt")
+    assert bad.returncode == 2 and "not_weights.pth" in bad.stderr

@@ -206,25 +206,10 @@ class Model:
     def count_zero_skips(self, layer_filter) -> None:
         """Counts the MACs of the layers layer_filter(name) accepts as a zero-skipping
         kernel executes them (nonzero weights only), whatever kernel runs them."""
-        from .ops.conv import PackedConv
-
-        def walk(obj, seen):
-            if id(obj) in seen:
-                return
-            seen.add(id(obj))
-            if isinstance(obj, PackedConv):
-                if layer_filter(obj.name):
-                    obj.skips_zeros = True
-                return
-            children = obj if isinstance(obj, list) else getattr(obj, "__dict__", {}).values()
-            for child in children:
-                if isinstance(child, (list, PackedConv)) or hasattr(child, "__dict__"):
-                    if not isinstance(child, (np.ndarray, str, dict)):
-                        walk(child, seen)
-
-        seen: set[int] = set()
         for op in self._executor.ops:
-            walk(op, seen)
+            for conv in op.packed_convs():
+                if layer_filter(conv.name):
+                    conv.skips_zeros = True
 
     def node_of(self, conv: str) -> str:
         """The graph node that owns convolution `conv`."""

@@ -83,6 +83,10 @@ class Op:
         """Multiply-accumulates of a dense run at these input shapes."""
         return 0
 
+    def packed_convs(self) -> list:
+        """The packed fast convolutions the op runs (ops/conv.py PackedConv)."""
+        return []
+
     def convs(self) -> list[dict]:
         """Rows of Model.info()'s layer table for the convolutions this op owns."""
         return []

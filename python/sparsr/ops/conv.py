@@ -201,6 +201,9 @@ class Conv2d(Op):
                  dense_pixels=pixels.count)
         return [out]
 
+    def packed_convs(self):
+        return self.parts + list(self._slices.values())
+
     def convs(self):
         if self.general is not None:
             n = int(np.count_nonzero(self.weight))

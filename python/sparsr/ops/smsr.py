@@ -370,6 +370,11 @@ class SmsrModuleOp(Op):
             total += h * w * conv.cin * conv.cout * conv.k * conv.k
         return total + sum(c.weight.size for c in self.module.ca)
 
+    def packed_convs(self):
+        m = self.module
+        return [c for c in m.mask_convs + m.layers + m.unimportant_layers + [m.collect_plain]
+                + m.collect_convs + [m.unimportant_collect] if c is not None]
+
     def convs(self):
         m = self.module
         return [c.row() for c in m.mask_convs + m.layers + [m.collect_plain]]
