@@ -337,6 +337,14 @@ class ChannelShuffle(nn.Module):
         return self.shuffle(torch.cat([y, x], 1), 3)[:, :3] + x
 
 
+class ImageSizedFills(nn.Module):
+    """Constants as large as the image and the same at every pixel (a mask of
+    ones on a network's dense path, a zero fill): one value, or one per channel."""
+    def forward(self, x):
+        per_channel = torch.ones_like(x) * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1)
+        return x * torch.ones_like(x[:, :1]) + per_channel - torch.zeros_like(x) * 3
+
+
 class Grey(nn.Module):
     def __init__(self):
         super().__init__()
@@ -365,6 +373,7 @@ CASES = {
     "resize_to_sizes": (ResizeToSizes, 3, {"resize", "avg_pool"}),
     "channel_shuffle": (ChannelShuffle, 3, {"conv2d", "slice", "concat"}),
     "grey": (Grey, 1, {"conv2d", "pixel_shuffle"}),
+    "image_sized_fills": (ImageSizedFills, 3, {"mul", "add", "sub"}),
 }
 
 
@@ -746,10 +755,16 @@ def test_refuses_what_is_no_pattern():
         def forward(self, x):
             return x + torch.arange(x.shape[3], dtype=torch.float32)
 
+    class ImageSizedRamp(nn.Module):      # as large as the image, not one value per channel
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            return x * torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+
     for module, match in ((UnbiasedStd(), "pattern|pixels"),
                           (FractionalSizes(), "whole factor"),
                           (Flat(), "image tensor|not an image"),
-                          (WidthBroadcast(), "varies over pixels|computed from image|constant")):
+                          (WidthBroadcast(), "varies over pixels|computed from image|constant"),
+                          (ImageSizedRamp(), "varies over pixels")):
         with pytest.raises(CheckpointError, match=match):
             graph_from_onnx(export(module))
 
