@@ -13,7 +13,7 @@ from sparsr.errors import CheckpointError
 from sparsr.graph import IO, Graph
 
 from .common import lr_crop, mangle, upscale
-from .graph_runner import upscale_with_graph
+from .graph_torch import upscale_with_graph
 
 # Crops of a Set14 LR image: the size the task names, and an odd one (odd
 # sizes exercise the stride-2 conv, pooling and resizing of ESA).
