@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the PyTorch references need torch")
 pytest.importorskip("onnx", reason="converting ONNX files needs onnx")
 
-from archs.common import lr_crop  # noqa: E402
+from archs.checks import lr_crop  # noqa: E402
 from archs.references import export_onnx, onnx_options, reference_module  # noqa: E402
 from archs.smsr import SMSR  # noqa: E402
 
