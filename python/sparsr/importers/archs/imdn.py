@@ -13,6 +13,8 @@ The authors' checkpoints are saved from nn.DataParallel (keys prefixed
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 from ...graph import IO
 from ..builder import GraphBuilder
 from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
@@ -43,7 +45,7 @@ def scales(hyper: dict) -> list[int]:
 def expected_shapes(hyper: dict) -> Shapes:
     nf, dc, n = hyper["nf"], hyper["distilled"], hyper["blocks"]
     rc = nf - dc
-    s = conv_shapes("fea_conv", nf, COLOURS, 3)
+    s = trunk_shapes(nf, n, hyper["scale"])
     for i in range(1, n + 1):
         p = f"IMDB{i}"
         s.update(conv_shapes(f"{p}.c1", nf, nf, 3))
@@ -54,9 +56,15 @@ def expected_shapes(hyper: dict) -> Shapes:
         s.update(conv_shapes(f"{p}.c5", nf, 4 * dc, 1))
         s.update(conv_shapes(f"{p}.cca.conv_du.0", hyper["cca_channels"], 4 * dc, 1))
         s.update(conv_shapes(f"{p}.cca.conv_du.2", 4 * dc, hyper["cca_channels"], 1))
-    s.update(conv_shapes("c.0", nf, n * nf, 1))
+    return s
+
+
+def trunk_shapes(nf: int, blocks: int, scale: int) -> Shapes:
+    """The convs of `trunk` outside the blocks."""
+    s = conv_shapes("fea_conv", nf, COLOURS, 3)
+    s.update(conv_shapes("c.0", nf, blocks * nf, 1))
     s.update(conv_shapes("LR_conv", nf, nf, 3))
-    s.update(conv_shapes("upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3))
+    s.update(conv_shapes("upsampler.0", COLOURS * scale ** 2, nf, 3))
     return s
 
 
@@ -69,14 +77,24 @@ def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
     check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=1.0), NAME, hyper)
+    dc, rc = hyper["distilled"], hyper["nf"] - hyper["distilled"]
+    blocks = [lambda x, p=f"IMDB{i}": _imdb(b, x, p, dc, rc)
+              for i in range(1, hyper["blocks"] + 1)]
+    return b.finish(trunk(b, blocks, scale))
+
+
+def trunk(b: GraphBuilder, blocks: Sequence[Callable[[str], str]], scale: int) -> str:
+    """IMDN's network around its blocks, which RFDN keeps: fea_conv, the blocks
+    in a chain, all their outputs concatenated and fused by c (1x1 conv, leaky
+    ReLU), LR_conv plus fea_conv's output, the pixel-shuffle upsampler."""
     fea = b.conv(b.input, "fea_conv")
     x, outs = fea, []
-    for i in range(1, hyper["blocks"] + 1):
-        x = _imdb(b, x, f"IMDB{i}", hyper["distilled"], hyper["nf"] - hyper["distilled"])
+    for block in blocks:
+        x = block(x)
         outs.append(x)
     y = b.leaky_relu(b.conv(b.concat(outs), "c.0"), SLOPE)
     y = b.add(b.conv(y, "LR_conv"), fea)
-    return b.finish(b.pixel_shuffle(b.conv(y, "upsampler.0"), scale))
+    return b.pixel_shuffle(b.conv(y, "upsampler.0"), scale)
 
 
 def _imdb(b: GraphBuilder, x: str, p: str, dc: int, rc: int) -> str:

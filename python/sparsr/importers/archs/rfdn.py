@@ -3,9 +3,9 @@
 Definition: ofsoundof/NTIRE2022_ESR models/rfdn_baseline/RFDN.py and block.py.
 The network sees RGB on 0..255. Each block (RFDB) distils a 1x1 "d" branch
 from every 3x3 residual "r" conv, fuses the four with a 1x1 conv and gates the
-result with enhanced spatial attention (ESA, shared with RLFN below). All
-blocks' outputs are concatenated, fused, and a global residual precedes the
-pixel-shuffle upsampler.
+result with enhanced spatial attention (ESA, shared with RLFN below). Around
+the blocks is IMDN's network (imdn.trunk): all blocks' outputs are
+concatenated, fused, and a global residual precedes the pixel-shuffle upsampler.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from ...graph import IO
 from ..builder import GraphBuilder
 from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
                      shape, shuffle_factor)
+from .imdn import trunk, trunk_shapes
 
 NAME = "rfdn"
 COLOURS = 3
-SLOPE = 0.05     # block.activation('lrelu') everywhere
+SLOPE = 0.05     # block.activation('lrelu') everywhere, as IMDN's
 _DISTILLED_KEY = re.compile(r"B\d+\.c\d_d\.weight$")
 
 
@@ -45,7 +46,7 @@ def scales(hyper: dict) -> list[int]:
 
 def expected_shapes(hyper: dict) -> Shapes:
     nf, dc, f, n = hyper["nf"], hyper["distilled"], hyper["esa_channels"], hyper["blocks"]
-    s = conv_shapes("fea_conv", nf, COLOURS, 3)
+    s = trunk_shapes(nf, n, hyper["scale"])
     for i in range(1, n + 1):
         p = f"B{i}"
         for j in (1, 2, 3):
@@ -54,9 +55,6 @@ def expected_shapes(hyper: dict) -> Shapes:
         s.update(conv_shapes(f"{p}.c4", dc, nf, 3))
         s.update(conv_shapes(f"{p}.c5", nf, 4 * dc, 1))
         s.update(esa_shapes(f"{p}.esa", nf, f, range_convs=True))
-    s.update(conv_shapes("c.0", nf, n * nf, 1))
-    s.update(conv_shapes("LR_conv", nf, nf, 3))
-    s.update(conv_shapes("upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3))
     return s
 
 
@@ -69,14 +67,8 @@ def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
     check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=255.0), NAME, hyper)
-    fea = b.conv(b.input, "fea_conv")
-    x, outs = fea, []
-    for i in range(1, hyper["blocks"] + 1):
-        x = _rfdb(b, x, f"B{i}")
-        outs.append(x)
-    y = b.leaky_relu(b.conv(b.concat(outs), "c.0"), SLOPE)
-    y = b.add(b.conv(y, "LR_conv"), fea)
-    return b.finish(b.pixel_shuffle(b.conv(y, "upsampler.0"), scale))
+    blocks = [lambda x, p=f"B{i}": _rfdb(b, x, p) for i in range(1, hyper["blocks"] + 1)]
+    return b.finish(trunk(b, blocks, scale))
 
 
 def _rfdb(b: GraphBuilder, x: str, p: str) -> str:
