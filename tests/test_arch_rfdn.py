@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 
-from archs import checkpoint_checks as checks  # noqa: E402
+from archs import checks  # noqa: E402
 from archs.common import MANGLINGS, mean_psnr, read_state_dict  # noqa: E402
 from archs.rfdn import RFDN  # noqa: E402
 from conftest import dataset_pairs  # noqa: E402

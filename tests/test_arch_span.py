@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 
-from archs import checkpoint_checks as checks  # noqa: E402
+from archs import checks  # noqa: E402
 from archs.common import MANGLINGS, mean_psnr, read_state_dict  # noqa: E402
 from archs.span import SPAN  # noqa: E402
 from conftest import dataset_pairs  # noqa: E402

@@ -2,10 +2,10 @@
 and 17, dynamic H and W) and hand-made ONNX graphs, converted to sparsr graphs.
 
 Each conversion is checked three ways: the ops in the graph; the graph run by
-`run_graph` below (the sparsr op semantics written in torch, HELPERS "Op
-semantics") against the torch module at two input sizes other than the
-importer's probe sizes; and, where the graph runtime exists, `sparsr.load`
-on the written checkpoint against torch.
+`run_graph` (tests/archs/graph_torch.py: the sparsr op semantics written in
+torch, HELPERS "Op semantics") against the torch module at two input sizes
+other than the importer's probe sizes; and, where the graph runtime exists,
+`sparsr.load` on the written checkpoint against torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ onnx = pytest.importorskip("onnx")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from archs import graph_torch  # noqa: E402
+from archs.srvgg import SRVGGNetCompact  # noqa: E402
 
 from sparsr.errors import CheckpointError  # noqa: E402
 from sparsr.importers.onnx_import import PROBES, convert_onnx, graph_from_onnx  # noqa: E402
@@ -63,72 +66,8 @@ def op_counts(model: dict) -> dict[str, int]:
 
 
 def run_graph(model: dict, tensors: dict, x: torch.Tensor) -> torch.Tensor:
-    """The graph on a (1, C, H, W) tensor, each op as HELPERS defines it."""
-    t = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
-    env = {model["graph"]["inputs"][0]: x}
-    for n in model["graph"]["nodes"]:
-        op, a = n["op"], n.get("attrs", {})
-        p = {role: t[name] for role, name in n.get("params", {}).items()}
-        ins = [env[v] for v in n["inputs"]]
-        if op == "conv2d":
-            outs = [F.conv2d(ins[0], p["weight"], p.get("bias"), a["stride"], a["padding"],
-                             a["dilation"], a["groups"])]
-        elif op == "conv_transpose2d":
-            outs = [F.conv_transpose2d(ins[0], p["weight"], p.get("bias"), a["stride"],
-                                       a["padding"], a["output_padding"], a["groups"])]
-        elif op in ("relu", "sigmoid", "silu", "tanh"):
-            outs = [getattr(torch, op, None)(ins[0]) if op != "silu" else F.silu(ins[0])]
-        elif op == "leaky_relu":
-            outs = [F.leaky_relu(ins[0], a["slope"])]
-        elif op == "gelu":
-            outs = [F.gelu(ins[0], approximate=a["approximate"])]
-        elif op == "clamp":
-            outs = [torch.clamp(ins[0], a.get("min"), a.get("max"))]
-        elif op == "prelu":
-            outs = [F.prelu(ins[0], p["weight"])]
-        elif op in ("add", "sub", "mul"):
-            fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}[op]
-            if len(ins) == 2:
-                outs = [fn(ins[0], ins[1])]
-            elif "other" in p:
-                outs = [fn(ins[0], p["other"].reshape(1, -1, 1, 1))]
-            elif a.get("reverse"):
-                outs = [fn(torch.tensor(a["value"]), ins[0])]
-            else:
-                outs = [fn(ins[0], torch.tensor(a["value"]))]
-        elif op == "concat":
-            outs = [torch.cat(ins, 1)]
-        elif op == "split":
-            outs = list(torch.split(ins[0], a["sizes"], 1))
-        elif op == "slice":
-            outs = [ins[0][:, a["start"]:a["stop"]]]
-        elif op == "pixel_shuffle":
-            outs = [F.pixel_shuffle(ins[0], a["factor"])]
-        elif op == "pixel_unshuffle":
-            outs = [F.pixel_unshuffle(ins[0], a["factor"])]
-        elif op == "resize":
-            mode = a["mode"]
-            corners = a.get("align_corners", False) if mode != "nearest" else None
-            if len(ins) == 2:
-                outs = [F.interpolate(ins[0], size=ins[1].shape[-2:], mode=mode,
-                                      align_corners=corners)]
-            else:
-                outs = [F.interpolate(ins[0], scale_factor=a["scale"], mode=mode,
-                                      align_corners=corners)]
-        elif op == "max_pool":
-            outs = [F.max_pool2d(ins[0], a["kernel"], a["stride"], a["padding"])]
-        elif op == "avg_pool":
-            outs = [F.avg_pool2d(ins[0], a["kernel"], a["stride"], a["padding"],
-                                 count_include_pad=True)]
-        elif op == "global_mean":
-            outs = [ins[0].double().mean((2, 3), keepdim=True).float()]
-        elif op == "global_std":
-            outs = [ins[0].double().std((2, 3), keepdim=True, unbiased=False).float()]
-        else:
-            raise AssertionError(f"no reference for op {op}")
-        assert len(outs) == len(n["outputs"]), n
-        env.update(zip(n["outputs"], outs))
-    return env[model["graph"]["outputs"][0]]
+    """The graph on a (1, C, H, W) tensor, each op as HELPERS defines it, in x's precision."""
+    return graph_torch.run(model, tensors, x, dtype=x.dtype)
 
 
 def check_numerics(module: nn.Module, model: dict, tensors: dict, channels: int = 3,
@@ -337,6 +276,14 @@ class ChannelShuffle(nn.Module):
         return self.shuffle(torch.cat([y, x], 1), 3)[:, :3] + x
 
 
+class ImageSizedFills(nn.Module):
+    """Constants as large as the image and the same at every pixel (a mask of
+    ones on a network's dense path, a zero fill): one value, or one per channel."""
+    def forward(self, x):
+        per_channel = torch.ones_like(x) * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1)
+        return x * torch.ones_like(x[:, :1]) + per_channel - torch.zeros_like(x) * 3
+
+
 class Grey(nn.Module):
     def __init__(self):
         super().__init__()
@@ -365,6 +312,7 @@ CASES = {
     "resize_to_sizes": (ResizeToSizes, 3, {"resize", "avg_pool"}),
     "channel_shuffle": (ChannelShuffle, 3, {"conv2d", "slice", "concat"}),
     "grey": (Grey, 1, {"conv2d", "pixel_shuffle"}),
+    "image_sized_fills": (ImageSizedFills, 3, {"mul", "add", "sub"}),
 }
 
 
@@ -746,10 +694,16 @@ def test_refuses_what_is_no_pattern():
         def forward(self, x):
             return x + torch.arange(x.shape[3], dtype=torch.float32)
 
+    class ImageSizedRamp(nn.Module):      # as large as the image, not one value per channel
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            return x * torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+
     for module, match in ((UnbiasedStd(), "pattern|pixels"),
                           (FractionalSizes(), "whole factor"),
                           (Flat(), "image tensor|not an image"),
-                          (WidthBroadcast(), "varies over pixels|computed from image|constant")):
+                          (WidthBroadcast(), "varies over pixels|computed from image|constant"),
+                          (ImageSizedRamp(), "varies over pixels")):
         with pytest.raises(CheckpointError, match=match):
             graph_from_onnx(export(module))
 
@@ -841,26 +795,6 @@ def test_runtime_matches_onnxruntime(graph):
 
 
 # -- a real network -----------------------------------------------------------------------
-
-class SRVGGNetCompact(nn.Module):
-    """Real-ESRGAN's compact network (xinntao/Real-ESRGAN srvgg_arch.py):
-    convs with PReLUs, a pixel shuffle, the nearest-upsampled input added."""
-    def __init__(self, num_feat=64, num_conv=16, upscale=4):
-        super().__init__()
-        self.upscale = upscale
-        body = [nn.Conv2d(3, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
-        for _ in range(num_conv):
-            body += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
-        body.append(nn.Conv2d(num_feat, 3 * upscale * upscale, 3, 1, 1))
-        self.body = nn.ModuleList(body)
-
-    def forward(self, x):
-        out = x
-        for layer in self.body:
-            out = layer(out)
-        out = F.pixel_shuffle(out, self.upscale)
-        return out + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
-
 
 def test_real_network_through_onnx(shared_dir, tmp_path):
     """realesr-animevideov3 exported by torch.onnx, converted, run by sparsr on

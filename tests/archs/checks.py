@@ -1,11 +1,18 @@
 """Checks every architecture test makes: the reference loads the weights
 strictly, a mangled state_dict is refused naming the key, the converted graph
-computes what the reference computes."""
+computes what the reference computes (run by torch op by op, and by sparsr).
+
+Two forms of the same checks: through `pth.detect` on any state_dict (random
+weights or real ones; `refuses_*`, `assert_graph_is_the_network`,
+`assert_sparsr_matches`), and through one architecture module with the
+hyper-parameters an authors' checkpoint must give (`check_*`,
+`graph_vs_reference`, `sparsr_vs_reference` over CROPS).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +20,11 @@ import pytest
 import torch
 
 from sparsr.errors import CheckpointError
+from sparsr.graph import IO, Graph
 from sparsr.importers import pth
 
 from . import graph_torch
+from .common import mangle, one_thread, upscale
 
 # Tolerance on the 0..255 scale between sparsr (float32) and the float32 reference.
 MAX_ABS_255 = 0.01
@@ -52,18 +61,6 @@ def _random_state(net: torch.nn.Module, seed: int, gain: float) -> dict:
         out[name] = (torch.randn(p.shape, generator=gen) * scale).numpy()
     net.load_state_dict(torch_state(out), strict=True)
     return out
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Torch on one thread: for many small tensors, its thread pool costs far more
-    than it saves, the more so on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def refuses(sd: dict, expected_words: list[str]) -> str:
@@ -128,6 +125,12 @@ def set14_lr(shared_dir: Path, name: str, scale: int) -> Path:
     return shared_dir / "data" / "Set14" / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
 
 
+def lr_crop(shared_dir: Path, scale: int, height: int = 40, width: int = 48,
+            name: str = "baboon") -> np.ndarray:
+    """A crop of a Set14 LR image (uint8 RGB), from an offset inside the image."""
+    return crop(set14_lr(shared_dir, name, scale), 20, 30, height, width)
+
+
 def to_input(img: np.ndarray, rgb_range: float) -> torch.Tensor:
     """uint8 (h, w, 3) or (h, w) -> (1, C, h, w) float32 on [0, rgb_range]."""
     a = img.astype(np.float32) * (rgb_range / 255.0)
@@ -153,12 +156,16 @@ def not_yet_runnable(model: dict) -> list[str]:
     return sorted({n["op"] for n in model["graph"]["nodes"]} - set(OPS))
 
 
+def skip_unless_runnable(model: dict) -> None:
+    missing = not_yet_runnable(model)
+    if missing:
+        pytest.skip(f"this sparsr build cannot run the graph yet: missing {', '.join(missing)}")
+
+
 def load_or_skip(sd: dict, tmp_path: Path, scale: int):
     import sparsr
     arch, hyper = pth.detect(sd)
-    missing = not_yet_runnable(arch.build(sd, hyper, scale)[0])
-    if missing:
-        pytest.skip(f"this sparsr build cannot run the graph yet: missing {', '.join(missing)}")
+    skip_unless_runnable(arch.build(sd, hyper, scale)[0])
     return sparsr.load(convert(sd, tmp_path, scale))
 
 
@@ -187,3 +194,77 @@ def assert_sparsr_matches(sd: dict, tmp_path: Path, scale: int, reference: torch
     diff = float(np.abs(got - want).max())
     assert diff <= MAX_ABS_255, f"max abs difference {diff:.4g} on 0..255"
     return diff
+
+
+# -- an authors' checkpoint through its architecture module ----------------------------
+
+# Crops of a Set14 LR image: the size the task names, and an odd one (odd
+# sizes exercise the stride-2 conv, pooling and resizing of ESA).
+CROPS = [(40, 48), (37, 45)]
+
+
+def check_detection(arch, sd: dict, hyper: dict) -> None:
+    assert arch.detect(sd) == hyper
+    assert arch.scales(hyper) == [hyper["scale"]]
+
+
+def check_refusal(arch, sd: dict, hyper: dict, key: str, how: str) -> None:
+    """detect and build refuse a mangled state_dict, naming the key."""
+    bad, named = mangle(sd, key, how)
+    with pytest.raises(CheckpointError, match=re.escape(repr(named))):
+        arch.detect(bad)
+    with pytest.raises(CheckpointError, match=re.escape(repr(named))):
+        arch.build(bad, hyper, hyper["scale"])
+
+
+def check_graph(arch, sd: dict, hyper: dict, data_range: float) -> tuple[dict, dict]:
+    """build gives a structurally valid graph that uses every tensor of the state_dict."""
+    model, tensors = arch.build(sd, hyper, hyper["scale"])
+    io = IO.from_dict(model["io"])
+    assert (io.scale, io.color, io.range) == (hyper["scale"], "rgb", data_range)
+    assert model["architecture"] == arch.NAME and model["hyper"] == hyper
+    graph = Graph.from_dict(model["graph"])
+    graph.check({n.op for n in graph.nodes}, tensors)
+    used = {t for n in graph.nodes for t in n.params.values()}
+    assert set(sd) <= used, sorted(set(sd) - used)[:5]
+    with pytest.raises(CheckpointError, match="upscale"):
+        arch.build(sd, hyper, hyper["scale"] + 1)
+    return model, tensors
+
+
+def graph_vs_reference(arch, net: torch.nn.Module, sd: dict, hyper: dict, shared_dir: Path,
+                       data_range: float) -> float:
+    """Max abs difference (0..255) between the graph run by PyTorch ops and the
+    reference network, over the test crops."""
+    model, tensors = arch.build(sd, hyper, hyper["scale"])
+    worst = 0.0
+    for h, w in CROPS:
+        lr = lr_crop(shared_dir, hyper["scale"], h, w)
+        want = upscale(net, lr, data_range)
+        got = graph_torch.upscale_with_graph(model, tensors, lr)
+        assert got.shape == want.shape == (h * hyper["scale"], w * hyper["scale"], 3)
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def sparsr_vs_reference(arch, net: torch.nn.Module, sd: dict, hyper: dict, shared_dir: Path,
+                        data_range: float, tmp_path: Path) -> float:
+    """Max abs difference (0..255) between sparsr running the converted
+    checkpoint and the reference network, over the test crops. Skips while one
+    of the graph's ops is not in this tree."""
+    import sparsr
+    from sparsr import checkpoint
+
+    model, tensors = arch.build(sd, hyper, hyper["scale"])
+    skip_unless_runnable(model)
+    path = tmp_path / f"{arch.NAME}.pt"
+    checkpoint.save(path, model, tensors)
+    loaded = sparsr.load(path)
+    worst = 0.0
+    for h, w in CROPS:
+        lr = lr_crop(shared_dir, hyper["scale"], h, w)
+        want = upscale(net, lr, data_range)
+        got = loaded.forward(lr).output
+        assert got.shape == want.shape
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst

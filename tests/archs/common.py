@@ -25,8 +25,9 @@ def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | None = Non
 
 @contextlib.contextmanager
 def one_thread():
-    """Runs torch on one thread: the test machines' cores are shared, and a
-    second torch thread spinning on a busy core makes these small convs 10x slower."""
+    """Torch on one thread: for many small tensors its thread pool costs far more
+    than it saves, the more so on the test machines' shared cores (a second torch
+    thread spinning on a busy core makes these small convs 10x slower)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -50,15 +51,6 @@ def mean_psnr(net: nn.Module, pairs, scale: int, data_range: float) -> float:
     return float(np.mean(scores))
 
 
-def lr_crop(shared_dir: Path, scale: int, height: int = 40, width: int = 48,
-            name: str = "baboon") -> np.ndarray:
-    """A crop of a Set14 LR image (uint8 RGB), from an offset inside the image."""
-    from PIL import Image
-    path = shared_dir / "data" / "Set14" / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))[20:20 + height, 30:30 + width]
-
-
 MANGLINGS = ("missing", "wrong shape", "unexpected")
 
 
@@ -72,7 +64,3 @@ def mangle(sd: dict, key: str, how: str) -> tuple[dict, str]:
     extra = key.rsplit(".", 1)[0] + ".extra"
     return dict(sd, **{extra: sd[key]}), extra
 
-
-def imported_keys(tensors: dict, state_dict: dict) -> set[str]:
-    """The graph's tensors that come from the state_dict."""
-    return {k for k in tensors if k in state_dict}

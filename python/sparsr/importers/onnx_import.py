@@ -678,15 +678,21 @@ def _clip(lo: "_Lowering") -> None:
 
 def _channel_const(k: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
     """A constant operand against a (1, C, H, W) feature as one value (shape
-    (1,)) or one per channel (C,); None when it varies over pixels."""
-    c = shape[0]
+    (1,)) or one per channel (C,); None when it varies over pixels. A constant
+    as large as the image (``torch.ones_like(x)``, a shape-derived fill) counts
+    when it holds one value per channel at every pixel: the probe sizes check
+    that it does at any size."""
+    c, h, w = shape
     k = np.asarray(k, np.float32)
     if k.ndim > 4:
         return None
     full = (1,) * (4 - k.ndim) + k.shape
-    if full[0] != 1 or full[2] != 1 or full[3] != 1 or full[1] not in (1, c):
+    if full[0] != 1 or full[1] not in (1, c) or full[2] not in (1, h) or full[3] not in (1, w):
         return None
-    v = k.reshape(-1)
+    per_channel = k.reshape(full[1], full[2] * full[3])
+    if not (per_channel == per_channel[:, :1]).all():
+        return None
+    v = per_channel[:, 0]
     if v.size > 1 and (v == v[0]).all():
         v = v[:1]
     return v

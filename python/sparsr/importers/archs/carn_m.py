@@ -18,7 +18,8 @@ import math
 from ...errors import CheckpointError
 from ...graph import IO
 from ..builder import GraphBuilder
-from .common import StateDict, check_shapes, conv_shapes, has_all, mean_shift, shape
+from .common import (StateDict, check_shapes, conv_shapes, has_all, mean_shift, shape,
+                     stacked_upsampler_scale, stacked_upsampler_shapes)
 
 NAME = "carn_m"
 _BRANCH_SCALES = (2, 3, 4)
@@ -39,7 +40,8 @@ def detect(sd: StateDict) -> dict | None:
     if branches:
         hyper.update(multi_scale=True, scales=list(_BRANCH_SCALES), scale=None)
     else:
-        hyper.update(multi_scale=False, scales=[_single_scale(sd, feat)])
+        hyper.update(multi_scale=False,
+                     scales=[stacked_upsampler_scale(sd, "upsample.up.body", 3, feat, NAME)])
         hyper["scale"] = hyper["scales"][0]
     check_shapes(sd, expected_shapes(hyper), NAME,
                  f"CARN-M(group={hyper['group']}, "
@@ -47,32 +49,8 @@ def detect(sd: StateDict) -> dict | None:
     return hyper
 
 
-def _single_scale(sd: StateDict, feat: int) -> int:
-    """A single-scale upsampler: one conv to 9F (x3) or n convs to 4F (x2^n)."""
-    key = "upsample.up.body.0.weight"
-    out = shape(sd, key, NAME)[0]
-    if out == 9 * feat:
-        return 3
-    if out != 4 * feat:
-        raise CheckpointError(f"{NAME}: {key!r} has {out} outputs, not 4 or 9 x {feat}")
-    stages = 1
-    while any(f"upsample.up.body.{3 * stages}.{p}" in sd for p in ("weight", "bias")):
-        stages += 1
-    return 2 ** stages
-
-
 def _branch(hyper: dict, scale: int) -> str:
     return f"upsample.up{scale}" if hyper["multi_scale"] else "upsample.up"
-
-
-def _upsampler_shapes(prefix: str, scale: int, feat: int, group: int) -> dict:
-    # Each stage is conv (group), ReLU, pixel shuffle: convs at body.0, body.3, ...
-    if scale == 3:
-        return conv_shapes(f"{prefix}.body.0", 9 * feat, feat // group, 3)
-    out = {}
-    for i in range(int(math.log2(scale))):
-        out.update(conv_shapes(f"{prefix}.body.{3 * i}", 4 * feat, feat // group, 3))
-    return out
 
 
 def expected_shapes(h: dict) -> dict:
@@ -89,7 +67,8 @@ def expected_shapes(h: dict) -> dict:
         for i in (1, 2, 3):
             out.update(conv_shapes(f"{prefix}c{i}.body.0", feat, (i + 1) * feat, 1))
     for s in h["scales"]:
-        out.update(_upsampler_shapes(_branch(h, s), s, feat, group))
+        # Each stage is conv (group), ReLU, pixel shuffle: convs at body.0, body.3, ...
+        out.update(stacked_upsampler_shapes(f"{_branch(h, s)}.body", 3, s, feat, feat // group))
     out.update(conv_shapes("exit", 3, feat, 3))
     return out
 

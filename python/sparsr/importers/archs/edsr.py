@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CheckpointError
 from ...graph import IO
 from ..builder import GraphBuilder
 from .common import (DIV2K_RGB_MEAN, StateDict, check_shapes, conv_shapes, count, has_all,
-                     mean_shift, range_of_mean_shift, shape)
+                     mean_shift, range_of_mean_shift, shape, stacked_upsampler_scale,
+                     stacked_upsampler_shapes)
 
 NAME = "edsr"
 
@@ -33,7 +33,7 @@ def detect(sd: StateDict) -> dict | None:
     feat, colors, k = shape(sd, "head.0.weight", NAME)[:3]
     blocks = count(sd, r"body\.(\d+)\.body\.0\.weight", NAME)
     hyper = {"n_colors": colors, "n_feats": feat, "n_resblocks": blocks, "kernel_size": k,
-             "scale": upsampler_scale(sd, "tail.0", feat, NAME),
+             "scale": stacked_upsampler_scale(sd, "tail.0", 2, feat, NAME),
              "res_scale": 0.1 if (blocks, feat) == (32, 256) else 1.0}
     hyper.update(mean_shift_hyper(sd))
     check_shapes(sd, expected_shapes(hyper), NAME,
@@ -41,34 +41,10 @@ def detect(sd: StateDict) -> dict | None:
     return hyper
 
 
-def upsampler_scale(sd: StateDict, prefix: str, feat: int, arch: str) -> int:
-    """common.Upsampler's scale: one conv to 9F (x3), or k convs to 4F at
-    prefix.0, prefix.2, ... (x2^k)."""
-    key = f"{prefix}.0.weight"
-    out = shape(sd, key, arch)[0]
-    if out == 9 * feat:
-        return 3
-    if out != 4 * feat:
-        raise CheckpointError(f"{arch}: {key!r} has {out} outputs, not 4 or 9 x {feat}")
-    stages = 1
-    while any(f"{prefix}.{2 * stages}.{p}" in sd for p in ("weight", "bias")):
-        stages += 1
-    return 2 ** stages
-
-
 def mean_shift_hyper(sd: StateDict) -> dict:
     stored = has_all(sd, "sub_mean.weight", "add_mean.weight")
     return {"mean_shift": "stored" if stored else "div2k",
             "rgb_range": range_of_mean_shift(sd, "sub_mean", 255.0)}
-
-
-def upsampler_shapes(prefix: str, scale: int, feat: int) -> dict:
-    if scale == 3:
-        return conv_shapes(f"{prefix}.0", 9 * feat, feat, 3)
-    out = {}
-    for i in range(int(math.log2(scale))):
-        out.update(conv_shapes(f"{prefix}.{2 * i}", 4 * feat, feat, 3))
-    return out
 
 
 def head_tail_shapes(h: dict) -> dict:
@@ -79,7 +55,8 @@ def head_tail_shapes(h: dict) -> dict:
         for shift in ("sub_mean", "add_mean"):
             out.update(conv_shapes(shift, 3, 3, 1))
     out.update(conv_shapes("head.0", feat, colors, k))
-    out.update(upsampler_shapes("tail.0", h["scale"], feat))
+    # common.Upsampler: conv, pixel shuffle per stage (tail.0.0, tail.0.2, ...)
+    out.update(stacked_upsampler_shapes("tail.0", 2, h["scale"], feat, feat))
     out.update(conv_shapes("tail.1", colors, feat, k))
     return out
 

@@ -13,68 +13,88 @@ The authors' checkpoints are saved from nn.DataParallel (keys prefixed
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Callable, Sequence
 
 from ...graph import IO
 from ..builder import GraphBuilder
-from ._shapes import Shapes, block_count, check, check_scale, conv, shape, upsampler_scale
+from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
+                     shape, shuffle_factor)
 
 NAME = "imdn"
 COLOURS = 3
 SLOPE = 0.05
 
 
-def detect(sd: Mapping[str, Any]) -> dict | None:
-    if not all(k in sd for k in ("fea_conv.weight", "IMDB1.c1.weight",
-                                 "IMDB1.cca.conv_du.0.weight")):
+def detect(sd: StateDict) -> dict | None:
+    if not has_all(sd, "fea_conv.weight", "IMDB1.c1.weight", "IMDB1.cca.conv_du.0.weight"):
         return None
     nf = shape(sd, "fea_conv.weight", NAME, 4)[0]
     remaining = shape(sd, "IMDB1.c2.weight", NAME, 4)[1]
-    hyper = {"nf": nf, "blocks": block_count(sd, r"IMDB(\d+)\.", NAME),
+    hyper = {"nf": nf, "blocks": count(sd, r"IMDB(\d+)\..+", NAME, first=1),
              "distilled": nf - remaining,
              "cca_channels": shape(sd, "IMDB1.cca.conv_du.0.weight", NAME, 4)[0],
-             "scale": upsampler_scale(sd, "upsampler.0.weight", COLOURS, NAME)}
-    check(sd, expected_shapes(hyper), NAME)
+             "scale": shuffle_factor(sd, "upsampler.0.weight", COLOURS, NAME)}
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     return hyper
 
 
-def scales(hyper: Mapping[str, Any]) -> list[int]:
+def scales(hyper: dict) -> list[int]:
     return [hyper["scale"]]
 
 
-def expected_shapes(hyper: Mapping[str, Any]) -> Shapes:
+def expected_shapes(hyper: dict) -> Shapes:
     nf, dc, n = hyper["nf"], hyper["distilled"], hyper["blocks"]
     rc = nf - dc
-    s: Shapes = {}
-    conv(s, "fea_conv", nf, COLOURS, 3)
+    s = trunk_shapes(nf, n, hyper["scale"])
     for i in range(1, n + 1):
         p = f"IMDB{i}"
-        conv(s, f"{p}.c1", nf, nf, 3)
-        conv(s, f"{p}.c2", nf, rc, 3)
-        conv(s, f"{p}.c3", nf, rc, 3)
-        conv(s, f"{p}.c4", dc, rc, 3)
+        s.update(conv_shapes(f"{p}.c1", nf, nf, 3))
+        s.update(conv_shapes(f"{p}.c2", nf, rc, 3))
+        s.update(conv_shapes(f"{p}.c3", nf, rc, 3))
+        s.update(conv_shapes(f"{p}.c4", dc, rc, 3))
         # c5 is conv_layer(nf, nf, 1) over the 4 * dc distilled channels.
-        conv(s, f"{p}.c5", nf, 4 * dc, 1)
-        conv(s, f"{p}.cca.conv_du.0", hyper["cca_channels"], 4 * dc, 1)
-        conv(s, f"{p}.cca.conv_du.2", 4 * dc, hyper["cca_channels"], 1)
-    conv(s, "c.0", nf, n * nf, 1)
-    conv(s, "LR_conv", nf, nf, 3)
-    conv(s, "upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3)
+        s.update(conv_shapes(f"{p}.c5", nf, 4 * dc, 1))
+        s.update(conv_shapes(f"{p}.cca.conv_du.0", hyper["cca_channels"], 4 * dc, 1))
+        s.update(conv_shapes(f"{p}.cca.conv_du.2", 4 * dc, hyper["cca_channels"], 1))
     return s
 
 
-def build(sd: Mapping[str, Any], hyper: Mapping[str, Any], scale: int):
+def trunk_shapes(nf: int, blocks: int, scale: int) -> Shapes:
+    """The convs of `trunk` outside the blocks."""
+    s = conv_shapes("fea_conv", nf, COLOURS, 3)
+    s.update(conv_shapes("c.0", nf, blocks * nf, 1))
+    s.update(conv_shapes("LR_conv", nf, nf, 3))
+    s.update(conv_shapes("upsampler.0", COLOURS * scale ** 2, nf, 3))
+    return s
+
+
+def _describe(h: dict) -> str:
+    return (f"IMDN(nf={h['nf']}, blocks={h['blocks']}, distilled={h['distilled']}, "
+            f"cca_channels={h['cca_channels']}, upscale={h['scale']})")
+
+
+def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
-    check(sd, expected_shapes(hyper), NAME)
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=1.0), NAME, hyper)
+    dc, rc = hyper["distilled"], hyper["nf"] - hyper["distilled"]
+    blocks = [lambda x, p=f"IMDB{i}": _imdb(b, x, p, dc, rc)
+              for i in range(1, hyper["blocks"] + 1)]
+    return b.finish(trunk(b, blocks, scale))
+
+
+def trunk(b: GraphBuilder, blocks: Sequence[Callable[[str], str]], scale: int) -> str:
+    """IMDN's network around its blocks, which RFDN keeps: fea_conv, the blocks
+    in a chain, all their outputs concatenated and fused by c (1x1 conv, leaky
+    ReLU), LR_conv plus fea_conv's output, the pixel-shuffle upsampler."""
     fea = b.conv(b.input, "fea_conv")
     x, outs = fea, []
-    for i in range(1, hyper["blocks"] + 1):
-        x = _imdb(b, x, f"IMDB{i}", hyper["distilled"], hyper["nf"] - hyper["distilled"])
+    for block in blocks:
+        x = block(x)
         outs.append(x)
     y = b.leaky_relu(b.conv(b.concat(outs), "c.0"), SLOPE)
     y = b.add(b.conv(y, "LR_conv"), fea)
-    return b.finish(b.pixel_shuffle(b.conv(y, "upsampler.0"), scale))
+    return b.pixel_shuffle(b.conv(y, "upsampler.0"), scale)
 
 
 def _imdb(b: GraphBuilder, x: str, p: str, dc: int, rc: int) -> str:

@@ -26,8 +26,7 @@ def detect(sd: StateDict) -> dict | None:
     if "upconv2.weight" in sd:
         scale = 4
     else:
-        scale = shuffle_factor(shape(sd, "upconv1.weight", NAME)[0], feat, "upconv1.weight",
-                               NAME)
+        scale = shuffle_factor(sd, "upconv1.weight", feat, NAME)
         if scale not in (2, 3):
             raise CheckpointError(f"{NAME}: upconv1 upsamples x{scale}; MSRResNet has x2, x3 "
                                   "or (with upconv2) x4")

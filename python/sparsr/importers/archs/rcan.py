@@ -13,8 +13,9 @@ Head, tail and mean shift are EDSR's (see edsr.py).
 from __future__ import annotations
 
 from ...errors import CheckpointError
-from .common import StateDict, check_shapes, conv_shapes, count, has_all, shape
-from .edsr import head_tail_shapes, mean_shift_hyper, new_builder, sub_mean, tail, upsampler_scale
+from .common import (StateDict, check_shapes, conv_shapes, count, has_all, shape,
+                     stacked_upsampler_scale)
+from .edsr import head_tail_shapes, mean_shift_hyper, new_builder, sub_mean, tail
 
 NAME = "rcan"
 
@@ -32,7 +33,7 @@ def detect(sd: StateDict) -> dict | None:
                               f"channels to {squeezed}, not F / reduction")
     hyper = {"n_colors": colors, "n_feats": feat, "n_resgroups": groups,
              "n_resblocks": blocks, "reduction": feat // squeezed, "kernel_size": k,
-             "scale": upsampler_scale(sd, "tail.0", feat, NAME)}
+             "scale": stacked_upsampler_scale(sd, "tail.0", 2, feat, NAME)}
     hyper.update(mean_shift_hyper(sd))
     check_shapes(sd, expected_shapes(hyper), NAME,
                  f"RCAN(n_resgroups={groups}, n_resblocks={blocks}, n_feats={feat}, "

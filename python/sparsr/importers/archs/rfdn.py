@@ -3,76 +3,72 @@
 Definition: ofsoundof/NTIRE2022_ESR models/rfdn_baseline/RFDN.py and block.py.
 The network sees RGB on 0..255. Each block (RFDB) distils a 1x1 "d" branch
 from every 3x3 residual "r" conv, fuses the four with a 1x1 conv and gates the
-result with enhanced spatial attention (ESA, shared with RLFN below). All
-blocks' outputs are concatenated, fused, and a global residual precedes the
-pixel-shuffle upsampler.
+result with enhanced spatial attention (ESA, shared with RLFN below). Around
+the blocks is IMDN's network (imdn.trunk): all blocks' outputs are
+concatenated, fused, and a global residual precedes the pixel-shuffle upsampler.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
 
 from ...graph import IO
 from ..builder import GraphBuilder
-from ._shapes import Shapes, block_count, check, check_scale, conv, shape, upsampler_scale
+from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
+                     shape, shuffle_factor)
+from .imdn import trunk, trunk_shapes
 
 NAME = "rfdn"
 COLOURS = 3
-SLOPE = 0.05     # block.activation('lrelu') everywhere
+SLOPE = 0.05     # block.activation('lrelu') everywhere, as IMDN's
 _DISTILLED_KEY = re.compile(r"B\d+\.c\d_d\.weight$")
 
 
-def detect(sd: Mapping[str, Any]) -> dict | None:
+def detect(sd: StateDict) -> dict | None:
     # RLFN has the same head, ESA and upsampler but no distillation branches
     # and no fusion conv `c`.
-    if "fea_conv.weight" not in sd or "B1.esa.conv1.weight" not in sd:
+    if not has_all(sd, "fea_conv.weight", "B1.esa.conv1.weight"):
         return None
     if "c.0.weight" not in sd and not any(_DISTILLED_KEY.match(k) for k in sd):
         return None
     hyper = {"nf": shape(sd, "fea_conv.weight", NAME, 4)[0],
-             "blocks": block_count(sd, r"B(\d+)\.", NAME),
+             "blocks": count(sd, r"B(\d+)\..+", NAME, first=1),
              "distilled": shape(sd, "B1.c1_d.weight", NAME, 4)[0],
              "esa_channels": shape(sd, "B1.esa.conv1.weight", NAME, 4)[0],
-             "scale": upsampler_scale(sd, "upsampler.0.weight", COLOURS, NAME)}
-    check(sd, expected_shapes(hyper), NAME)
+             "scale": shuffle_factor(sd, "upsampler.0.weight", COLOURS, NAME)}
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     return hyper
 
 
-def scales(hyper: Mapping[str, Any]) -> list[int]:
+def scales(hyper: dict) -> list[int]:
     return [hyper["scale"]]
 
 
-def expected_shapes(hyper: Mapping[str, Any]) -> Shapes:
+def expected_shapes(hyper: dict) -> Shapes:
     nf, dc, f, n = hyper["nf"], hyper["distilled"], hyper["esa_channels"], hyper["blocks"]
-    s: Shapes = {}
-    conv(s, "fea_conv", nf, COLOURS, 3)
+    s = trunk_shapes(nf, n, hyper["scale"])
     for i in range(1, n + 1):
         p = f"B{i}"
         for j in (1, 2, 3):
-            conv(s, f"{p}.c{j}_d", dc, nf, 1)
-            conv(s, f"{p}.c{j}_r", nf, nf, 3)
-        conv(s, f"{p}.c4", dc, nf, 3)
-        conv(s, f"{p}.c5", nf, 4 * dc, 1)
-        esa_shapes(s, f"{p}.esa", nf, f, range_convs=True)
-    conv(s, "c.0", nf, n * nf, 1)
-    conv(s, "LR_conv", nf, nf, 3)
-    conv(s, "upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3)
+            s.update(conv_shapes(f"{p}.c{j}_d", dc, nf, 1))
+            s.update(conv_shapes(f"{p}.c{j}_r", nf, nf, 3))
+        s.update(conv_shapes(f"{p}.c4", dc, nf, 3))
+        s.update(conv_shapes(f"{p}.c5", nf, 4 * dc, 1))
+        s.update(esa_shapes(f"{p}.esa", nf, f, range_convs=True))
     return s
 
 
-def build(sd: Mapping[str, Any], hyper: Mapping[str, Any], scale: int):
+def _describe(h: dict) -> str:
+    return (f"RFDN(nf={h['nf']}, blocks={h['blocks']}, distilled={h['distilled']}, "
+            f"esa_channels={h['esa_channels']}, upscale={h['scale']})")
+
+
+def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
-    check(sd, expected_shapes(hyper), NAME)
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=255.0), NAME, hyper)
-    fea = b.conv(b.input, "fea_conv")
-    x, outs = fea, []
-    for i in range(1, hyper["blocks"] + 1):
-        x = _rfdb(b, x, f"B{i}")
-        outs.append(x)
-    y = b.leaky_relu(b.conv(b.concat(outs), "c.0"), SLOPE)
-    y = b.add(b.conv(y, "LR_conv"), fea)
-    return b.finish(b.pixel_shuffle(b.conv(y, "upsampler.0"), scale))
+    blocks = [lambda x, p=f"B{i}": _rfdb(b, x, p) for i in range(1, hyper["blocks"] + 1)]
+    return b.finish(trunk(b, blocks, scale))
 
 
 def _rfdb(b: GraphBuilder, x: str, p: str) -> str:
@@ -87,15 +83,16 @@ def _rfdb(b: GraphBuilder, x: str, p: str) -> str:
     return esa(b, b.conv(b.concat(distilled), f"{p}.c5"), f"{p}.esa", range_convs=True)
 
 
-def esa_shapes(s: Shapes, p: str, nf: int, f: int, range_convs: bool) -> None:
-    conv(s, f"{p}.conv1", f, nf, 1)
-    conv(s, f"{p}.conv_f", f, f, 1)
-    conv(s, f"{p}.conv2", f, f, 3)
-    conv(s, f"{p}.conv3", f, f, 3)
+def esa_shapes(p: str, nf: int, f: int, range_convs: bool) -> Shapes:
+    s = conv_shapes(f"{p}.conv1", f, nf, 1)
+    s.update(conv_shapes(f"{p}.conv_f", f, f, 1))
+    s.update(conv_shapes(f"{p}.conv2", f, f, 3))
+    s.update(conv_shapes(f"{p}.conv3", f, f, 3))
     if range_convs:
-        conv(s, f"{p}.conv_max", f, f, 3)
-        conv(s, f"{p}.conv3_", f, f, 3)
-    conv(s, f"{p}.conv4", nf, f, 1)
+        s.update(conv_shapes(f"{p}.conv_max", f, f, 3))
+        s.update(conv_shapes(f"{p}.conv3_", f, f, 3))
+    s.update(conv_shapes(f"{p}.conv4", nf, f, 1))
+    return s
 
 
 def esa(b: GraphBuilder, x: str, p: str, range_convs: bool) -> str:

@@ -9,11 +9,11 @@ RFDN's ESA trimmed to one 3x3 conv on the pooled map; blocks are chained.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
 
 from ...graph import IO
 from ..builder import GraphBuilder
-from ._shapes import Shapes, block_count, check, check_scale, conv, shape, upsampler_scale
+from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
+                     shape, shuffle_factor)
 from .rfdn import esa, esa_shapes
 
 NAME = "rlfn"
@@ -22,43 +22,47 @@ SLOPE = 0.05
 _RFDN_ONLY_KEY = re.compile(r"B\d+\.(c\d_d|esa\.conv_max)\.weight$")
 
 
-def detect(sd: Mapping[str, Any]) -> dict | None:
-    if "fea_conv.weight" not in sd or "B1.esa.conv1.weight" not in sd:
+def detect(sd: StateDict) -> dict | None:
+    if not has_all(sd, "fea_conv.weight", "B1.esa.conv1.weight"):
         return None
     if "c.0.weight" in sd or any(_RFDN_ONLY_KEY.match(k) for k in sd):
         return None     # RFDN's
     hyper = {"nf": shape(sd, "fea_conv.weight", NAME, 4)[0],
              "mid": shape(sd, "B1.c1_r.weight", NAME, 4)[0],
-             "blocks": block_count(sd, r"B(\d+)\.", NAME),
+             "blocks": count(sd, r"B(\d+)\..+", NAME, first=1),
              "esa_channels": shape(sd, "B1.esa.conv1.weight", NAME, 4)[0],
-             "scale": upsampler_scale(sd, "upsampler.0.weight", COLOURS, NAME)}
-    check(sd, expected_shapes(hyper), NAME)
+             "scale": shuffle_factor(sd, "upsampler.0.weight", COLOURS, NAME)}
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     return hyper
 
 
-def scales(hyper: Mapping[str, Any]) -> list[int]:
+def scales(hyper: dict) -> list[int]:
     return [hyper["scale"]]
 
 
-def expected_shapes(hyper: Mapping[str, Any]) -> Shapes:
+def expected_shapes(hyper: dict) -> Shapes:
     nf, mid, f = hyper["nf"], hyper["mid"], hyper["esa_channels"]
-    s: Shapes = {}
-    conv(s, "fea_conv", nf, COLOURS, 3)
+    s = conv_shapes("fea_conv", nf, COLOURS, 3)
     for i in range(1, hyper["blocks"] + 1):
         p = f"B{i}"
-        conv(s, f"{p}.c1_r", mid, nf, 3)
-        conv(s, f"{p}.c2_r", mid, mid, 3)
-        conv(s, f"{p}.c3_r", nf, mid, 3)
-        conv(s, f"{p}.c5", nf, nf, 1)
-        esa_shapes(s, f"{p}.esa", nf, f, range_convs=False)
-    conv(s, "LR_conv", nf, nf, 3)
-    conv(s, "upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3)
+        s.update(conv_shapes(f"{p}.c1_r", mid, nf, 3))
+        s.update(conv_shapes(f"{p}.c2_r", mid, mid, 3))
+        s.update(conv_shapes(f"{p}.c3_r", nf, mid, 3))
+        s.update(conv_shapes(f"{p}.c5", nf, nf, 1))
+        s.update(esa_shapes(f"{p}.esa", nf, f, range_convs=False))
+    s.update(conv_shapes("LR_conv", nf, nf, 3))
+    s.update(conv_shapes("upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3))
     return s
 
 
-def build(sd: Mapping[str, Any], hyper: Mapping[str, Any], scale: int):
+def _describe(h: dict) -> str:
+    return (f"RLFN(nf={h['nf']}, mid={h['mid']}, blocks={h['blocks']}, "
+            f"esa_channels={h['esa_channels']}, upscale={h['scale']})")
+
+
+def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
-    check(sd, expected_shapes(hyper), NAME)
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=255.0), NAME, hyper)
     fea = b.conv(b.input, "fea_conv")
     x = fea

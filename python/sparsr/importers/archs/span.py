@@ -14,12 +14,11 @@ the first block's output and the last block's first conv output after SiLU
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from ...errors import CheckpointError
 from ...graph import IO
 from ..builder import GraphBuilder
-from ._shapes import Shapes, block_count, check, check_scale, conv, shape, upsampler_scale
+from .common import (Shapes, StateDict, check_scale, check_shapes, conv_shapes, count, has_all,
+                     shape, shuffle_factor)
 
 NAME = "span"
 COLOURS = 3
@@ -30,43 +29,46 @@ IMG_RANGE = 255.0
 BLOCKS = 6
 
 
-def detect(sd: Mapping[str, Any]) -> dict | None:
-    if not all(k in sd for k in ("conv_1.eval_conv.weight", "block_1.c1_r.eval_conv.weight",
-                                 "conv_cat.weight")):
+def detect(sd: StateDict) -> dict | None:
+    if not has_all(sd, "conv_1.eval_conv.weight", "block_1.c1_r.eval_conv.weight",
+                   "conv_cat.weight"):
         return None
     if "conv_1.sk.weight" in sd or "block_1.c1_r.sk.weight" in sd:
         raise CheckpointError(f"{NAME}: the state_dict holds the training form of the Conv3XC "
                               "convs (keys '.sk' / '.conv.N'); only re-parameterised weights "
                               "('.eval_conv' alone) are supported")
     hyper = {"nf": shape(sd, "conv_1.eval_conv.weight", NAME, 4)[0],
-             "blocks": block_count(sd, r"block_(\d+)\.", NAME),
-             "scale": upsampler_scale(sd, "upsampler.0.weight", COLOURS, NAME)}
+             "blocks": count(sd, r"block_(\d+)\..+", NAME, first=1),
+             "scale": shuffle_factor(sd, "upsampler.0.weight", COLOURS, NAME)}
     if hyper["blocks"] != BLOCKS:
         raise CheckpointError(f"{NAME}: {hyper['blocks']} blocks; SPAN30 has {BLOCKS}")
-    check(sd, expected_shapes(hyper), NAME)
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     return hyper
 
 
-def scales(hyper: Mapping[str, Any]) -> list[int]:
+def scales(hyper: dict) -> list[int]:
     return [hyper["scale"]]
 
 
-def expected_shapes(hyper: Mapping[str, Any]) -> Shapes:
+def expected_shapes(hyper: dict) -> Shapes:
     nf = hyper["nf"]
-    s: Shapes = {}
-    conv(s, "conv_1.eval_conv", nf, COLOURS, 3)
+    s = conv_shapes("conv_1.eval_conv", nf, COLOURS, 3)
     for i in range(1, hyper["blocks"] + 1):
         for j in (1, 2, 3):
-            conv(s, f"block_{i}.c{j}_r.eval_conv", nf, nf, 3)
-    conv(s, "conv_cat", nf, 4 * nf, 1)
-    conv(s, "conv_2.eval_conv", nf, nf, 3)
-    conv(s, "upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3)
+            s.update(conv_shapes(f"block_{i}.c{j}_r.eval_conv", nf, nf, 3))
+    s.update(conv_shapes("conv_cat", nf, 4 * nf, 1))
+    s.update(conv_shapes("conv_2.eval_conv", nf, nf, 3))
+    s.update(conv_shapes("upsampler.0", COLOURS * hyper["scale"] ** 2, nf, 3))
     return s
 
 
-def build(sd: Mapping[str, Any], hyper: Mapping[str, Any], scale: int):
+def _describe(h: dict) -> str:
+    return f"SPAN30(feature_channels={h['nf']}, upscale={h['scale']})"
+
+
+def build(sd: StateDict, hyper: dict, scale: int):
     check_scale(hyper, scale, NAME)
-    check(sd, expected_shapes(hyper), NAME)
+    check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
     b = GraphBuilder(sd, IO(scale, color="rgb", range=1.0), NAME, hyper)
     # (x - mean) * img_range, not foldable into conv_1: its zero padding is
     # applied after the shift.

@@ -35,10 +35,9 @@ def detect(sd: StateDict) -> dict | None:
                               "or leakyrelu): the two cannot be told apart from the weights; "
                               "export the model to ONNX instead")
     feat, in_ch = shape(sd, "body.0.weight", NAME)[:2]
-    out_shuffled = shape(sd, f"body.{last}.weight", NAME)[0]
     hyper = {"num_in_ch": in_ch, "num_out_ch": in_ch, "num_feat": feat,
              "num_conv": (last - 2) // 2,
-             "scale": shuffle_factor(out_shuffled, in_ch, f"body.{last}.weight", NAME)}
+             "scale": shuffle_factor(sd, f"body.{last}.weight", in_ch, NAME)}
     if in_ch not in (1, 3):
         raise CheckpointError(f"{NAME}: {in_ch} input channels; sparsr reads RGB (3) or grey (1)")
     check_shapes(sd, expected_shapes(hyper), NAME, _describe(hyper))
