@@ -87,6 +87,18 @@ class Model:
             raise ImageError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
         return self._run(rgb, 1.0, mode).output
 
+    def run_network(self, planes: np.ndarray, mode: str = "mask") -> np.ndarray:
+        """The graph alone: float32 (C, H, W) planes on the network's own pixel
+        range and colour layout (io) -> its output planes, unconverted."""
+        planes = np.ascontiguousarray(planes, dtype=np.float32)
+        if planes.ndim != 3 or planes.shape[0] != self.io.channels:
+            raise ImageError(f"expected ({self.io.channels}, H, W) planes, got {planes.shape}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_input_size(self._executor, planes.shape[1], planes.shape[2], self.max_memory)
+        x = _core.Feature.from_numpy(planes).view()
+        return self._executor.run(x, mode).output.numpy()
+
     def forward(self, img: Any, mode: str = "mask", *, cache: Forward | None = None,
                 start: str | None = None, keep: Iterable[str] = ()) -> Forward:
         """Runs the network on an image (PIL or uint8 array) and returns the
