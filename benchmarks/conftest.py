@@ -5,7 +5,8 @@ Run:  pytest benchmarks/ --benchmark-only
 Times are CPU wall times of one 640x360 -> 1280x720 upscale (the SparSMSR
 paper's setting), median of several rounds, with every ratio taken against
 baselines measured in the same session. Needs ../shared (or SPARSR_SHARED);
-the PyTorch rows need torch.
+the PyTorch rows need torch, the OpenVINO and ONNX Runtime ones (test_peers.py)
+the `bench` extra.
 """
 
 from __future__ import annotations
@@ -50,9 +51,24 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class PeerRow:
+    """One network timed by sparsr and its peers in interleaved rounds."""
+    model: str
+    scale: int
+    rounds: int
+    medians: dict[str, float]       # engine -> median s
+    diffs: dict[str, float]         # engine -> max abs output difference from `reference`, 0..255
+    reference: str
+    default_precision: str | None   # OpenVINO's own choice on this CPU
+    load: tuple[float, float]       # 1-minute load average before and after
+    notes: list[str] = field(default_factory=list)
+
+
 class Results:
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
+        self.peers: list[PeerRow] = []
         self.kernels: list[dict] = []
         self.scaling: dict[tuple[str, int], float] = {}  # (model, threads) -> median s
         self.notes: list[str] = []
@@ -64,6 +80,21 @@ class Results:
 
 
 RESULTS = Results()
+SESSION_LOAD = os.getloadavg()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The peers of the networks outside the default set run only when a -k
+    expression is given (which then selects among all of them)."""
+    if config.getoption("keyword"):
+        return
+    from peers import MODELS
+    extra = {m.id for m in MODELS if not m.default}
+    drop = [item for item in items if getattr(item, "originalname", None) == "test_peers"
+            and item.callspec.id in extra]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [item for item in items if item not in drop]
 
 
 @pytest.fixture(scope="session")
@@ -184,11 +215,13 @@ def _fmt(v, spec, missing="–"):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = RESULTS.rows
-    if not rows and not RESULTS.kernels and not RESULTS.scaling:
+    if not rows and not RESULTS.kernels and not RESULTS.scaling and not RESULTS.peers:
         return
     tr = terminalreporter
     if rows:
         _print_table4(tr, rows)
+    if RESULTS.peers:
+        _print_peers(tr, RESULTS.peers)
     _print_rest(tr, rows)
 
 
@@ -196,13 +229,18 @@ def _print_table4(tr, rows):
     tr.section("sparsr vs Table 4 of the SparSMSR paper (x2, 640x360 -> 1280x720)")
     dense = rows.get("sparsr dense")
     torch_row = rows.get("PyTorch dense (channels_last)")
+    # OpenVINO's f32 dense run of the same network, from test_peers.py.
+    smsr_peers = next((p for p in RESULTS.peers if p.model == "smsr_x2"), None)
+    ov_f32 = smsr_peers.medians.get("OpenVINO f32") if smsr_peers else None
     tr.write_line("| model | nonzero params | MACs (G) | MACs ratio | time (s) | time vs sparsr dense "
-                  "| time vs PyTorch dense | Set14 PSNR/SSIM | paper FLOPs / CPU time ratio |")
-    tr.write_line("|---|---|---|---|---|---|---|---|---|")
+                  "| time vs PyTorch dense | time vs OpenVINO f32 dense | Set14 PSNR/SSIM "
+                  "| paper FLOPs / CPU time ratio |")
+    tr.write_line("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         macs_ratio = (r.macs / dense.macs) if (dense and dense.macs and r.macs) else None
         vs_dense = r.median_s / dense.median_s if dense else None
         vs_torch = r.median_s / torch_row.median_s if torch_row else None
+        vs_ov = r.median_s / ov_f32 if ov_f32 else None
         paper = PAPER_TABLE4.get(name)
         paper_s = f"{paper['flops']:.2f}x / {paper['cpu']:.2f}x" if paper else ""
         quality = (f"{r.psnr:.2f}/{r.ssim:.4f}" if r.psnr is not None else "–")
@@ -211,8 +249,57 @@ def _print_table4(tr, rows):
             nz += f" (paper {paper['params']})"
         tr.write_line(
             f"| {name} | {nz} | {_fmt(r.macs and r.macs / 1e9, '.2f')} | {_fmt(macs_ratio, '.2f')}x "
-            f"| {r.median_s:.3f} | {_fmt(vs_dense, '.2f')}x | {_fmt(vs_torch, '.2f')}x | {quality} "
-            f"| {paper_s} |")
+            f"| {r.median_s:.3f} | {_fmt(vs_dense, '.2f')}x | {_fmt(vs_torch, '.2f')}x "
+            f"| {_fmt(vs_ov, '.2f')}x | {quality} | {paper_s} |")
+    if ov_f32:
+        tr.write_line(f"OpenVINO f32 dense: {ov_f32:.3f} s, in test_peers.py's interleaved rounds "
+                      "(the ratios within those rounds are in the next table)")
+
+
+PEER_ENGINES = ("OpenVINO f32", "OpenVINO default", "ONNX Runtime")
+
+
+def _print_peers(tr, peer_rows):
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    precision = next((p.default_precision for p in peer_rows if p.default_precision), None)
+    default = f"OpenVINO default ({precision})" if precision else "OpenVINO default"
+    tr.section("sparsr vs OpenVINO and ONNX Runtime (640x360 input, 2 threads, "
+               "interleaved rounds, medians)")
+    tr.write_line(f"OpenVINO {version('openvino')}, ONNX Runtime {version('onnxruntime')}; "
+                  "ratios are sparsr's time over the peer's, within the same rounds; "
+                  "sparsr runs f32, so only the OpenVINO f32 ratio is at the same precision")
+    tr.write_line(f"| model | sparsr run | sparsr (s) | vs OpenVINO f32 | vs {default} "
+                  f"| vs ONNX Runtime | OpenVINO f32 (s) | {default} (s) | ONNX Runtime (s) "
+                  "| rounds | max abs diff vs OpenVINO f32 (0..255) |")
+    tr.write_line("|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in peer_rows:
+        peer = {e: p.medians.get(e) for e in PEER_ENGINES}
+        for run, t in p.medians.items():
+            if not run.startswith("sparsr "):
+                continue
+            ratios = " | ".join(_fmt(peer[e] and t / peer[e], ".2f") + ("x" if peer[e] else "")
+                                for e in PEER_ENGINES)
+            times = " | ".join(_fmt(peer[e], ".3f") for e in PEER_ENGINES)
+            diff = p.diffs.get(run) if p.reference == "OpenVINO f32" else None
+            tr.write_line(f"| {p.model} | {run.removeprefix('sparsr ')} | {t:.3f} | {ratios} "
+                          f"| {times} | {p.rounds} | {_fmt(diff, '.1e')} |")
+    tr.write_line("Peers' own output differences from OpenVINO f32 (0..255): " + "; ".join(
+        f"{p.model} " + ", ".join(f"{e} {p.diffs[e]:.3g}" for e in PEER_ENGINES if e in p.diffs)
+        for p in peer_rows if p.reference == "OpenVINO f32"))
+    loads = [x for p in peer_rows for x in p.load]
+    tr.write_line(f"1-minute load average: {SESSION_LOAD[0]:.1f} at the session's start, "
+                  f"{min(loads):.1f}..{max(loads):.1f} during these rounds "
+                  f"({os.cpu_count()} CPUs)")
+    for p in peer_rows:
+        for note in p.notes:
+            tr.write_line(f"{p.model}: {note}")
 
 
 def _print_rest(tr, rows):
