@@ -287,12 +287,17 @@ def _print_peers(tr, peer_rows):
             ratios = " | ".join(_fmt(peer[e] and t / peer[e], ".2f") + ("x" if peer[e] else "")
                                 for e in PEER_ENGINES)
             times = " | ".join(_fmt(peer[e], ".3f") for e in PEER_ENGINES)
-            diff = p.diffs.get(run) if p.reference == "OpenVINO f32" else None
+            diff = _fmt(p.diffs.get(run), ".1e")
+            if run in p.diffs and p.reference != "OpenVINO f32":
+                diff += f" (vs {p.reference})"
             tr.write_line(f"| {p.model} | {run.removeprefix('sparsr ')} | {t:.3f} | {ratios} "
-                          f"| {times} | {p.rounds} | {_fmt(diff, '.1e')} |")
-    tr.write_line("Peers' own output differences from OpenVINO f32 (0..255): " + "; ".join(
-        f"{p.model} " + ", ".join(f"{e} {p.diffs[e]:.3g}" for e in PEER_ENGINES if e in p.diffs)
-        for p in peer_rows if p.reference == "OpenVINO f32"))
+                          f"| {times} | {p.rounds} | {diff} |")
+    peer_diffs = [f"{p.model} " + ", ".join(f"{e} {p.diffs[e]:.3g}" for e in PEER_ENGINES
+                                            if e in p.diffs)
+                  for p in peer_rows if p.reference == "OpenVINO f32"]
+    if peer_diffs:
+        tr.write_line("Peers' own output differences from OpenVINO f32 (0..255): "
+                      + "; ".join(peer_diffs))
     loads = [x for p in peer_rows for x in p.load]
     tr.write_line(f"1-minute load average: {SESSION_LOAD[0]:.1f} at the session's start, "
                   f"{min(loads):.1f}..{max(loads):.1f} during these rounds "
