@@ -27,6 +27,7 @@ struct VecScalar {
   static T load(const float* p) { return *p; }
   static T fmadd(T a, T b, T c) { return a * b + c; }
   static T max(T a, T b) { return a > b ? a : b; }
+  static T min(T a, T b) { return a < b ? a : b; }
   static T add(T a, T b) { return a + b; }
   static void store(float* p, T v) { *p = v; }
   static Mask range(int lo, int hi) { return lo <= 0 && hi >= 1; }
@@ -136,13 +137,15 @@ struct RowSum {
 };
 
 // Where a tile's results go: out[c] + index * step for outputs [0, n) of the
-// row, after the optional ReLU, plus the optional residual (step 1 only).
+// row, after the optional activation (ReLU, or r >= 0 ? r : slopes[c] * r),
+// plus the optional residual (step 1 only).
 struct RowOut {
   float* const* out;
   const float* const* residual;
   int step;
   int n;
   bool relu;
+  const float* slopes;  // nullable, indexed as out
 };
 
 // One register tile: outputs [m, m + NV * W) of n_out channels of one block,
@@ -189,10 +192,15 @@ inline void row_tile(const RowSum& s, const float* wblock, const float* bias, in
 #pragma GCC unroll 8
   for (int c = 0; c < BLOCK; ++c) {
     if (c >= n_out) break;
+    const T slope = o.slopes ? V::set1(o.slopes[c]) : zero;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       T r = acc[c][v];
-      if (o.relu) r = V::max(r, zero);
+      // max(r, 0) + slope * min(r, 0): slope * r rounded once, as in the packed kernels.
+      if (o.slopes)
+        r = V::fmadd(slope, V::min(r, zero), V::max(r, zero));
+      else if (o.relu)
+        r = V::max(r, zero);
       const int x = m + v * W;
       const int valid = o.n - x;  // lanes [0, valid) are outputs of the row
       if (valid <= 0) break;
@@ -219,10 +227,11 @@ inline void row_tile(const RowSum& s, const float* wblock, const float* bias, in
 constexpr int kBandTiles = 2;
 
 // The whole row for every block of one group: blocks of BLOCK channels, tiles
-// of NV vectors (the last tile of the row shorter).
+// of NV vectors (the last tile of the row shorter). out, residual and slopes
+// hold the group's output channels.
 template <class V, int BLOCK, int NV>
 void run_row(const PackedGeneralConv& w, int group, const RowSum& s, float* const* out,
-             const float* const* residual, int step, int n, bool relu) {
+             const float* const* residual, int step, int n, bool relu, const float* slopes) {
   constexpr int tile = NV * V::kWidth;
   const int cout_g = w.cout_per_group();
   const int blocks = w.blocks_per_group();
@@ -233,14 +242,15 @@ void run_row(const PackedGeneralConv& w, int group, const RowSum& s, float* cons
       const int n_out = std::min(BLOCK, cout_g - first);
       const float* wb = w.weights.data() + (static_cast<size_t>(group) * blocks + b) * w.block_stride();
       const float* bias = w.bias.data() + group * cout_g + first;
-      const RowOut o{out + first, residual ? residual + first : nullptr, step, n, relu};
+      const RowOut o{out + first, residual ? residual + first : nullptr, step, n, relu,
+                     slopes ? slopes + first : nullptr};
       for (int m = b0; m < b1; m += tile) row_tile<V, BLOCK, NV>(s, wb, bias, n_out, o, m);
     }
   }
 }
 
 using RowFn = void (*)(const PackedGeneralConv&, int, const RowSum&, float* const*,
-                       const float* const*, int, int, bool);
+                       const float* const*, int, int, bool, const float*);
 
 // Output rows per task: enough tasks to balance the threads, as few as that
 // allows so the row cache reuses the rows that neighbours share.
@@ -260,7 +270,7 @@ constexpr int kPrefetchMaxFmasPerFloat = 32;
 
 template <class V, int BLOCK, int NV>
 void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                       bool relu, const Channels* residual) {
+                       bool relu, const float* slopes, const Channels* residual) {
   const Window2d& k = w.window;
   const int cin_g = w.cin_per_group(), cout_g = w.cout_per_group();
   const int oh = dst.height, ow = dst.width;
@@ -310,7 +320,8 @@ void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Ch
         out[c] = dst.planes[g * cout_g + c] + (oy + 1) * dst.ld + 1;
         if (residual) res[c] = residual->planes[g * cout_g + c] + (oy + 1) * residual->ld + 1;
       }
-      run_row<V, BLOCK, NV>(w, g, s, out.data(), residual ? res.data() : nullptr, 1, ow, relu);
+      run_row<V, BLOCK, NV>(w, g, s, out.data(), residual ? res.data() : nullptr, 1, ow, relu,
+                            slopes ? slopes + g * cout_g : nullptr);
     }
   });
 }
@@ -360,7 +371,7 @@ void conv_transpose_rows(const PackedGeneralConv& w, const Channels& src, const 
         const int ox0 = q_lo * k.sw + rx - k.pw;
         for (int c = 0; c < cout_g; ++c)
           out[c] = dst.planes[g * cout_g + c] + (oy + 1) * dst.ld + 1 + ox0;
-        run_row<V, BLOCK, NV>(w, g, s, out.data(), nullptr, k.sw, q_hi - q_lo, false);
+        run_row<V, BLOCK, NV>(w, g, s, out.data(), nullptr, k.sw, q_hi - q_lo, false, nullptr);
       }
     }
   });

@@ -124,10 +124,12 @@ std::pair<int, int> ConvGeneral::out_size(int height, int width) const {
   return {span_h / k.sh + 1, span_w / k.sw + 1};
 }
 
-void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu,
+void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu, const float* slopes,
                       const Channels* residual) const {
   check_sizes("conv_general", src, dst, packed_.cin, packed_.cout,
               out_size(src.height, src.width));
+  if (relu && slopes)
+    throw std::invalid_argument("conv_general: ReLU and negative slopes are exclusive");
   if (residual) {
     check_geometry(*residual, dst, "conv_general residual");
     if (residual->size() < packed_.cout)
@@ -136,9 +138,9 @@ void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu,
                                   std::to_string(packed_.cout));
   }
   switch (isa_) {
-    case Isa::kAvx512: conv_general_avx512(packed_, src, dst, relu, residual); break;
-    case Isa::kAvx2: conv_general_avx2(packed_, src, dst, relu, residual); break;
-    default: conv_general_scalar(packed_, src, dst, relu, residual); break;
+    case Isa::kAvx512: conv_general_avx512(packed_, src, dst, relu, slopes, residual); break;
+    case Isa::kAvx2: conv_general_avx2(packed_, src, dst, relu, slopes, residual); break;
+    default: conv_general_scalar(packed_, src, dst, relu, slopes, residual); break;
   }
 }
 

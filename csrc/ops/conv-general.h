@@ -51,11 +51,11 @@ struct PackedGeneralConv {
 // The ISA twins (conv-general-{scalar,avx2,avx512}.cc). Sizes are checked by
 // the callers below.
 void conv_general_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual);
+                         bool relu, const float* slopes, const Channels* residual);
 void conv_general_avx2(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                       bool relu, const Channels* residual);
+                       bool relu, const float* slopes, const Channels* residual);
 void conv_general_avx512(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual);
+                         bool relu, const float* slopes, const Channels* residual);
 void conv_transpose_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
 void conv_transpose_avx2(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
 void conv_transpose_avx512(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
@@ -71,8 +71,11 @@ class ConvGeneral {
   ConvGeneral(const float* weight, const float* bias, int cout, int cin, int groups,
               const Window2d& window, Isa isa);
   // dst (+ residual) = act(conv(src)); dst must be out_size(src) with cout
-  // channels and must not share planes with src.
-  void run(const Channels& src, const Channels& dst, bool relu, const Channels* residual) const;
+  // channels and must not share planes with src. act: ReLU when relu, the
+  // negative slopes of the cout outputs when slopes (leaky ReLU / PReLU; not
+  // both), else none.
+  void run(const Channels& src, const Channels& dst, bool relu, const float* slopes,
+           const Channels* residual) const;
   // (H + 2p - d (k - 1) - 1) / s + 1 per axis; throws when not positive.
   std::pair<int, int> out_size(int height, int width) const;
 
