@@ -51,11 +51,21 @@ struct ConvTask {
   size_t n_runs;
   int cin;                       // input channels read (a prefix of the layer's)
   int cout;                      // output channels written (a prefix)
-  bool relu;
+  bool relu;                     // max(r, 0), when slopes is null
+  // Nullable: leaky ReLU / PReLU, r >= 0 ? r : slopes[o] * r for output
+  // channel o (indexed as out), in place of relu.
+  const float* slopes = nullptr;
   // The output is larger than the caches and nothing reads it soon: whole
   // aligned vectors may be stored past the caches (no read for ownership).
   bool stream_out = false;
 };
+
+// The task's activation of one output of channel o, for the scalar twins (the
+// vector kernels compute the same: see negative_slope in simd.h).
+inline float conv_activation(const ConvTask& t, int o, float r) {
+  if (t.slopes) return r >= 0.0f ? r : t.slopes[o] * r;
+  return t.relu && r < 0.0f ? 0.0f : r;
+}
 
 // Weights of one layer, packed for one micro-kernel. Each format documents
 // how it uses the arrays beside its pack function.

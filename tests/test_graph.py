@@ -86,7 +86,7 @@ def test_fused_residual_graph_matches_numpy(tmp_path, rng):
     plan = m._executor.plan(11, 17)
     # relu after a fuses into a; the add fuses into b; the second relu stays.
     assert [s.op.node.op for s in plan.steps] == ["conv2d", "conv2d", "relu", "conv2d"]
-    assert plan.steps[0].relu and plan.steps[1].residual == "image"
+    assert plan.steps[0].act == "relu" and plan.steps[1].residual == "image"
 
 
 def test_inplace_only_when_nothing_reads_the_input_later(tmp_path, rng):

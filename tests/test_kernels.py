@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -48,8 +49,9 @@ def csr_weights(rng, cout, cin, k):
 WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights, "csr": csr_weights}
 
 
-def reference_conv(x, w, b, relu=False, residual=None):
-    """Direct 'same' convolution in float64: (cin, h, w) -> (cout, h, w)."""
+def reference_conv(x, w, b, relu=False, residual=None, slopes=None):
+    """Direct 'same' convolution in float64: (cin, h, w) -> (cout, h, w); the
+    activation (relu, or r >= 0 ? r : slopes[o] * r) before the residual add."""
     cout, cin, k, _ = w.shape
     p = k // 2
     h, wd = x.shape[1:]
@@ -62,6 +64,8 @@ def reference_conv(x, w, b, relu=False, residual=None):
         out += b[:, None, None]
     if relu:
         out = np.maximum(out, 0)
+    if slopes is not None:
+        out = np.where(out >= 0, out, slopes[:, None, None].astype(np.float64) * out)
     if residual is not None:
         out += residual
     return out
@@ -289,6 +293,103 @@ def test_sparse_pixel_sets_gathered_and_accumulated(kernel, density):
     expect = before.copy()
     expect[:11][:, mask] += ref[:, mask]
     np.testing.assert_allclose(fo.numpy(), expect, rtol=1e-4, atol=1e-4)
+
+
+def negative_slopes(rng, cout):
+    """Slopes of a PReLU: mostly small, some negative, zero, one and above one."""
+    s = rng.uniform(-0.3, 0.5, cout).astype(np.float32)
+    s[:4] = [0.0, 1.0, 1.7, -1.0][:cout]
+    return s
+
+
+# (name, mask density or None for every pixel, residual: None, "separate" or "output")
+SLOPE_CASES = [
+    ("in-place", None, None),
+    ("in-place-residual", None, "separate"),
+    ("in-place-runs-residual", 0.6, "separate"),   # a residual never gathers
+    ("gathered", 0.1, None),
+    ("gathered-accumulated", 0.3, "output"),
+]
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+@pytest.mark.parametrize("case", SLOPE_CASES, ids=lambda c: c[0])
+def test_kernel_negative_slopes(kernel, case):
+    """Per output channel negative slopes (leaky ReLU, PReLU) in the epilogue:
+    against the float64 reference and the scalar twin, on channel prefixes,
+    before the residual add, in place and gathered."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    _, density, residual = case
+    rng = np.random.default_rng(zlib.crc32(f"{kernel['name']}{case}".encode()))
+    cout, cin, h, w = 20, 24, 13, 83
+    use_cin, use_cout = 19, 17
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, kernel["ksize"])
+    bias = rng.standard_normal(cout).astype(np.float32)
+    slopes = negative_slopes(rng, cout)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    before = rng.standard_normal((cout, h, w)).astype(np.float32)
+    mask = np.ones((h, w), bool) if density is None else rng.random((h, w)) < density
+    mask[2, :] = True      # one long run among the short ones
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    if residual != "separate":   # a separate residual runs in place whatever the runs
+        assert _core.Conv2d.use_gather(pixels) == (density is not None)
+    res = rng.standard_normal((cout, h, w)).astype(np.float32) if residual == "separate" else None
+
+    def run(layer):
+        fi, fo = _core.Feature.from_numpy(x), _core.Feature.from_numpy(before)
+        fr = _core.Feature.from_numpy(res).view() if res is not None else None
+        layer(fi.view(), fo.view(), pixels, cin=use_cin, cout=use_cout, slopes=slopes,
+              residual=fo.view() if residual == "output" else fr)
+        return fo.numpy()
+
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    twin = _core.Conv2d(weights, bias, isa="scalar", format=kernel["format"], **options)
+    got = run(layer)
+    ref = reference_conv(x[:use_cin], weights[:use_cout, :use_cin], bias[:use_cout],
+                         slopes=slopes[:use_cout],
+                         residual=None if res is None else res[:use_cout])
+    expect = before.astype(np.float64)
+    if residual == "output":
+        expect[:use_cout][:, mask] += ref[:, mask]
+    else:
+        expect[:use_cout][:, mask] = ref[:, mask]
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, run(twin), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", kernels_of())
+def test_kernel_slopes_of_one_and_zero_are_identity_and_relu(kernel):
+    """Slopes 1 give the plain conv and slopes 0 the ReLU exactly (one rounding
+    of slope * r, no other change to the sum)."""
+    if not _core.isa_supported(kernel["isa"]):
+        pytest.skip(f"this CPU lacks {kernel['isa']}")
+    rng = np.random.default_rng(9)
+    cout, cin, h, w = 16, 16, 7, 61
+    weights, options = WEIGHT_MAKERS[kernel["format"]](rng, cout, cin, kernel["ksize"])
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    layer = _core.Conv2d(weights, bias, isa=kernel["isa"], format=kernel["format"], **options)
+    full = _core.PixelSet.full(h, w)
+    plain = _run(layer, x, cout, full)
+    np.testing.assert_array_equal(_run(layer, x, cout, full, slopes=np.ones(cout, np.float32)),
+                                  plain)
+    np.testing.assert_array_equal(_run(layer, x, cout, full, slopes=np.zeros(cout, np.float32)),
+                                  _run(layer, x, cout, full, relu=True))
+
+
+def test_bad_slopes_are_refused():
+    layer = _core.Conv2d(np.zeros((4, 3, 3, 3), np.float32))
+    a, b = _core.Feature(3, 5, 5), _core.Feature(4, 5, 5)
+    full = _core.PixelSet.full(5, 5)
+    with pytest.raises(ValueError, match=r"one value per output channel \(4\), got 3 values"):
+        layer(a.view(), b.view(), full, slopes=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="got a 2-D array"):
+        layer(a.view(), b.view(), full, slopes=np.zeros((4, 1), np.float32))
+    with pytest.raises(ValueError, match="exclusive"):
+        layer(a.view(), b.view(), full, relu=True, slopes=np.zeros(4, np.float32))
+    # The layer's own cout, also when the call writes a prefix of the outputs.
+    layer(a.view(), b.view(), full, cout=2, slopes=np.zeros(4, np.float32))
 
 
 def test_feature_written_planes_keep_zero_borders():

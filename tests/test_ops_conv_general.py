@@ -126,6 +126,37 @@ def test_conv_general_random_shapes(isa):
         done += 1
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}g{c[2]}k{c[3]}s{c[4]}")
+def test_conv_general_negative_slopes_match_torch_prelu(isa, case):
+    """The epilogue's per output channel slopes (PReLU, leaky ReLU) before the
+    residual add, every block and group its own slopes."""
+    check_isa(isa)
+    cin, cout, groups, kernel, stride, padding, dilation, (h, w), _, residual = case
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()) + 1)
+    x = rng.standard_normal((cin, h, w))
+    weight = rng.standard_normal((cout, cin // groups, *kernel))
+    bias = rng.standard_normal(cout)
+    slopes = rng.uniform(-0.5, 1.5, cout).astype(np.float32)
+    y = torch.from_numpy(torch_conv(x, weight, bias, stride, padding, dilation, groups))
+    ref = F.prelu(y[None], torch.from_numpy(slopes.astype(np.float64)))[0].numpy()
+    res = rng.standard_normal(ref.shape) if residual else None
+    conv = _core.ConvGeneral(weight.astype(np.float32), bias.astype(np.float32), stride, padding,
+                             dilation, groups, isa)
+    dst = _core.Feature(cout, *ref.shape[1:]).view()
+    conv.run(channels(x), dst, residual=None if res is None else channels(res), slopes=slopes)
+    assert_close(dst.numpy(), ref if res is None else ref + res, f"{isa} {case}")
+
+
+def test_conv_general_slopes_refusals():
+    conv = _conv(padding=1)
+    x, out = channels(np.ones((2, 6, 7))), _core.Feature(4, 6, 7).view()
+    with pytest.raises(ValueError, match=r"one value per output channel \(4\), got 2 values"):
+        conv.run(x, out, slopes=np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="exclusive"):
+        conv.run(x, out, relu=True, slopes=np.ones(4, np.float32))
+
+
 def test_conv_general_reads_channel_views():
     """Input planes from several features in any order, output a view too."""
     rng = np.random.default_rng(3)

@@ -22,4 +22,18 @@ inline Isa isa_arg(const py::object& isa) {
   return isa_from_name(py::cast<std::string>(isa));
 }
 
+// A convolution's negative slopes (None: null), one float32 per output
+// channel of the layer; keep holds the array while the kernels read it.
+inline const float* slopes_arg(const py::object& slopes, FloatArray& keep, int cout, bool relu) {
+  if (slopes.is_none()) return nullptr;
+  if (relu) throw std::invalid_argument("relu and slopes are exclusive: give one activation");
+  keep = py::cast<FloatArray>(slopes);
+  if (keep.ndim() != 1 || keep.shape(0) != cout)
+    throw std::invalid_argument(
+        "slopes must be one value per output channel (" + std::to_string(cout) + "), got " +
+        (keep.ndim() == 1 ? std::to_string(keep.size()) + " values"
+                          : "a " + std::to_string(keep.ndim()) + "-D array"));
+  return keep.data();
+}
+
 }  // namespace sparsr

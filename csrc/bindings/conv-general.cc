@@ -107,11 +107,16 @@ SPARSR_BINDINGS(30) {
       py::arg("isa") = py::none(),
       "Packs (cout, cin / groups, kh, kw) weights for the ISA level (default: the active one).")
       .def("run", [](const ConvGeneral& c, const Channels& src, const Channels& dst, bool relu,
-                     const Channels* residual) {
+                     const Channels* residual, const py::object& slopes) {
+        FloatArray s;
+        const float* sp = slopes_arg(slopes, s, c.cout(), relu);
         py::gil_scoped_release release;
-        c.run(src, dst, relu, residual);
+        c.run(src, dst, relu, sp, residual);
       }, py::arg("src"), py::arg("dst"), py::arg("relu") = false, py::arg("residual") = nullptr,
-      "dst (+ residual) = relu?(conv(src)); dst must be out_size(src.height, src.width).")
+      py::arg("slopes") = py::none(),
+      "dst (+ residual) = act(conv(src)); dst must be out_size(src.height, src.width). act: "
+      "ReLU (relu), or r >= 0 ? r : slopes[o] * r with one float32 slope per output channel "
+      "(leaky ReLU, PReLU), or none.")
       .def_property_readonly("dilation", [](const ConvGeneral& c) {
         return py::make_tuple(c.window().dh, c.window().dw);
       });

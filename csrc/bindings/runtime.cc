@@ -165,11 +165,17 @@ SPARSR_BINDINGS(0) {
       .def_property_readonly("nnz", &Conv2d::nnz, "Nonzero weights of the layer.")
       .def("__call__", [](const Conv2d& c, const Channels& in, const Channels& out,
                           const PixelSet& pixels, bool relu, int cin, int cout,
-                          const Channels* residual) {
+                          const Channels* residual, const py::object& slopes) {
+             FloatArray s;
+             const float* sp = slopes_arg(slopes, s, c.cout(), relu);
              py::gil_scoped_release release;
-             c.run(in, out, pixels, relu, cin, cout, residual);
+             c.run(in, out, pixels, relu, sp, cin, cout, residual);
            }, py::arg("input"), py::arg("output"), py::arg("pixels"), py::arg("relu") = false,
-           py::arg("cin") = -1, py::arg("cout") = -1, py::arg("residual") = nullptr);
+           py::arg("cin") = -1, py::arg("cout") = -1, py::arg("residual") = nullptr,
+           py::arg("slopes") = py::none(),
+           "output (+ residual) = act(conv(input)) at the pixels. act: ReLU (relu), or "
+           "r >= 0 ? r : slopes[o] * r with one float32 slope per output channel of the layer "
+           "(leaky ReLU, PReLU), or none.");
 }
 
 }  // namespace sparsr

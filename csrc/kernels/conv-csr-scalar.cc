@@ -30,7 +30,7 @@ void conv_csr_scalar(const PackedConv& w, const ConvTask& t) {
             }
           }
         }
-        if (t.relu && acc < 0.0f) acc = 0.0f;
+        acc = conv_activation(t, o, acc);
         if (res) acc += res[x];
         dst[x] = acc;
       }

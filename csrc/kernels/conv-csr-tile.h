@@ -95,8 +95,9 @@ inline int csr_chunk_channels(const PackedConv& w, const ConvTask& t) {
   return n_chunks > 1 ? (w.cin + n_chunks - 1) / n_chunks : std::max(chunk, 1);
 }
 
-// Epilogue of one output channel: + residual after the activation, stored in
-// the lanes of each vector that lane_bits[v] selects (bit i: lane i).
+// Epilogue of one output channel: the activation (ReLU or negative slope),
+// + residual, stored in the lanes of each vector that lane_bits[v] selects
+// (bit i: lane i).
 template <class V, int NV>
 inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, int64_t offset,
                       const uint32_t* lane_bits) {
@@ -107,10 +108,14 @@ inline void csr_store(const ConvTask& t, const typename V::T (&acc)[NV], int o, 
   float* dst = t.out[o] + offset;
   const float* res = t.residual ? t.residual[o] + offset : nullptr;
   const bool stream = t.stream_out && reinterpret_cast<uintptr_t>(dst) % (W * 4) == 0;
+  const T slope = t.slopes ? V::set1(t.slopes[o]) : zero;
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     T x = acc[v];
-    if (t.relu) x = V::max(x, zero);
+    if (t.slopes)
+      x = negative_slope<V>(x, slope);
+    else if (t.relu)
+      x = V::max(x, zero);
     const uint32_t bits = lane_bits[v];
     if (bits == all) {
       if (res) x = V::add(x, V::load(res + v * W));

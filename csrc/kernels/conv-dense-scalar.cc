@@ -23,7 +23,7 @@ void conv_dense_scalar(const PackedConv& w, const ConvTask& t) {
           for (int ky = 0; ky < K; ++ky)
             for (int kx = 0; kx < K; ++kx) acc += wi[ky * K + kx] * src[ky * t.ld + kx];
         }
-        if (t.relu && acc < 0.0f) acc = 0.0f;
+        acc = conv_activation(t, o, acc);
         if (res) acc += res[x];
         dst[x] = acc;
       }

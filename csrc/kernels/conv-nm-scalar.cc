@@ -22,7 +22,7 @@ void conv1x1_nm_scalar(const PackedConv& w, const ConvTask& t) {
         float acc = w.bias[o];
         for (int e = 0; e < groups_read * w.n; ++e)
           if (io[e] < t.cin) acc += wo[e] * t.in[io[e]][row + x];  // a group may straddle cin
-        if (t.relu && acc < 0.0f) acc = 0.0f;
+        acc = conv_activation(t, o, acc);
         if (res) acc += res[x];
         dst[x] = acc;
       }
@@ -55,7 +55,7 @@ void conv3x3_nm_scalar(const PackedConv& w, const ConvTask& t) {
                 }
             }
         }
-        if (t.relu && acc < 0.0f) acc = 0.0f;
+        acc = conv_activation(t, o, acc);
         if (res) acc += res[x];
         dst[x] = acc;
       }

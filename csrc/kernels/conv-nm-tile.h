@@ -60,8 +60,8 @@ inline void nm_fill_rows(const NmPlan& p, int c0, int c1, int y, int ca) {
           ci < t.cin ? t.in[ci] + (y + ky + (K == 1 ? 1 : 0)) * t.ld + ca : zero_row;
 }
 
-// Adds bias or the partial sum, or stores the partial sum / the result
-// (+ ReLU, + residual) within the lanes of store_mask.
+// Stores the partial sum, or the result (activation: ReLU or negative slope,
+// then + residual) within the lanes of store_mask.
 template <class V, int NV>
 inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, bool last,
                      const typename V::Mask* store_mask) {
@@ -79,10 +79,14 @@ inline void nm_store(const NmPlan& p, int o, int y, int ca, typename V::T* acc, 
   const float* res = t.residual ? t.residual[o] + offset : nullptr;
   const T zero = V::zero();
   const bool stream = t.stream_out && reinterpret_cast<uintptr_t>(dst) % (W * 4) == 0;
+  const T slope = t.slopes ? V::set1(t.slopes[o]) : zero;
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     T r = acc[v];
-    if (t.relu) r = V::max(r, zero);
+    if (t.slopes)
+      r = negative_slope<V>(r, slope);
+    else if (t.relu)
+      r = V::max(r, zero);
     if (V::full(store_mask[v])) {
       if (res) r = V::add(r, V::load(res + v * W));
       store_whole<V>(dst + v * W, r, stream);

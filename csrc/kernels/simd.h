@@ -26,6 +26,13 @@ inline void store_whole(float* p, typename V::T v, bool stream) {
     V::store(p, v);
 }
 
+// r >= 0 ? r : slope * r per lane (leaky ReLU, PReLU), as max(r, 0) +
+// slope * min(r, 0): one FMA rounds slope * r once, as the scalar twins do.
+template <class V>
+inline typename V::T negative_slope(typename V::T r, typename V::T slope) {
+  return V::fmadd(slope, V::min(r, V::zero()), V::max(r, V::zero()));
+}
+
 #if defined(__AVX512F__)
 struct VecAvx512 {
   using T = __m512;
@@ -36,6 +43,7 @@ struct VecAvx512 {
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static T min(T a, T b) { return _mm512_min_ps(a, b); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   // A whole 64-byte line past the caches; p must be 64-byte aligned.
@@ -80,6 +88,7 @@ struct VecAvx2 {
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T min(T a, T b) { return _mm256_min_ps(a, b); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   // Half a line past the caches; p must be 32-byte aligned.

@@ -6,11 +6,11 @@
 namespace sparsr {
 
 void conv_general_avx512(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual) {
+                         bool relu, const float* slopes, const Channels* residual) {
   switch (w.block) {
-    case 8: return conv_general_rows<VecAvx512, 8, 3>(w, src, dst, relu, residual);
-    case 4: return conv_general_rows<VecAvx512, 4, 6>(w, src, dst, relu, residual);
-    default: return conv_general_rows<VecAvx512, 1, 8>(w, src, dst, relu, residual);
+    case 8: return conv_general_rows<VecAvx512, 8, 3>(w, src, dst, relu, slopes, residual);
+    case 4: return conv_general_rows<VecAvx512, 4, 6>(w, src, dst, relu, slopes, residual);
+    default: return conv_general_rows<VecAvx512, 1, 8>(w, src, dst, relu, slopes, residual);
   }
 }
 

@@ -27,6 +27,7 @@ struct VecScalar {
   static T load(const float* p) { return *p; }
   static T fmadd(T a, T b, T c) { return a * b + c; }
   static T max(T a, T b) { return a > b ? a : b; }
+  static T min(T a, T b) { return a < b ? a : b; }
   static T add(T a, T b) { return a + b; }
   static void store(float* p, T v) { *p = v; }
   static Mask range(int lo, int hi) { return lo <= 0 && hi >= 1; }
@@ -121,40 +122,35 @@ class RowCache {
   float* data_ = nullptr;
 };
 
-// What one output row of a block sums: one entry per (input row, tap), an
-// input pointer at the row's output index 0 and the offset of the entry's
-// BLOCK weights in the block. One flat list, so the kernel has one loop
-// whatever the mix of rows and taps (a stride-2 transposed 3x3 has 1 or 2
-// taps per row).
+// What one output row sums: a list of input rows (each positioned at output
+// index 0, with the weight offset of its (channel, ky) in the block) times a
+// list of taps (each an input offset and a weight offset).
 struct RowSum {
   std::vector<const float*> in;
   std::vector<int32_t> weight;
+  std::vector<int32_t> in_tap, weight_tap;
 
-  void clear() {
+  void clear_rows() {
     in.clear();
     weight.clear();
   }
-  void add(const float* p, int32_t w) {
-    in.push_back(p);
-    weight.push_back(w);
-  }
 };
 
-// Where a tile's results go: output o's index m at out[o] + m, for m in
-// [begin[o], end[o]) (begin null: from 0; end null: to n), after the
-// optional ReLU, plus the optional residual.
+// Where a tile's results go: out[c] + index * step for outputs [0, n) of the
+// row, after the optional activation (ReLU, or r >= 0 ? r : slopes[c] * r),
+// plus the optional residual (step 1 only).
 struct RowOut {
   float* const* out;
   const float* const* residual;
-  const int* begin;
-  const int* end;
+  int step;
   int n;
   bool relu;
+  const float* slopes;  // nullable, indexed as out
 };
 
-// One register tile: outputs [m, m + NV * W) of n_out outputs of one block,
-// bias + the row sum, stored through o. acc stays a local of this function
-// so the compiler keeps it in registers across the whole sum.
+// One register tile: outputs [m, m + NV * W) of n_out channels of one block,
+// bias + the row sum, stored through o. acc stays a local of this function so
+// the compiler keeps it in registers across the whole sum.
 template <class V, int BLOCK, int NV>
 inline void row_tile(const RowSum& s, const float* wblock, const float* bias, int n_out,
                      const RowOut& o, int m) {
@@ -167,20 +163,27 @@ inline void row_tile(const RowSum& s, const float* wblock, const float* bias, in
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[c][v] = bv;
   }
-  const float* const* entry_in = s.in.data();
-  const int32_t* entry_weight = s.weight.data();
-  const size_t n = s.in.size();
-  for (size_t e = 0; e < n; ++e) {
-    const float* p = entry_in[e] + m;
-    const float* wt = wblock + entry_weight[e];
-    T in[NV];
+  const float* const* rows = s.in.data();
+  const int32_t* row_weight = s.weight.data();
+  const int32_t* in_tap = s.in_tap.data();
+  const int32_t* weight_tap = s.weight_tap.data();
+  const size_t n_rows = s.in.size();
+  const int n_taps = static_cast<int>(s.in_tap.size());
+  for (size_t r = 0; r < n_rows; ++r) {
+    const float* src = rows[r] + m;
+    const float* wr = wblock + row_weight[r];
+    for (int t = 0; t < n_taps; ++t) {
+      const float* p = src + in_tap[t];
+      const float* wt = wr + weight_tap[t];
+      T in[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) in[v] = V::load(p + v * W);
+      for (int v = 0; v < NV; ++v) in[v] = V::load(p + v * W);
 #pragma GCC unroll 8
-    for (int c = 0; c < BLOCK; ++c) {
-      const T wv = V::set1(wt[c]);
+      for (int c = 0; c < BLOCK; ++c) {
+        const T wv = V::set1(wt[c]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[c][v] = V::fmadd(wv, in[v], acc[c][v]);
+        for (int v = 0; v < NV; ++v) acc[c][v] = V::fmadd(wv, in[v], acc[c][v]);
+      }
     }
   }
   // Constant indices into acc only (c < BLOCK unrolled): an index the
@@ -189,21 +192,28 @@ inline void row_tile(const RowSum& s, const float* wblock, const float* bias, in
 #pragma GCC unroll 8
   for (int c = 0; c < BLOCK; ++c) {
     if (c >= n_out) break;
-    const int lo = o.begin ? o.begin[c] : 0, hi = o.end ? o.end[c] : o.n;
-    if (hi <= lo) continue;
+    const T slope = o.slopes ? V::set1(o.slopes[c]) : zero;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       T r = acc[c][v];
-      if (o.relu) r = V::max(r, zero);
+      // max(r, 0) + slope * min(r, 0): slope * r rounded once, as in the packed kernels.
+      if (o.slopes)
+        r = V::fmadd(slope, V::min(r, zero), V::max(r, zero));
+      else if (o.relu)
+        r = V::max(r, zero);
       const int x = m + v * W;
-      const int first = lo - x, last = hi - x;  // stored lanes [first, last)
-      if (last <= 0) break;
-      if (first >= W) continue;
-      if (first <= 0 && last >= W) {
+      const int valid = o.n - x;  // lanes [0, valid) are outputs of the row
+      if (valid <= 0) break;
+      if (o.step != 1) {
+        float lanes[W];
+        V::store(lanes, r);
+        float* dst = o.out[c] + static_cast<int64_t>(x) * o.step;
+        for (int l = 0; l < W && l < valid; ++l) dst[l * o.step] = lanes[l];
+      } else if (valid >= W) {
         if (o.residual) r = V::add(r, V::load(o.residual[c] + x));
         V::store(o.out[c] + x, r);
       } else {
-        const typename V::Mask lanes = V::range(first, last);
+        const typename V::Mask lanes = V::range(0, valid);
         if (o.residual) r = V::add(r, V::load(o.residual[c] + x, lanes));
         V::store(o.out[c] + x, r, lanes);
       }
@@ -211,34 +221,36 @@ inline void row_tile(const RowSum& s, const float* wblock, const float* bias, in
   }
 }
 
-// Tiles per band: every output block runs over a band of tiles before the
-// next band, so that the band's input stays in L1 while the blocks reread it.
+// Tiles per band: every output block of a row runs over a band of tiles
+// before the next band, so the band's input stays in L1 while the blocks
+// reread it.
 constexpr int kBandTiles = 2;
 
-// The whole row for every block of one group: blocks of BLOCK outputs, tiles
-// of NV vectors over [0, o.n). Block b sums sums[block_sum[b]] (block_sum
-// null: sums[0]).
+// The whole row for every block of one group: blocks of BLOCK channels, tiles
+// of NV vectors (the last tile of the row shorter). out, residual and slopes
+// hold the group's output channels.
 template <class V, int BLOCK, int NV>
-void run_row(const PackedGeneralConv& w, int group, const RowSum* sums, const int* block_sum,
-             const RowOut& o) {
+void run_row(const PackedGeneralConv& w, int group, const RowSum& s, float* const* out,
+             const float* const* residual, int step, int n, bool relu, const float* slopes) {
   constexpr int tile = NV * V::kWidth;
-  const int outputs = w.outputs_per_group, blocks = w.blocks_per_group();
-  for (int b0 = 0; b0 < o.n; b0 += kBandTiles * tile) {
-    const int b1 = std::min(o.n, b0 + kBandTiles * tile);
+  const int cout_g = w.cout_per_group();
+  const int blocks = w.blocks_per_group();
+  for (int b0 = 0; b0 < n; b0 += kBandTiles * tile) {
+    const int b1 = std::min(n, b0 + kBandTiles * tile);
     for (int b = 0; b < blocks; ++b) {
       const int first = b * BLOCK;
-      const int n_out = std::min(BLOCK, outputs - first);
-      const float* wb =
-          w.weights.data() + (static_cast<size_t>(group) * blocks + b) * w.block_stride();
-      const float* bias = w.bias.data() + static_cast<size_t>(group) * outputs + first;
-      const RowOut ob{o.out + first, o.residual ? o.residual + first : nullptr,
-                      o.begin ? o.begin + first : nullptr, o.end ? o.end + first : nullptr,
-                      o.n, o.relu};
-      const RowSum& sum = sums[block_sum ? block_sum[b] : 0];
-      for (int m = b0; m < b1; m += tile) row_tile<V, BLOCK, NV>(sum, wb, bias, n_out, ob, m);
+      const int n_out = std::min(BLOCK, cout_g - first);
+      const float* wb = w.weights.data() + (static_cast<size_t>(group) * blocks + b) * w.block_stride();
+      const float* bias = w.bias.data() + group * cout_g + first;
+      const RowOut o{out + first, residual ? residual + first : nullptr, step, n, relu,
+                     slopes ? slopes + first : nullptr};
+      for (int m = b0; m < b1; m += tile) row_tile<V, BLOCK, NV>(s, wb, bias, n_out, o, m);
     }
   }
 }
+
+using RowFn = void (*)(const PackedGeneralConv&, int, const RowSum&, float* const*,
+                       const float* const*, int, int, bool, const float*);
 
 // Output rows per task: enough tasks to balance the threads, as few as that
 // allows so the row cache reuses the rows that neighbours share.
@@ -258,7 +270,7 @@ constexpr int kPrefetchMaxFmasPerFloat = 32;
 
 template <class V, int BLOCK, int NV>
 void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                       bool relu, const Channels* residual) {
+                       bool relu, const float* slopes, const Channels* residual) {
   const Window2d& k = w.window;
   const int cin_g = w.cin_per_group(), cout_g = w.cout_per_group();
   const int oh = dst.height, ow = dst.width;
@@ -274,10 +286,10 @@ void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Ch
     const int last_read = (ow - 1) * k.sw - k.pw + (k.kw - 1) * k.dw;
     RowCache cache(src, g * cin_g, cin_g, slots, k.pw, k.sw, phase_len, last_read, scratch);
     RowSum s;
-    std::vector<int> tap_offset(k.kw);
     for (int kx = 0; kx < k.kw; ++kx) {
       const int col = kx * k.dw;  // padded column of tap kx, from an output's first
-      tap_offset[kx] = (col % k.sw) * phase_len + col / k.sw;
+      s.in_tap.push_back((col % k.sw) * phase_len + col / k.sw);
+      s.weight_tap.push_back(kx * BLOCK);
     }
     std::vector<float*> out(cout_g);
     std::vector<const float*> res(residual ? cout_g : 0);
@@ -288,14 +300,13 @@ void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Ch
     const int moved = cin_g * k.sh + cout_g;
     const bool prefetch = cout_g * cin_g * k.kh * k.kw < kPrefetchMaxFmasPerFloat * moved;
     for (int oy = y0; oy < y1; ++oy) {
-      s.clear();
+      s.clear_rows();
       for (int i = 0; i < cin_g; ++i)
         for (int ky = 0; ky < k.kh; ++ky) {
           const int iy = oy * k.sh - k.ph + ky * k.dh;
           if (iy < 0 || iy >= src.height) continue;  // a zero row adds nothing
-          const float* row = cache.row(i, iy);
-          for (int kx = 0; kx < k.kw; ++kx)
-            s.add(row + tap_offset[kx], ((i * k.kh + ky) * k.kw + kx) * BLOCK);
+          s.in.push_back(cache.row(i, iy));
+          s.weight.push_back((i * k.kh + ky) * k.kw * BLOCK);
         }
       if (prefetch && oy + 1 < y1) {
         const int bottom = (oy + 1) * k.sh - k.ph + (k.kh - 1) * k.dh;
@@ -309,140 +320,59 @@ void conv_general_rows(const PackedGeneralConv& w, const Channels& src, const Ch
         out[c] = dst.planes[g * cout_g + c] + (oy + 1) * dst.ld + 1;
         if (residual) res[c] = residual->planes[g * cout_g + c] + (oy + 1) * residual->ld + 1;
       }
-      const RowOut o{out.data(), residual ? res.data() : nullptr, nullptr, nullptr, ow, relu};
-      run_row<V, BLOCK, NV>(w, g, &s, nullptr, o);
+      run_row<V, BLOCK, NV>(w, g, s, out.data(), residual ? res.data() : nullptr, 1, ow, relu,
+                            slopes ? slopes + g * cout_g : nullptr);
     }
   });
 }
 
-// dst[m * S + r] = phase[r][m] for m in [0, n): the phases of one output
-// row interleaved (a constant S, which the compiler vectorises with shuffles).
-template <int S>
-inline void interleave(float* dst, const float* const* phase, int n) {
-  for (int m = 0; m < n; ++m)
-#pragma GCC unroll 4
-    for (int r = 0; r < S; ++r) dst[m * S + r] = phase[r][m];
-}
-
-// Row [0, width) of an output whose column base + m step + r is phase[r][m].
-inline void interleave_row(float* row, const float* const* phase, int step, int base, int width) {
-  const int m_lo = ceil_div_clamped(-base, step);  // whole groups of step columns inside
-  const int m_hi = std::max(m_lo, (width - base) / step);
-  float* dst = row + base + m_lo * step;
-  const float* shifted[kConvGeneralMaxStride];
-  for (int r = 0; r < step; ++r) shifted[r] = phase[r] + m_lo;
-  switch (step) {
-    case 2: interleave<2>(dst, shifted, m_hi - m_lo); break;
-    case 3: interleave<3>(dst, shifted, m_hi - m_lo); break;
-    default: interleave<4>(dst, shifted, m_hi - m_lo); break;
-  }
-  auto edge = [&](int x0, int x1) {
-    for (int x = std::max(x0, 0); x < std::min(x1, width); ++x)
-      row[x] = phase[(x - base) % step][(x - base) / step];
-  };
-  edge(0, base + m_lo * step);
-  edge(base + m_hi * step, width);
-}
-
-// Gather form: output (oy, ox) sums the inputs (iy, ix) with oy = iy sh - ph
-// + ky. With ry = (oy + ph) mod sh and Qy = (oy + ph - ry) / sh, the taps are
-// ky = ry + a sh at iy = Qy - a; likewise kx = rx + b sw at ix = Qx - b. For
-// one Qy the rows Qy - a feed the sh output rows Qy sh + ry - ph, and along a
-// row the columns Qx - b feed the sw outputs Qx sw + rx - pw: a stride-1
-// correlation over Qx whose outputs are the (ry, rx, channel) triples
-// (PackedGeneralConv). With sw > 1 the row kernel writes each phase to a
-// staging row and the phases are interleaved into the output once, in whole
-// vectors: one masked store per phase at every sw-th float wrote each output
-// line sw times and cost 8 -> 64 3x3 stride 2 3x its FMA time.
+// Gather form: output (oy, ox) sums the inputs (iy, ix) with
+// oy = iy s - p + ky. Output columns of one phase r = (ox + p) mod s take the
+// taps kx = r + j s from inputs ix = q - j, q = (ox + p - r) / s: for each
+// phase a stride-1 correlation over q, stored every s-th output.
 template <class V, int BLOCK, int NV>
 void conv_transpose_rows(const PackedGeneralConv& w, const Channels& src, const Channels& dst) {
   const Window2d& k = w.window;
   const int cin_g = w.cin_per_group(), cout_g = w.cout_per_group();
-  const int n_a = w.rows_per_input, n_b = w.taps, outputs = w.outputs_per_group;
-  const int blocks = w.blocks_per_group();
   const int oh = dst.height, ow = dst.width;
-  const int pad_left = n_b - 1;  // columns Qx - b from b = n_b - 1
-  // Qx over [q0, q_end) covers every phase; output column of (q0, rx = 0):
-  const int q0 = ceil_div_clamped(k.pw - (k.sw - 1), k.sw);
-  const int q_end = (ow - 1 + k.pw) / k.sw + 1, n = q_end - q0;
-  const int base = q0 * k.sw - k.pw;
+  const int pad_left = (k.kw - 1) / k.sw;  // largest j
+  const int q_end = (ow - 1 + k.pw) / k.sw + 1;
   const int phase_len = phase_length(q_end + pad_left, 0, NV * V::kWidth);
-  const int stage_len = phase_length(n, 0, NV * V::kWidth);
-  const int qy0 = k.ph / k.sh, qy_end = (oh - 1 + k.ph) / k.sh + 1;
-  // Block b reads rows a < reach[b].first and taps b < reach[b].second (its
-  // outputs' phases; zero weights past them); blocks of the same reach share
-  // the RowSum block_sum[b]. Stride 1 stores straight into [begin, end).
-  std::vector<int> begin(outputs), end(outputs), block_sum(blocks);
-  std::vector<std::pair<int, int>> reach(blocks, {0, 0}), sums_reach;
-  for (int o = 0; o < outputs; ++o) {
-    const int ry = o / cout_g / k.sw, rx = o / cout_g % k.sw;
-    const int last = ow - 1 + k.pw - rx;  // ox = Qx sw + rx - pw <= ow - 1
-    begin[o] = ceil_div_clamped(k.pw - rx, k.sw) - q0;
-    end[o] = last < 0 ? begin[o] : std::max(begin[o], last / k.sw + 1 - q0);
-    std::pair<int, int>& r = reach[o / BLOCK];
-    r.first = std::max(r.first, (k.kh - ry + k.sh - 1) / k.sh);
-    r.second = std::max(r.second, (k.kw - rx + k.sw - 1) / k.sw);
-  }
-  for (int b = 0; b < blocks; ++b) {
-    auto found = std::find(sums_reach.begin(), sums_reach.end(), reach[b]);
-    block_sum[b] = static_cast<int>(found - sums_reach.begin());
-    if (found == sums_reach.end()) sums_reach.push_back(reach[b]);
-  }
-  const bool staged = k.sw > 1;
-  const int chunk = rows_per_task(w.groups, qy_end - qy0);
-  const int chunks = (qy_end - qy0 + chunk - 1) / chunk;
+  const int slots = (k.kh - 1) / k.sh + 1;  // input rows one output row reads
+  const int chunk = rows_per_task(w.groups, oh);
+  const int chunks = (oh + chunk - 1) / chunk;
   parallel_for(static_cast<size_t>(w.groups) * chunks, [&](size_t task) {
     const int g = static_cast<int>(task / chunks);
-    const int y0 = qy0 + static_cast<int>(task % chunks) * chunk;
-    const int y1 = std::min(qy_end, y0 + chunk);
-    static thread_local std::vector<float> scratch, stage;
-    RowCache cache(src, g * cin_g, cin_g, n_a, pad_left, 1, phase_len, q_end - 1, scratch);
-    if (staged && stage.size() < static_cast<size_t>(outputs) * stage_len)
-      stage.resize(static_cast<size_t>(outputs) * stage_len);
-    std::vector<RowSum> sums(sums_reach.size());
-    std::vector<float*> out(outputs);
-    std::vector<int> row_end(outputs);
-    for (int qy = y0; qy < y1; ++qy) {
-      for (size_t k_sum = 0; k_sum < sums.size(); ++k_sum) {
-        RowSum& s = sums[k_sum];
-        s.clear();
-        for (int a = 0; a < sums_reach[k_sum].first; ++a) {
-          const int iy = qy - a;
-          if (iy < 0 || iy >= src.height) continue;  // a zero row adds nothing
-          for (int i = 0; i < cin_g; ++i) {
-            const float* row = cache.row(i, iy) + pad_left + q0;
-            for (int b = 0; b < sums_reach[k_sum].second; ++b)
-              s.add(row - b, ((a * cin_g + i) * n_b + b) * BLOCK);
+    const int y0 = static_cast<int>(task % chunks) * chunk, y1 = std::min(oh, y0 + chunk);
+    static thread_local std::vector<float> scratch;
+    RowCache cache(src, g * cin_g, cin_g, slots, pad_left, 1, phase_len, q_end - 1, scratch);
+    RowSum s;
+    std::vector<float*> out(cout_g);
+    for (int oy = y0; oy < y1; ++oy) {
+      const int ry = (oy + k.ph) % k.sh;
+      for (int rx = 0; rx < k.sw; ++rx) {
+        const int q_lo = ceil_div_clamped(k.pw - rx, k.sw);
+        const int q_hi = (ow - 1 + k.pw - rx) / k.sw + 1;
+        if (ow - 1 + k.pw - rx < 0 || q_hi <= q_lo) continue;
+        s.in_tap.clear();
+        s.weight_tap.clear();
+        for (int kx = rx, j = 0; kx < k.kw; kx += k.sw, ++j) {
+          s.in_tap.push_back(-j);
+          s.weight_tap.push_back(kx * BLOCK);
+        }
+        s.clear_rows();
+        for (int i = 0; i < cin_g; ++i)
+          for (int ky = ry; ky < k.kh; ky += k.sh) {
+            const int iy = (oy + k.ph - ky) / k.sh;
+            if (iy < 0 || iy >= src.height) continue;
+            s.in.push_back(cache.row(i, iy) + pad_left + q_lo);
+            s.weight.push_back((i * k.kh + ky) * k.kw * BLOCK);
           }
-        }
+        const int ox0 = q_lo * k.sw + rx - k.pw;
+        for (int c = 0; c < cout_g; ++c)
+          out[c] = dst.planes[g * cout_g + c] + (oy + 1) * dst.ld + 1 + ox0;
+        run_row<V, BLOCK, NV>(w, g, s, out.data(), nullptr, k.sw, q_hi - q_lo, false, nullptr);
       }
-      auto out_row = [&](int o) -> float* {  // null when the phase's row is outside
-        const int oy = qy * k.sh + o / cout_g / k.sw - k.ph;
-        if (oy < 0 || oy >= oh) return nullptr;
-        return dst.planes[g * cout_g + o % cout_g] + (oy + 1) * dst.ld + 1;
-      };
-      for (int o = 0; o < outputs; ++o) {
-        float* row = out_row(o);
-        if (staged) {
-          out[o] = stage.data() + static_cast<size_t>(o) * stage_len;
-          row_end[o] = row ? n : 0;
-        } else {
-          out[o] = row ? row + base : nullptr;
-          row_end[o] = row ? end[o] : begin[o];
-        }
-      }
-      const RowOut ro{out.data(), nullptr, staged ? nullptr : begin.data(), row_end.data(), n,
-                      false};
-      run_row<V, BLOCK, NV>(w, g, sums.data(), block_sum.data(), ro);
-      if (!staged) continue;
-      const float* phase[kConvGeneralMaxStride];
-      for (int o = 0; o < outputs; o += k.sw * cout_g)  // one (ry, channel) per row
-        for (int c = 0; c < cout_g; ++c) {
-          float* row = out_row(o + c);
-          if (!row) continue;
-          for (int rx = 0; rx < k.sw; ++rx) phase[rx] = out[o + rx * cout_g + c];
-          interleave_row(row, phase, k.sw, base, ow);
-        }
     }
   });
 }

@@ -6,9 +6,9 @@
 namespace sparsr {
 
 void conv_general_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual) {
-  if (w.block == 4) return conv_general_rows<VecScalar, 4, 2>(w, src, dst, relu, residual);
-  conv_general_rows<VecScalar, 1, 8>(w, src, dst, relu, residual);
+                         bool relu, const float* slopes, const Channels* residual) {
+  if (w.block == 4) return conv_general_rows<VecScalar, 4, 2>(w, src, dst, relu, slopes, residual);
+  conv_general_rows<VecScalar, 1, 8>(w, src, dst, relu, slopes, residual);
 }
 
 void conv_transpose_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst) {

@@ -40,21 +40,22 @@ void check_isa(const char* op, Isa isa) {
                                 isa_name(active_isa()) + " (CPU or SPARSR_ISA)");
 }
 
-// Fills p.weights from weight_at(g, o, row, tap) for output o and row `row`
-// of group g (layout: PackedGeneralConv), and p.bias from bias_at(g, o).
-template <class WeightAt, class BiasAt>
-void pack(PackedGeneralConv& p, WeightAt weight_at, BiasAt bias_at) {
-  const int rows = p.cin_per_group() * p.rows_per_input, blocks = p.blocks_per_group();
+// weight_at(g, o, i, ky, kx): output o and input i counted within group g.
+template <class WeightAt>
+void pack(PackedGeneralConv& p, const float* bias, WeightAt weight_at) {
+  const Window2d& k = p.window;
+  const int cin_g = p.cin_per_group(), cout_g = p.cout_per_group(), blocks = p.blocks_per_group();
   p.weights.assign(static_cast<size_t>(p.groups) * blocks * p.block_stride(), 0.0f);
-  p.bias.assign(static_cast<size_t>(p.groups) * p.outputs_per_group, 0.0f);
   for (int g = 0; g < p.groups; ++g)
-    for (int o = 0; o < p.outputs_per_group; ++o) {
-      p.bias[static_cast<size_t>(g) * p.outputs_per_group + o] = bias_at(g, o);
+    for (int o = 0; o < cout_g; ++o) {
       float* wb = p.weights.data() + (static_cast<size_t>(g) * blocks + o / p.block) * p.block_stride();
-      for (int r = 0; r < rows; ++r)
-        for (int t = 0; t < p.taps; ++t)
-          wb[(static_cast<size_t>(r) * p.taps + t) * p.block + o % p.block] = weight_at(g, o, r, t);
+      for (int i = 0; i < cin_g; ++i)
+        for (int ky = 0; ky < k.kh; ++ky)
+          for (int kx = 0; kx < k.kw; ++kx)
+            wb[((i * k.kh + ky) * k.kw + kx) * p.block + o % p.block] = weight_at(g, o, i, ky, kx);
     }
+  p.bias.assign(p.cout, 0.0f);
+  if (bias) std::copy(bias, bias + p.cout, p.bias.begin());
 }
 
 // dst planes must not be src planes: rows of src are read after dst rows are written.
@@ -84,12 +85,12 @@ void check_sizes(const char* op, const Channels& src, const Channels& dst, int c
 
 }  // namespace
 
-int conv_general_block(Isa isa, int outputs_per_group) {
+int conv_general_block(Isa isa, int cout_per_group) {
   // Register tiles (the ISA files instantiate exactly these): AVX-512 8x3,
   // 4x6 or 1x8 vectors, AVX2 4x3 or 1x8, scalar 4x2 or 1x8 floats. One
   // output channel per block (depthwise) loads once per FMA.
-  if (isa == Isa::kAvx512 && outputs_per_group >= 8) return 8;
-  return outputs_per_group >= 4 ? 4 : 1;
+  if (isa == Isa::kAvx512 && cout_per_group >= 8) return 8;
+  return cout_per_group >= 4 ? 4 : 1;
 }
 
 // ---------------------------------------------------------------- ConvGeneral
@@ -104,15 +105,11 @@ ConvGeneral::ConvGeneral(const float* weight, const float* bias, int cout, int c
   packed_.cin = cin;
   packed_.groups = groups;
   packed_.window = window;
-  packed_.outputs_per_group = cout / groups;
-  packed_.rows_per_input = window.kh;
-  packed_.taps = window.kw;
-  packed_.block = conv_general_block(isa, packed_.outputs_per_group);
-  const int cout_g = cout / groups, rows = cin / groups * window.kh;
-  // weight (g cout_g + o, i, ky, kx) is row i kh + ky of output o, tap kx.
-  pack(packed_, [&](int g, int o, int row, int kx) {
-    return weight[((static_cast<size_t>(g) * cout_g + o) * rows + row) * window.kw + kx];
-  }, [&](int g, int o) { return bias ? bias[g * cout_g + o] : 0.0f; });
+  packed_.block = conv_general_block(isa, cout / groups);
+  const int cin_g = cin / groups, cout_g = cout / groups, taps = window.kh * window.kw;
+  pack(packed_, bias, [&](int g, int o, int i, int ky, int kx) {
+    return weight[((static_cast<size_t>(g) * cout_g + o) * cin_g + i) * taps + ky * window.kw + kx];
+  });
 }
 
 std::pair<int, int> ConvGeneral::out_size(int height, int width) const {
@@ -127,10 +124,12 @@ std::pair<int, int> ConvGeneral::out_size(int height, int width) const {
   return {span_h / k.sh + 1, span_w / k.sw + 1};
 }
 
-void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu,
+void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu, const float* slopes,
                       const Channels* residual) const {
   check_sizes("conv_general", src, dst, packed_.cin, packed_.cout,
               out_size(src.height, src.width));
+  if (relu && slopes)
+    throw std::invalid_argument("conv_general: ReLU and negative slopes are exclusive");
   if (residual) {
     check_geometry(*residual, dst, "conv_general residual");
     if (residual->size() < packed_.cout)
@@ -139,9 +138,9 @@ void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu,
                                   std::to_string(packed_.cout));
   }
   switch (isa_) {
-    case Isa::kAvx512: conv_general_avx512(packed_, src, dst, relu, residual); break;
-    case Isa::kAvx2: conv_general_avx2(packed_, src, dst, relu, residual); break;
-    default: conv_general_scalar(packed_, src, dst, relu, residual); break;
+    case Isa::kAvx512: conv_general_avx512(packed_, src, dst, relu, slopes, residual); break;
+    case Isa::kAvx2: conv_general_avx2(packed_, src, dst, relu, slopes, residual); break;
+    default: conv_general_scalar(packed_, src, dst, relu, slopes, residual); break;
   }
 }
 
@@ -167,21 +166,11 @@ ConvTranspose::ConvTranspose(const float* weight, const float* bias, int cin, in
   packed_.window = window;
   packed_.output_padding_h = output_padding_h;
   packed_.output_padding_w = output_padding_w;
-  const int cin_g = cin / groups, cout_g = cout / groups;
-  const Window2d& k = window;
-  packed_.outputs_per_group = k.sh * k.sw * cout_g;
-  packed_.rows_per_input = (k.kh + k.sh - 1) / k.sh;
-  packed_.taps = (k.kw + k.sw - 1) / k.sw;
-  packed_.block = conv_general_block(isa, packed_.outputs_per_group);
-  // Output o is phase (ry, rx) of channel c; row a cin_g + i, tap b read
-  // weight (g cin_g + i, c, ry + a sh, rx + b sw).
-  pack(packed_, [&](int g, int o, int row, int b) {
-    const int c = o % cout_g, ry = o / cout_g / k.sw, rx = o / cout_g % k.sw;
-    const int ky = ry + row / cin_g * k.sh, kx = rx + b * k.sw, i = row % cin_g;
-    if (ky >= k.kh || kx >= k.kw) return 0.0f;
-    return weight[((static_cast<size_t>(g) * cin_g + i) * cout_g + c) * k.kh * k.kw +
-                  ky * k.kw + kx];
-  }, [&](int g, int o) { return bias ? bias[g * cout_g + o % cout_g] : 0.0f; });
+  packed_.block = conv_general_block(isa, cout / groups);
+  const int cin_g = cin / groups, cout_g = cout / groups, taps = window.kh * window.kw;
+  pack(packed_, bias, [&](int g, int o, int i, int ky, int kx) {
+    return weight[((static_cast<size_t>(g) * cin_g + i) * cout_g + o) * taps + ky * window.kw + kx];
+  });
 }
 
 std::pair<int, int> ConvTranspose::out_size(int height, int width) const {

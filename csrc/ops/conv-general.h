@@ -5,9 +5,8 @@
 //
 // Every tap of every output row reads a per-thread copy of the input rows it
 // needs, zero padded on both sides and split into `stride` column phases
-// (conv-general-impl.h; rows are read in place when the feature's one-pixel
-// border is padding enough): the vector loop then loads contiguous floats for
-// any stride, padding or dilation, and needs no border cases.
+// (conv-general-impl.h): the vector loop then loads contiguous floats for any
+// stride, padding or dilation, and needs no border cases.
 #pragma once
 
 #include <utility>
@@ -30,49 +29,40 @@ constexpr int kConvGeneralMaxStride = 4;
 constexpr int kConvGeneralMaxPadding = 64;
 constexpr int kConvGeneralMaxDilation = 16;
 
-// Weights of one layer for the row kernel. Its outputs per group are blocked
-// by `block`; each block holds [rows][taps][block] floats, the rows being
-// (input channel, kernel row) pairs in the order the kernel sums them:
-//  - ConvGeneral: outputs are the group's channels; row i * kh + ky, tap kx.
-//  - ConvTranspose: outputs are (ry, rx, channel), channel fastest: the
-//    output pixel phases (oy + ph) mod sh and (ox + pw) mod sw are outputs of
-//    their own, so that one load of an input vector feeds every phase (a
-//    56 -> 1 layer would else load once per FMA). Row a * cin_g + i holds
-//    kernel row ry + a sh, tap b kernel column rx + b sw (zero past the kernel).
-// Outputs past the group's count and taps past the kernel are zero.
+// Weights of one layer for the row kernel, both directions: per group and per
+// block of `block` output channels, [cin / groups][kh][kw][block], output
+// channels past the group's count zero. ConvTranspose stores its
+// (cin, cout / groups, kh, kw) weights the same way, cin and cout in their roles.
 struct PackedGeneralConv {
   int cout = 0, cin = 0, groups = 1, block = 1;
   Window2d window;
   int output_padding_h = 0, output_padding_w = 0;  // ConvTranspose only
-  int outputs_per_group = 0;  // of the row kernel, see above
-  int rows_per_input = 0;     // kernel rows per input channel: kh, or ceil(kh / sh)
-  int taps = 0;               // per row: kw, or ceil(kw / sw)
   std::vector<float> weights;
-  std::vector<float> bias;  // per output of every group, zero when the layer has none
+  std::vector<float> bias;  // cout, zero when the layer has none
 
   int cin_per_group() const { return cin / groups; }
   int cout_per_group() const { return cout / groups; }
-  int blocks_per_group() const { return (outputs_per_group + block - 1) / block; }
+  int blocks_per_group() const { return (cout_per_group() + block - 1) / block; }
   size_t block_stride() const {
-    return static_cast<size_t>(cin_per_group()) * rows_per_input * taps * block;
+    return static_cast<size_t>(cin_per_group()) * window.kh * window.kw * block;
   }
 };
 
 // The ISA twins (conv-general-{scalar,avx2,avx512}.cc). Sizes are checked by
 // the callers below.
 void conv_general_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual);
+                         bool relu, const float* slopes, const Channels* residual);
 void conv_general_avx2(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                       bool relu, const Channels* residual);
+                       bool relu, const float* slopes, const Channels* residual);
 void conv_general_avx512(const PackedGeneralConv& w, const Channels& src, const Channels& dst,
-                         bool relu, const Channels* residual);
+                         bool relu, const float* slopes, const Channels* residual);
 void conv_transpose_scalar(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
 void conv_transpose_avx2(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
 void conv_transpose_avx512(const PackedGeneralConv& w, const Channels& src, const Channels& dst);
 
-// Outputs per register block of the ISA's row kernel for a group of
-// outputs_per_group outputs (conv-general.cc; the ISA files instantiate these).
-int conv_general_block(Isa isa, int outputs_per_group);
+// Output channels per register block of the ISA's row kernel for a group of
+// cout_per_group outputs (conv-general.cc; the ISA files instantiate these).
+int conv_general_block(Isa isa, int cout_per_group);
 
 class ConvGeneral {
  public:
@@ -81,8 +71,11 @@ class ConvGeneral {
   ConvGeneral(const float* weight, const float* bias, int cout, int cin, int groups,
               const Window2d& window, Isa isa);
   // dst (+ residual) = act(conv(src)); dst must be out_size(src) with cout
-  // channels and must not share planes with src.
-  void run(const Channels& src, const Channels& dst, bool relu, const Channels* residual) const;
+  // channels and must not share planes with src. act: ReLU when relu, the
+  // negative slopes of the cout outputs when slopes (leaky ReLU / PReLU; not
+  // both), else none.
+  void run(const Channels& src, const Channels& dst, bool relu, const float* slopes,
+           const Channels* residual) const;
   // (H + 2p - d (k - 1) - 1) / s + 1 per axis; throws when not positive.
   std::pair<int, int> out_size(int height, int width) const;
 

@@ -38,7 +38,7 @@ void check_geometry(const Channels& a, const Channels& b, const char* what) {
 }
 
 void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
-                 int cin, int cout, const Channels* residual) const {
+                 const float* slopes, int cin, int cout, const Channels* residual) const {
   if (cin < 0) cin = packed_.cin;
   if (cout < 0) cout = packed_.cout;
   if (cin > packed_.cin || cin > in.size())
@@ -55,6 +55,8 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
   if (in.ld != out.ld) throw std::invalid_argument("convolution: row strides differ");
   if (pixels.height != in.height || pixels.width != in.width)
     throw std::invalid_argument("convolution: pixel set does not match the feature size");
+  if (relu && slopes)
+    throw std::invalid_argument("convolution: ReLU and negative slopes are exclusive");
   if (residual) {
     check_geometry(*residual, out, "residual");
     if (residual->size() < cout) throw std::invalid_argument("residual has too few channels");
@@ -62,7 +64,7 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
   if (cout == 0 || pixels.runs.empty()) return;
   const bool accumulate = residual && residual->planes == out.planes;
   if ((!residual || accumulate) && use_gather(pixels)) {
-    run_gathered(in, out, pixels, relu, cin, cout, accumulate);
+    run_gathered(in, out, pixels, relu, slopes, cin, cout, accumulate);
     return;
   }
   const int64_t cost = static_cast<int64_t>(cin) * cout * packed_.ksize * packed_.ksize;
@@ -81,6 +83,7 @@ void Conv2d::run(const Channels& in, const Channels& out, const PixelSet& pixels
     t.cin = cin;
     t.cout = cout;
     t.relu = relu;
+    t.slopes = slopes;
     t.stream_out = stream_out;
     kernel_->fn(packed_, t);
   });
@@ -147,7 +150,8 @@ inline void copy_over(float* dst, const float* src, int64_t n) {
 // row as one long run, halo positions included (their results are dropped),
 // and the run results are copied (or added, when accumulating) back.
 void Conv2d::run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels,
-                          bool relu, int cin, int cout, bool accumulate) const {
+                          bool relu, const float* slopes, int cin, int cout,
+                          bool accumulate) const {
   const int halo = packed_.ksize / 2;
   std::vector<size_t> group_begin{0};
   int64_t width = 0;
@@ -219,6 +223,7 @@ void Conv2d::run_gathered(const Channels& in, const Channels& out, const PixelSe
     t.cin = cin;
     t.cout = cout;
     t.relu = relu;
+    t.slopes = slopes;
     kernel_->fn(packed_, t);
 
     for (int c = 0; c < cout; ++c) {

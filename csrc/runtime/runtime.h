@@ -76,9 +76,11 @@ class Conv2d {
   Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, int ksize, Isa isa,
          const std::string& format = "dense", const FormatOptions& options = {});
   // out[0:cout] (+ residual) = act(conv(in[0:cin])) at the given pixels; cin
-  // and cout default (-1) to the whole layer.
-  void run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu, int cin,
-           int cout, const Channels* residual) const;
+  // and cout default (-1) to the whole layer. act: ReLU when relu, the negative
+  // slopes of output channels [0, cout) when slopes (leaky ReLU / PReLU; not
+  // both), else none.
+  void run(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
+           const float* slopes, int cin, int cout, const Channels* residual) const;
   const KernelInfo& kernel() const { return *kernel_; }
   // Pixel sets with a mean run shorter than this are gathered (run_gathered).
   // Measured on SMSR x2 at 640x360: important pixels (runs of 6-10) gain from
@@ -97,7 +99,7 @@ class Conv2d {
 
  private:
   void run_gathered(const Channels& in, const Channels& out, const PixelSet& pixels, bool relu,
-                    int cin, int cout, bool accumulate) const;
+                    const float* slopes, int cin, int cout, bool accumulate) const;
 
   const KernelInfo* kernel_;
   PackedConv packed_;

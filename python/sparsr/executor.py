@@ -1,11 +1,11 @@
 """The executor: plans a graph for an input size and runs it.
 
 A plan is made once per input size (and cached): the shape of every value,
-the fusions that the shapes allow (a conv's following ReLU and residual add
-run in its epilogue), when each value is read for the last time (its buffer
-is released right after), and which elementwise ops may overwrite their input
-in place (nothing reads it later, and no other live value shares its planes:
-concat, split and slice are views).
+the fusions that the shapes allow (a conv's following ReLU, leaky ReLU or
+PReLU, then residual add, run in its epilogue), when each value is read for
+the last time (its buffer is released right after), and which elementwise ops
+may overwrite their input in place (nothing reads it later, and no other live
+value shares its planes: concat, split and slice are views).
 
 A run can keep the values live at chosen nodes (``keep``) and a later run can
 restart at such a node from them (``cache``, ``start``): a tool that changes
@@ -23,7 +23,8 @@ from . import _core
 from .errors import CheckpointError, ImageError
 from .graph import Graph
 from .ops import OPS, BuildContext, Op, Shape
-from .ops.conv import Conv2d, MacCounter
+from .ops.activation import LeakyRelu, Prelu
+from .ops.conv import Activation, Conv2d, MacCounter, activation_args
 
 # Ops whose outputs are views of their inputs' planes (no copy).
 VIEW_OPS = {"concat", "split", "slice"}
@@ -34,7 +35,7 @@ class Step:
     op: Op
     inputs: list[str]
     outputs: list[str]
-    relu: bool = False              # conv2d: fused ReLU
+    act: Activation = None          # conv2d: fused "relu" or negative slopes per channel
     residual: str | None = None     # conv2d: fused residual add (a value name)
     inplace: bool = False           # output reuses input 0's buffer
     release: list[str] = field(default_factory=list)   # values read for the last time
@@ -44,16 +45,18 @@ class Step:
 class PartialConv:
     """Columns [c0, c1) of a 1x1 conv over a concat, applied to that part alone:
     the first part writes the output (with the bias), later ones add into it,
-    and the last applies the conv's ReLU. Each part is consumed as soon as it
-    exists, instead of every part living until the concat is complete."""
+    and the last applies the conv's activation (act, in place over the sum: a
+    kernel's epilogue would apply it to its part only). Each part is consumed
+    as soon as it exists, instead of every part living until the concat is
+    complete."""
 
     inplace = False
 
-    def __init__(self, conv: Conv2d, c0: int, c1: int, first: bool, relu: bool):
+    def __init__(self, conv: Conv2d, c0: int, c1: int, first: bool, act: Activation):
         self.conv = conv
         self.node = conv.node
         self.first = first
-        self.relu = relu
+        self.act = act
         self.packed = conv.column_slice(c0, c1, with_bias=first)
 
     def run(self, rt, inputs):
@@ -61,12 +64,15 @@ class PartialConv:
         pixels = rt.full(x.height, x.width)
         if self.first:
             out = rt.new(self.conv.cout, x.height, x.width, written=self.conv.cout)
-            self.packed(rt.counter, x, out, pixels, relu=self.relu, dense_pixels=pixels.count)
-        else:
-            out = inputs[1]
-            self.packed(rt.counter, x, out, pixels, residual=out, dense_pixels=pixels.count)
-            if self.relu:
-                _core.relu_inplace(out)
+            self.packed(rt.counter, x, out, pixels, dense_pixels=pixels.count,
+                        **activation_args(self.act, 0, self.conv.cout))
+            return [out]
+        out = inputs[1]
+        self.packed(rt.counter, x, out, pixels, residual=out, dense_pixels=pixels.count)
+        if isinstance(self.act, str):
+            _core.relu_inplace(out)
+        elif self.act is not None:
+            _core.unary("prelu", out, out, slopes=self.act, isa=rt.isa)
         return [out]
 
 
@@ -169,7 +175,8 @@ class Executor:
         return plan
 
     def _fuse(self, shapes: dict[str, Shape]) -> list[Step]:
-        """Steps, with a conv's sole-consumer ReLU and then residual add folded in."""
+        """Steps, with a conv's sole-consumer activation (ReLU, leaky ReLU,
+        PReLU) and then residual add folded in."""
         g = self.graph
         consumers = g.consumers()
         producers = g.producers()
@@ -189,10 +196,11 @@ class Executor:
                     return readers[0] if len(readers) == 1 and v != out else None
 
                 j = sole(value)
-                if j is not None and g.nodes[j].op == "relu":
+                act = None if j is None else self._fusable_act(self.ops[j], shapes[value][0])
+                if act is not None:
                     fused.add(j)
                     self._fused_into[g.nodes[j].name] = n.name
-                    step.relu = True
+                    step.act = act
                     value = g.nodes[j].outputs[0]
                     j = sole(value)
                 if j is not None and g.nodes[j].op == "add" and len(g.nodes[j].inputs) == 2:
@@ -208,6 +216,17 @@ class Executor:
                 step.outputs = [value]
             steps.append(step)
         return steps
+
+    @staticmethod
+    def _fusable_act(op: Op, channels: int) -> Activation:
+        """What a conv's epilogue runs for activation op over its `channels`
+        outputs: "relu", the negative slopes of a leaky ReLU or PReLU, or None
+        when op is no activation an epilogue does."""
+        if op.node.op == "relu":
+            return "relu"
+        if isinstance(op, (LeakyRelu, Prelu)):
+            return op.slopes(channels)
+        return None
 
     def _split_concat_convs(self, steps: list[Step], shapes: dict[str, Shape]) -> list[Step]:
         """A dense 1x1 conv over a concat of 3 or more separately made parts
@@ -239,7 +258,7 @@ class Executor:
             for k, (v, maker) in enumerate(zip(parts, makers)):
                 c1 = c0 + shapes[v][0]
                 last = k == len(parts) - 1
-                part = PartialConv(op, c0, c1, k == 0, s.relu and last)
+                part = PartialConv(op, c0, c1, k == 0, s.act if last else None)
                 step = Step(part, [v] if k == 0 else [v, acc], [acc], accumulates=k > 0)
                 after = max(after, maker)
                 moves.setdefault(after, []).append(step)
@@ -334,8 +353,8 @@ class Executor:
             inputs = [values[v] for v in s.inputs]
             rt._inputs = inputs
             rt._inplace = s.inplace
-            if s.relu or s.residual is not None:
-                outs = s.op.run_fused(rt, inputs[:1], s.relu,
+            if s.act is not None or s.residual is not None:
+                outs = s.op.run_fused(rt, inputs[:1], s.act,
                                       values[s.residual] if s.residual else None)
             else:
                 outs = s.op.run(rt, inputs)

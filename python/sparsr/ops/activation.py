@@ -62,6 +62,10 @@ class LeakyRelu(Unary):
         super().__init__(node, ctx)
         self.args = {"alpha": self.attr("slope", 0.01, float)}   # PyTorch's default slope
 
+    def slopes(self, channels: int) -> np.ndarray:
+        """The negative slope of each of `channels` channels (for a conv's epilogue)."""
+        return np.full(channels, self.args["alpha"], np.float32)
+
 
 @register
 class Gelu(Unary):
@@ -98,8 +102,13 @@ class Prelu(Unary):
         self.args = {"slopes": np.ascontiguousarray(slopes, dtype=np.float32)}
 
     def infer(self, shapes):
-        c = shapes[0][0]
-        n = len(self.args["slopes"])
-        if n not in (1, c):
-            self.fail(f"{n} slopes for {c} channels (expected {c} or 1)", ValueError)
+        self.slopes(shapes[0][0])
         return [shapes[0]]
+
+    def slopes(self, channels: int) -> np.ndarray:
+        """The negative slope of each of `channels` channels (one slope is shared)."""
+        slopes = self.args["slopes"]
+        if len(slopes) not in (1, channels):
+            self.fail(f"{len(slopes)} slopes for {channels} channels (expected {channels} or 1)",
+                      ValueError)
+        return np.ascontiguousarray(np.broadcast_to(slopes, (channels,)))

@@ -7,8 +7,9 @@ engine's choice by measured cost). Grouped ones run one packed conv per group
 over channel views. Everything else (other kernel sizes, strides, dilations,
 paddings) runs on the general direct convolution, dense.
 
-The executor fuses a following ReLU and a following residual add into the
-conv's epilogue (``run_fused``).
+The executor fuses a following activation (ReLU, leaky ReLU or PReLU: per
+output channel negative slopes) and a following residual add into the conv's
+epilogue (``run_fused``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ import numpy as np
 
 from .. import _core
 from . import BuildContext, Op, register
+
+
+# A conv's fused activation: None, "relu", or one negative slope per output channel.
+Activation = str | np.ndarray | None
+
+
+def activation_args(act, c0: int, c1: int) -> dict:
+    """Keyword arguments of the native convs for act on output channels [c0, c1)."""
+    if act is None:
+        return {}
+    if isinstance(act, str):
+        if act != "relu":
+            raise ValueError(f"unknown fused activation {act!r}")
+        return {"relu": True}
+    return {"slopes": np.ascontiguousarray(act[c0:c1], dtype=np.float32)}
 
 
 class MacCounter:
@@ -76,8 +92,10 @@ class PackedConv:
         return self._nonzeros_in[key]
 
     def __call__(self, counter: MacCounter, src, dst, pixels, relu=False, cin=-1, cout=-1,
-                 residual=None, dense_pixels: int | None = None) -> None:
-        self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual)
+                 residual=None, dense_pixels: int | None = None,
+                 slopes: np.ndarray | None = None) -> None:
+        self.native(src, dst, pixels, relu=relu, cin=cin, cout=cout, residual=residual,
+                    slopes=slopes)
         ci = self.cin if cin < 0 else cin
         co = self.cout if cout < 0 else cout
         dense = (dense_pixels or 0) * self.dense_cin * self.cout * self.k * self.k
@@ -176,15 +194,17 @@ class Conv2d(Op):
         return oh * ow * self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
 
     def run(self, rt, inputs):
-        return self.run_fused(rt, inputs, relu=False, residual=None)
+        return self.run_fused(rt, inputs, act=None, residual=None)
 
-    def run_fused(self, rt, inputs, relu: bool, residual):
-        """act(conv(x)) (+ residual), in one pass over the output."""
+    def run_fused(self, rt, inputs, act: Activation, residual):
+        """act(conv(x)) (+ residual), in one pass over the output. act: None,
+        "relu", or the float32 negative slope of each output channel (leaky
+        ReLU, PReLU)."""
         x = inputs[0]
         (c, oh, ow), = self.infer([(len(x), x.height, x.width)])
         out = rt.new(c, oh, ow, written=c)
         if self.general is not None:
-            self.general.run(x, out, relu=relu, residual=residual)
+            self.general.run(x, out, residual=residual, **activation_args(act, 0, c))
             rt.count(self.layer, self.macs([(len(x), x.height, x.width)]))
             return [out]
         pixels = rt.full(oh, ow)
@@ -197,8 +217,8 @@ class Conv2d(Op):
                 dst = out.select(list(range(g * og, (g + 1) * og)))
                 res = None if residual is None else residual.select(
                     list(range(g * og, (g + 1) * og)))
-            part(rt.counter, src, dst, pixels, relu=relu, residual=res,
-                 dense_pixels=pixels.count)
+            part(rt.counter, src, dst, pixels, residual=res, dense_pixels=pixels.count,
+                 **activation_args(act, g * og, (g + 1) * og))
         return [out]
 
     def packed_convs(self):
