@@ -252,7 +252,9 @@ def test_bad_attributes_tensors_and_io_are_named(tmp_path, rng):
 def test_an_image_too_small_for_the_network_is_an_image_error(tmp_path, rng):
     sd = _sd(rng, {"a": (3, 3, 3)})
     b = GraphBuilder(sd, IO(scale=1, range=1.0), "tiny")
-    model, tensors = b.finish(b.conv(b.input, "a", padding=0))
+    # Back to the input size (the loader checks the output against io.scale).
+    model, tensors = b.finish(b.resize(b.conv(b.input, "a", padding=0), "bilinear",
+                                       like=b.input))
     m = sparsr.load(_save(tmp_path, model, tensors))
     with pytest.raises(ImageError, match="does not fit this network"):
         m.forward(np.zeros((2, 9, 3), np.uint8))
@@ -260,9 +262,9 @@ def test_an_image_too_small_for_the_network_is_an_image_error(tmp_path, rng):
 
 def test_pooled_buffers_are_released_on_request(tmp_path, rng):
     from sparsr import _core
-    sd = _sd(rng, {"a": (64, 3, 3)})
+    sd = _sd(rng, {"a": (64, 3, 3), "b": (3, 64, 1)})
     b = GraphBuilder(sd, IO(scale=1, range=255.0), "tiny")
-    model, tensors = b.finish(b.conv(b.input, "a"))
+    model, tensors = b.finish(b.conv(b.conv(b.input, "a"), "b"))
     # The input and output features (> 1 MB) go back to the pool when freed.
     m = sparsr.load(_save(tmp_path, model, tensors))
     m.forward(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8))

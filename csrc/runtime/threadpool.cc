@@ -1,5 +1,7 @@
 #include "threadpool.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -22,14 +24,15 @@ int default_threads() {
   return hw ? static_cast<int>(hw) : 1;
 }
 
+// Concurrent callers: parallel_for calls from several threads are serialised
+// (run_mutex_), each using every worker; a call inside a task runs serially.
+// Which thread runs a task never changes its result, so neither changes any
+// output. Fork: see the atfork handlers below.
 class Pool {
  public:
-  static Pool& get() {
-    static Pool* pool = new Pool();  // never destroyed: workers may outlive static teardown
-    return *pool;
-  }
+  explicit Pool(int threads) : threads_(threads < 1 ? 1 : threads) { start_workers(); }
 
-  int threads() const { return threads_; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
 
   void resize(int n) {
     std::lock_guard<std::mutex> run_lock(run_mutex_);
@@ -41,11 +44,15 @@ class Pool {
   void run(size_t n, const std::function<void(size_t)>& fn) {
     if (n == 0) return;
     // A parallel_for inside a task runs serially instead of deadlocking the pool.
-    if (threads_ == 1 || n == 1 || in_parallel_region) {
+    if (threads() == 1 || n == 1 || in_parallel_region) {
       for (size_t i = 0; i < n; ++i) fn(i);
       return;
     }
     std::lock_guard<std::mutex> run_lock(run_mutex_);
+    if (workers_.empty()) {  // resized to one thread meanwhile
+      for (size_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;
@@ -65,13 +72,23 @@ class Pool {
     if (error_) std::rethrow_exception(error_);
   }
 
- private:
-  Pool() : threads_(default_threads()) { start_workers(); }
+  // Fork: the parent holds both locks across fork(), so that no parallel_for
+  // is half-way and no worker holds mutex_ when the child's copy is made.
+  void lock_for_fork() {
+    run_mutex_.lock();
+    mutex_.lock();
+  }
+  void unlock_after_fork() {
+    mutex_.unlock();
+    run_mutex_.unlock();
+  }
 
+ private:
   void start_workers() {
     quit_ = false;
     const uint64_t generation = generation_;
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, generation] { loop(generation); });
+    for (int i = 1; i < threads(); ++i)
+      workers_.emplace_back([this, generation] { loop(generation); });
   }
 
   void stop_workers() {
@@ -114,7 +131,7 @@ class Pool {
     }
   }
 
-  int threads_;
+  std::atomic<int> threads_;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one parallel_for at a time
   std::mutex mutex_;
@@ -128,10 +145,53 @@ class Pool {
   std::exception_ptr error_;
 };
 
+// The pool, made on first use. A child process of fork() has none of the
+// parent's worker threads: its copy of the pool would wait for them forever.
+// The child therefore abandons that copy (never destroyed: destroying a
+// std::thread that was running terminates the process) and makes a new pool,
+// with the same thread count, on its first parallel_for.
+std::mutex pool_mutex;
+std::atomic<Pool*> pool_ptr{nullptr};
+int threads_after_fork = 0;  // the parent's count, for the child's new pool
+
+void before_fork() {
+  pool_mutex.lock();
+  if (Pool* p = pool_ptr.load()) p->lock_for_fork();
+}
+
+void after_fork_in_parent() {
+  if (Pool* p = pool_ptr.load()) p->unlock_after_fork();
+  pool_mutex.unlock();
+}
+
+void after_fork_in_child() {
+  if (Pool* p = pool_ptr.load()) {
+    threads_after_fork = p->threads();
+    pool_ptr.store(nullptr);  // leaked: its threads and locks belong to the parent
+  }
+  pool_mutex.unlock();
+}
+
+Pool& pool() {
+  Pool* p = pool_ptr.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  p = pool_ptr.load();
+  if (!p) {
+    static std::once_flag registered;
+    std::call_once(registered, [] {
+      pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    });
+    p = new Pool(threads_after_fork > 0 ? threads_after_fork : default_threads());
+    pool_ptr.store(p, std::memory_order_release);
+  }
+  return *p;
+}
+
 }  // namespace
 
-int num_threads() { return Pool::get().threads(); }
-void set_num_threads(int n) { Pool::get().resize(n); }
-void parallel_for(size_t n, const std::function<void(size_t)>& fn) { Pool::get().run(n, fn); }
+int num_threads() { return pool().threads(); }
+void set_num_threads(int n) { pool().resize(n); }
+void parallel_for(size_t n, const std::function<void(size_t)>& fn) { pool().run(n, fn); }
 
 }  // namespace sparsr

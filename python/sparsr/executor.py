@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import _core
-from .errors import CheckpointError, ImageError
+from .errors import CheckpointError, ImageError, SparsrError
 from .graph import Graph
 from .ops import OPS, BuildContext, Op, Shape
 from .ops.activation import LeakyRelu, Prelu
@@ -28,6 +28,8 @@ from .ops.conv import Activation, Conv2d, MacCounter, activation_args
 
 # Ops whose outputs are views of their inputs' planes (no copy).
 VIEW_OPS = {"concat", "split", "slice"}
+# The input size at which a graph's shapes are checked when it is loaded.
+PROBE = 64
 
 
 @dataclass
@@ -124,27 +126,49 @@ class Result:
 
 class Executor:
     def __init__(self, graph: Graph, tensors: dict[str, np.ndarray], layers: dict,
-                 isa: str | None, in_channels: int):
+                 isa: str | None, in_channels: int, allow_nonfinite: bool = False):
         graph.check(OPS, tensors)
         self.graph = graph
         self.isa = isa
         self.in_channels = in_channels
-        self.ctx = BuildContext(tensors, layers, isa)
-        self.ops = [OPS[n.op](n, self.ctx) for n in graph.nodes]
+        self.ctx = BuildContext(tensors, layers, isa, allow_nonfinite)
+        self.ops = [self._make(n) for n in graph.nodes]
         self._plans: dict[tuple[int, int], Plan] = {}
         # Shape inference at a probe size: a graph whose shapes do not work is
         # refused at load time, not at the first image.
         try:
-            self.plan(64, 64)
+            self.plan(PROBE, PROBE)
+        except SparsrError:
+            raise
         except ValueError as e:
-            raise CheckpointError(f"shape inference fails on a 64x64 input: {e}") from None
+            raise CheckpointError(f"shape inference fails on a {PROBE}x{PROBE} input: "
+                                  f"{_text(e)}") from None
+        except Exception as e:
+            raise CheckpointError(f"shape inference fails on a {PROBE}x{PROBE} input "
+                                  f"({type(e).__name__}: {_text(e)})") from None
+
+    def _make(self, node) -> Op:
+        """The op of a node. The op checks its attrs and tensors and raises a
+        CheckpointError naming what is wrong. A ValueError is how the native
+        constructors refuse values (N:M weights that are not N:M, say): it
+        becomes a CheckpointError naming the node. Anything else (a case the
+        checks miss) does too, with its type, so that it is seen and fixed."""
+        try:
+            return OPS[node.op](node, self.ctx)
+        except SparsrError:
+            raise
+        except ValueError as e:
+            raise CheckpointError(f"node {node.name!r:.80} ({node.op}): {_text(e)}") from None
+        except Exception as e:
+            raise CheckpointError(f"node {node.name!r:.80} ({node.op}) cannot be built "
+                                  f"({type(e).__name__}: {_text(e)})") from None
 
     def rebuild(self, names: Iterable[str]) -> None:
         """Re-makes the ops of these nodes (after their tensors changed)."""
         names = set(names)
         for i, n in enumerate(self.graph.nodes):
             if n.name in names:
-                self.ops[i] = OPS[n.op](n, self.ctx)
+                self.ops[i] = self._make(n)
         self._plans.clear()
 
     # -- planning -----------------------------------------------------------------
@@ -393,6 +417,13 @@ def feature_bytes(channels: int, height: int, width: int) -> int:
     """Bytes of a feature buffer: planes of (height + 2) rows of the padded stride."""
     ld = (width + 2 + 15) // 16 * 16
     return channels * (height + 2) * ld * 4
+
+
+def _text(e: BaseException, limit: int = 200) -> str:
+    """An exception's message for a CheckpointError: printable (a NUL byte from
+    native code shown escaped) and cut to a length."""
+    text = str(e).replace("\0", "\\0")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _copy(channels):

@@ -29,6 +29,11 @@ from .errors import CheckpointError
 
 # How images enter and leave a network: io["color"].
 COLORS = ("rgb", "y", "grey")
+# Weight formats a layer may ask for (model["layers"][name]["format"]), and the
+# options of the N:M one.
+FORMATS = ("dense", "csr", "nm", "sparse")
+FORMAT_OPTIONS = ("n", "m")
+NM_GROUPS = (4, 8, 16, 32)     # the M of N:M formats the kernels have
 
 
 @dataclass
@@ -198,6 +203,36 @@ class Graph:
         dangling = [v for n in self.nodes for v in n.outputs if v not in read]
         if dangling:
             raise CheckpointError(f"values written but never used (dangling): {dangling[:5]}")
+
+
+def check_layers(layers: Any) -> dict:
+    """model["layers"]: {layer: {"format": one of FORMATS, "options": {"n": N,
+    "m": M}}}, every entry typed (other keys are ignored)."""
+    if not isinstance(layers, dict):
+        raise CheckpointError("model 'layers' must be an object")
+    for name, info in layers.items():
+        where = f"layers[{name!r:.60}]"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where} must be an object with a 'format'")
+        fmt = info.get("format", "dense")
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise CheckpointError(f"{where}.format must be one of {FORMATS}, got {fmt!r:.40}")
+        options = info.get("options", {})
+        if not isinstance(options, dict):
+            raise CheckpointError(f"{where}.options must be an object")
+        for key, value in options.items():
+            if key not in FORMAT_OPTIONS:
+                raise CheckpointError(f"{where}.options: unknown option {key!r:.40} (the N:M "
+                                      f"format takes {FORMAT_OPTIONS})")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1024:
+                raise CheckpointError(f"{where}.options.{key} must be an int in [0, 1024], got "
+                                      f"{value!r:.40}")
+        if fmt == "nm":
+            n, m = options.get("n"), options.get("m")
+            if m not in NM_GROUPS or n is None or not 1 <= n <= m:
+                raise CheckpointError(f"{where}: the nm format needs options n and m with m in "
+                                      f"{NM_GROUPS} and 1 <= n <= m, got n={n!r}, m={m!r}")
+    return layers
 
 
 def _str_list(x: Any) -> bool:

@@ -10,8 +10,8 @@ import numpy as np
 
 from . import _core, checkpoint, env
 from .errors import CheckpointError, ImageError
-from .executor import Executor, check_input_size
-from .graph import IO, Graph
+from .executor import PROBE, Executor, check_input_size
+from .graph import IO, Graph, check_layers
 from .image import prepare
 
 MODES = ("mask", "dense")
@@ -56,19 +56,20 @@ class Model:
     """
 
     def __init__(self, description: dict, tensors: dict[str, np.ndarray], metadata: dict,
-                 path: str, isa: str | None = None, max_memory: int | None = None):
+                 path: str, isa: str | None = None, max_memory: int | None = None, *,
+                 allow_nonfinite: bool = False):
         self.description = description
         self.metadata = metadata
         self.path = path
         self.io = IO.from_dict(description.get("io"))
         self.graph = Graph.from_dict(description.get("graph"))
-        layers = description.get("layers", {})
-        if not isinstance(layers, dict):
-            raise CheckpointError("model 'layers' must be an object")
+        layers = check_layers(description.get("layers", {}))
         self.tensors = tensors
         self.isa = isa
         self.max_memory = max_memory
-        self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels)
+        self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels,
+                                  allow_nonfinite=allow_nonfinite)
+        _check_probe_shapes(self._executor, self.io)
 
     @property
     def scale(self) -> int:
@@ -285,13 +286,41 @@ class ModeBound:
         return self.model.process(rgb, self.mode)
 
 
-def load(path: str | os.PathLike, isa: str | None = None,
-         max_memory: int | None = None) -> Model:
+# Bounds on every value of a graph at the PROBE x PROBE input it is checked at
+# when loaded: sides up to 64 times the input (an x16 network's output is 16
+# times), at most 65536 channels and 2^28 floats (1 GiB). A graph beyond them
+# is a corrupted one, refused before an image makes it allocate.
+MAX_SIDE_FACTOR = 64
+MAX_CHANNELS = 1 << 16
+MAX_VALUE_FLOATS = 1 << 28
+
+
+def _check_probe_shapes(executor: Executor, io: IO) -> None:
+    """CheckpointError when a value's shape at the probe input is out of
+    bounds, or the output is not io.scale times the input in io's channels."""
+    plan = executor.plan(PROBE, PROBE)
+    for name, (c, h, w) in plan.shapes.items():
+        if (c > MAX_CHANNELS or max(h, w) > MAX_SIDE_FACTOR * PROBE
+                or c * h * w > MAX_VALUE_FLOATS):
+            raise CheckpointError(f"value {name!r:.80} is ({c}, {h}, {w}) at a {PROBE}x{PROBE} "
+                                  f"input: beyond {MAX_CHANNELS} channels, sides of "
+                                  f"{MAX_SIDE_FACTOR}x the input or {MAX_VALUE_FLOATS} floats")
+    want = (io.channels, PROBE * io.scale, PROBE * io.scale)
+    got = plan.shapes[executor.graph.outputs[0]]
+    if tuple(got) != want:
+        raise CheckpointError(f"the graph output is {tuple(got)} at a {PROBE}x{PROBE} input; io "
+                              f"(scale {io.scale}, color {io.color!r}) expects {want}")
+
+
+def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None = None, *,
+         allow_nonfinite: bool = False) -> Model:
     """Loads a sparsr checkpoint. isa forces a kernel level ("scalar", "avx2",
     "avx512") for this model; by default the best this CPU supports (lowered by
-    the SPARSR_ISA environment variable). max_memory (bytes) bounds the feature
-    memory of one run: a larger image is refused before anything is allocated
-    (default: the memory the system has available)."""
+    the SPARSR_ISA environment variable). allow_nonfinite accepts NaN and
+    infinite weights (refused by default: they are almost always a corrupted
+    or badly exported file, and make every output pixel they reach NaN).
+    max_memory (bytes) bounds the feature memory of one run: a larger image is
+    refused before anything is allocated (default: the memory available)."""
     env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
@@ -307,6 +336,7 @@ def load(path: str | os.PathLike, isa: str | None = None,
     if isa is not None and not _core.isa_supported(isa):
         raise ValueError(f"this CPU does not support {isa!r} (best: {_core.detected_isa()})")
     try:
-        return Model(description, tensors, metadata, path, isa, max_memory)
+        return Model(description, tensors, metadata, path, isa, max_memory,
+                     allow_nonfinite=allow_nonfinite)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

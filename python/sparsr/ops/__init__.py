@@ -39,13 +39,21 @@ def register(cls: type["Op"]) -> type["Op"]:
 
 
 class BuildContext:
-    """What an op may read while it is made: tensors, per-layer formats, ISA."""
+    """What an op may read while it is made: tensors, per-layer formats, ISA,
+    and whether tensors may hold NaN or infinite values (refused by default)."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], layers: Mapping[str, dict],
-                 isa: str | None):
+                 isa: str | None, allow_nonfinite: bool = False):
         self.tensors = tensors
         self.layers = layers
         self.isa = isa
+        self.allow_nonfinite = allow_nonfinite
+
+
+# Attribute bounds when an op gives none: the native code takes ints as int32
+# and floats as float32 (a larger value would wrap, or become infinite).
+INT_RANGE = (-(1 << 31), (1 << 31) - 1)
+FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 class Op:
@@ -99,7 +107,8 @@ class Op:
     def attr(self, key: str, default: Any = None, kind: type | tuple = int,
              lo: float | None = None, hi: float | None = None,
              choices: tuple | None = None) -> Any:
-        """A checked attribute: its type, range or allowed values, else the default."""
+        """A checked attribute: its type, range or allowed values, else the default.
+        Without bounds an int must fit int32 and a float be a finite float32."""
         value = self.node.attrs.get(key, default)
         if value is None and default is None:
             return None
@@ -111,8 +120,14 @@ class Op:
         if choices is not None and value not in choices:
             self.fail(f"attribute {key!r} must be one of {choices}, got {value!r:.40}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
-                self.fail(f"attribute {key!r} must be in [{lo}, {hi}], got {value!r}")
+            if isinstance(value, float):
+                lo = -FLOAT_MAX if lo is None else lo
+                hi = FLOAT_MAX if hi is None else hi
+            else:
+                lo = INT_RANGE[0] if lo is None else lo
+                hi = INT_RANGE[1] if hi is None else hi
+            if value != value or not lo <= value <= hi:
+                self.fail(f"attribute {key!r} must be in [{lo}, {hi}], got {value!r:.40}")
         return value
 
     def int_pair(self, key: str, default: int, lo: int, hi: int) -> tuple[int, int]:
@@ -129,20 +144,27 @@ class Op:
 
     def tensor(self, ctx: BuildContext, role: str, shape: tuple | None = None,
                required: bool = True) -> np.ndarray | None:
-        """The float32 tensor of a role (params), its shape checked if given."""
+        """The float32 tensor of a role (params), its shape checked if given.
+        Every tensor an op reads comes through here: a tensor of another dtype
+        (an int32 label on float bytes, say) is refused, and so are NaN and
+        infinite values unless the model was loaded with allow_nonfinite."""
         name = self.node.params.get(role)
         if name is None:
             if required:
                 self.fail(f"lacks its {role!r} tensor")
             return None
-        t = ctx.tensors[name]
-        if not np.issubdtype(t.dtype, np.floating):
+        t = ctx.tensors.get(name)
+        if not isinstance(t, np.ndarray):
+            self.fail(f"its {role} tensor {name!r} is not in the file")
+        if t.dtype.kind != "f":
             self.fail(f"{role} tensor {name!r} has dtype {t.dtype}, expected float32")
         if shape is not None and tuple(t.shape) != tuple(shape):
             self.fail(f"{role} tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         t = np.ascontiguousarray(t, dtype=np.float32)
-        if not np.all(np.isfinite(t)):
-            self.fail(f"{role} tensor {name!r} holds NaN or infinite values")
+        if not getattr(ctx, "allow_nonfinite", False) and not np.isfinite(t).all():
+            bad = int(np.count_nonzero(~np.isfinite(t)))
+            self.fail(f"{role} tensor {name!r} holds {bad} NaN or infinite values (load with "
+                      "allow_nonfinite=True to accept them)")
         return t
 
     def same_shape(self, shapes: list[Shape]) -> Shape:
