@@ -177,13 +177,14 @@ def test_general_conv_fuses_leaky_relu_and_prelu(tmp_path, rng, img):
     b = GraphBuilder(sd, IO(scale=1, range=255.0), "tiny")
     y = b.leaky_relu(b.conv(b.input, "a"), 0.1)
     y = b.prelu(b.conv(y, "s", stride=2), "p")
-    m = _load(tmp_path, b.finish(y))
+    # Back to the input's size: a graph's output must be io.scale times its input.
+    m = _load(tmp_path, b.finish(b.resize(y, "nearest", scale=2)))
     steps = _steps(m, *img.shape[:2])
-    assert [s.op.node.op for s in steps] == ["conv2d", "conv2d"]
+    assert [s.op.node.op for s in steps] == ["conv2d", "conv2d", "resize"]
     assert steps[0].op.general is not None and steps[1].op.general is not None
     h = negative(conv_ref(_x(img), sd["a.weight"], sd["a.bias"], 2), 0.1)
     want = negative(conv_ref(h, sd["s.weight"], sd["s.bias"], 1)[:, ::2, ::2], sd["p.weight"])
-    _close(_run(m, img), want)
+    _close(_run(m, img), want.repeat(2, axis=1).repeat(2, axis=2))
 
 
 def test_partial_convs_over_a_concat_apply_the_slopes_to_the_sum(tmp_path, rng, img):
