@@ -1,6 +1,8 @@
 // Bindings of the runtime: CPU levels, threads, the kernel table, features,
 // channel lists, pixel sets and Conv2d.
 #include <cmath>
+#include <cstring>
+#include <string>
 
 #include "common.h"
 #include "module.h"
@@ -107,6 +109,20 @@ SPARSR_BINDINGS(0) {
       .def_readonly("height", &Channels::height)
       .def_readonly("width", &Channels::width)
       .def("numpy", &channels_to_numpy)
+      .def("rows", [](const Channels& c, int r0, int r1) {
+             // Rows [r0, r1) of every plane: the rows beside them (or the
+             // border, at the ends) are the view's top and bottom border.
+             if (r0 < 0 || r1 > c.height || r0 >= r1)
+               throw std::out_of_range("rows [" + std::to_string(r0) + ", " +
+                                       std::to_string(r1) + ") of a feature of " +
+                                       std::to_string(c.height) + " rows");
+             Channels s = c;
+             s.height = r1 - r0;
+             for (float*& p : s.planes) p += static_cast<int64_t>(r0) * c.ld;
+             return s;
+           }, py::arg("r0"), py::arg("r1"),
+           "A view of rows [r0, r1); a 3x3 convolution over it reads rows r0 - 1 "
+           "and r1 (or the zero border) as its padding.")
       .def("select", [](const Channels& c, const std::vector<int>& idx) {
              Channels s;
              s.height = c.height; s.width = c.width; s.ld = c.ld; s.owners = c.owners;
@@ -116,6 +132,17 @@ SPARSR_BINDINGS(0) {
              }
              return s;
            }, py::arg("indices"));
+
+  m.def("copy", [](const Channels& src, const Channels& dst) {
+    check_geometry(src, dst, "copy");
+    if (src.size() != dst.size()) throw std::invalid_argument("copy: channel counts differ");
+    const size_t bytes = static_cast<size_t>(src.width) * sizeof(float);
+    py::gil_scoped_release release;
+    for (int c = 0; c < src.size(); ++c)
+      for (int y = 0; y < src.height; ++y)
+        std::memcpy(dst.planes[c] + (y + 1) * dst.ld + 1, src.planes[c] + (y + 1) * src.ld + 1,
+                    bytes);
+  }, py::arg("src"), py::arg("dst"), "dst = src (interiors; equal geometry and channels).");
 
   py::class_<PixelSet>(m, "PixelSet")
       .def_static("full", &PixelSet::full, py::arg("height"), py::arg("width"))

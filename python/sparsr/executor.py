@@ -20,9 +20,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import _core
+from .bands import BandPlan, run_bands
 from .errors import CheckpointError, ImageError, SparsrError
 from .graph import Graph
-from .ops import OPS, BuildContext, Op, Shape
+from .ops import OPS, POINTWISE, BuildContext, Op, Shape
 from .ops.activation import LeakyRelu, Prelu
 from .ops.conv import Activation, Conv2d, MacCounter, activation_args
 
@@ -75,6 +76,25 @@ class PartialConv:
             _core.relu_inplace(out)
         elif self.act is not None:
             _core.unary("prelu", out, out, slopes=self.act, isa=rt.isa)
+        return [out]
+
+
+class ScaleAdd:
+    """mul(x, s) and then add(that, r), s a (C, 1, 1) value: one pass over x
+    (a channel attention and the residual after it)."""
+
+    inplace = True
+
+    def __init__(self, mul: Op):
+        self.node = mul.node
+
+    def row_map(self):
+        return POINTWISE
+
+    def run(self, rt, inputs):
+        x, s, r = inputs
+        out = rt.output(0, (len(x), x.height, x.width))
+        _core.scale_add(x, s.numpy().ravel().tolist(), r, out)
         return [out]
 
 
@@ -134,6 +154,7 @@ class Executor:
         self.ctx = BuildContext(tensors, layers, isa, allow_nonfinite)
         self.ops = [self._make(n) for n in graph.nodes]
         self._plans: dict[tuple[int, int], Plan] = {}
+        self._band_plans: dict[tuple[int, int, int], BandPlan] = {}
         # Shape inference at a probe size: a graph whose shapes do not work is
         # refused at load time, not at the first image.
         try:
@@ -170,6 +191,7 @@ class Executor:
             if n.name in names:
                 self.ops[i] = self._make(n)
         self._plans.clear()
+        self._band_plans.clear()
 
     # -- planning -----------------------------------------------------------------
 
@@ -212,6 +234,13 @@ class Executor:
             if i in fused:
                 continue
             step = Step(op, list(n.inputs), list(n.outputs))
+            scaled = self._scale_add(i, shapes, consumers, producers)
+            if scaled is not None:
+                j, x, s, r = scaled
+                fused.add(j)
+                self._fused_into[g.nodes[j].name] = n.name
+                steps.append(Step(ScaleAdd(op), [x, s, r], list(g.nodes[j].outputs)))
+                continue
             if isinstance(op, Conv2d):
                 value = n.outputs[0]
 
@@ -240,6 +269,31 @@ class Executor:
                 step.outputs = [value]
             steps.append(step)
         return steps
+
+    def _scale_add(self, i: int, shapes, consumers, producers):
+        """(add node, x, s, r) when node i is mul(x, s) with s a (C, 1, 1) value
+        and its sole reader add(mul, r) with r shaped as x; else None."""
+        g = self.graph
+        n = g.nodes[i]
+        if n.op != "mul" or len(n.inputs) != 2:
+            return None
+        a, b = n.inputs
+        if shapes[a][1:] == (1, 1):
+            a, b = b, a
+        full, small = shapes[a], shapes[b]
+        if small != (full[0], 1, 1) or full[1:] == (1, 1) or a == b:
+            return None
+        readers = consumers.get(n.outputs[0], [])
+        if len(readers) != 1 or n.outputs[0] == g.outputs[0]:
+            return None
+        j = readers[0]
+        add = g.nodes[j]
+        if add.op != "add" or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            return None
+        r = add.inputs[1] if add.inputs[0] == n.outputs[0] else add.inputs[0]
+        if shapes[r] != full or producers.get(r, -1) >= i:
+            return None
+        return j, a, b, r
 
     @staticmethod
     def _fusable_act(op: Op, channels: int) -> Activation:
@@ -344,6 +398,23 @@ class Executor:
         return peak
 
     # -- running --------------------------------------------------------------------
+
+    def band_plan(self, height: int, width: int, band_rows: int) -> BandPlan:
+        key = (height, width, band_rows)
+        if key not in self._band_plans:
+            if len(self._band_plans) > 8:
+                self._band_plans.clear()
+            self._band_plans[key] = BandPlan(self.plan(height, width), self.graph,
+                                             (self.in_channels, height, width), band_rows)
+        return self._band_plans[key]
+
+    def run_bands(self, x, mode: str, band_rows: int, spill: bool = False) -> Result:
+        """Runs the graph on x over bands of band_rows input rows (bands.py):
+        the same result as run(), in the memory of a band."""
+        bplan = self.band_plan(x.height, x.width, band_rows)
+        rt = Run(mode, self.isa)
+        out, masks = run_bands(bplan, x, rt, spill)
+        return Result(out, masks, rt.counter.layers, None)
 
     def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
             cache: dict[str, Any] | None = None, start: str | None = None) -> Result:

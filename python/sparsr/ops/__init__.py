@@ -19,6 +19,7 @@ end of this file is the one registry line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -48,6 +49,29 @@ class BuildContext:
         self.layers = layers
         self.isa = isa
         self.allow_nonfinite = allow_nonfinite
+
+
+@dataclass(frozen=True)
+class RowMap:
+    """How an op's output rows follow from its input rows, for band execution
+    (bands.py). Output row y reads input rows within `halo` of the proportional
+    ones, [(y * down) // up, ((y + 1) * down - 1) // up]. Run on a window of
+    input rows starting at row r (a multiple of `align` and `down`) as if it
+    were the whole image, the op gives output rows from r * up // down on,
+    exact except within the halo of a window edge that is not an image edge.
+
+    border: the halo is one row, which the op reads from the rows beside its
+    input view (a 3x3 convolution reading its padding from memory): run on
+    exactly the rows it is to give, with the rows beside them real, it is exact
+    everywhere."""
+    up: int = 1
+    down: int = 1
+    halo: int = 0
+    align: int = 1
+    border: bool = False
+
+
+POINTWISE = RowMap()
 
 
 # Attribute bounds when an op gives none: the native code takes ints as int32
@@ -82,6 +106,12 @@ class Op:
 
     def run(self, rt: Any, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
+
+    def row_map(self) -> RowMap | None:
+        """How output rows depend on input rows (RowMap), or None when an output
+        row depends on the whole input (a global statistic): such an op ends a
+        pass of band execution."""
+        return None
 
     def workspace(self, shapes: list[Shape]) -> int:
         """Bytes of scratch features the op allocates while it runs, beyond its outputs."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _core
-from . import Op, register
+from . import POINTWISE, Op, register
 
 
 def shape_of(x) -> tuple[int, int, int]:
@@ -26,6 +26,9 @@ class Unary(Op):
 
     def infer(self, shapes):
         return [shapes[0]]
+
+    def row_map(self):
+        return POINTWISE
 
     def run(self, rt, inputs):
         x = inputs[0]

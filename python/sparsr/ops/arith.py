@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from . import Op, register
+from . import POINTWISE, Op, register
 from .activation import shape_of
 
 
@@ -55,6 +55,9 @@ class Arith(Op):
             return [b]
         self.fail(f"input shapes {a} and {b} differ and neither is a (C,1,1) or (1,1,1) "
                   "broadcast of the other", ValueError)
+
+    def row_map(self):
+        return POINTWISE
 
     def run(self, rt, inputs):
         if self.values is not None:

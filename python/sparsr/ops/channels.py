@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _core
-from . import Op, register
+from . import POINTWISE, Op, register
 
 
 @register
@@ -15,6 +15,9 @@ class Concat(Op):
         if any(s[1:] != shapes[0][1:] for s in shapes):
             self.fail(f"inputs differ in height or width: {shapes}", ValueError)
         return [(sum(s[0] for s in shapes), *shapes[0][1:])]
+
+    def row_map(self):
+        return POINTWISE
 
     def run(self, rt, inputs):
         return [_core.Channels.cat(list(inputs))]
@@ -41,6 +44,9 @@ class Split(Op):
             self.fail(f"sizes {self.sizes} add up to {sum(self.sizes)}, the input has {c} "
                       "channels", ValueError)
         return [(s, h, w) for s in self.sizes]
+
+    def row_map(self):
+        return POINTWISE
 
     def run(self, rt, inputs):
         x, outs, start = inputs[0], [], 0
@@ -70,6 +76,9 @@ class Slice(Op):
     def infer(self, shapes):
         c, h, w = shapes[0]
         return [(len(self.channels(c)), h, w)]
+
+    def row_map(self):
+        return POINTWISE
 
     def run(self, rt, inputs):
         x = inputs[0]

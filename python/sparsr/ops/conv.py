@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from . import BuildContext, Op, register
+from . import BuildContext, Op, RowMap, register
 
 
 # A conv's fused activation: None, "relu", or one negative slope per output channel.
@@ -33,6 +33,13 @@ def activation_args(act, c0: int, c1: int) -> dict:
             raise ValueError(f"unknown fused activation {act!r}")
         return {"relu": True}
     return {"slopes": np.ascontiguousarray(act[c0:c1], dtype=np.float32)}
+
+
+def window_rows(kernel: int, stride: int, padding: int, dilation: int = 1) -> RowMap:
+    """The RowMap of a sliding window (convolution, pooling) along the rows:
+    output row y reads input rows y * stride - padding + [0, dilation * (kernel - 1)]."""
+    span = dilation * (kernel - 1)
+    return RowMap(down=stride, halo=max(padding, span - padding), align=stride)
 
 
 class MacCounter:
@@ -188,6 +195,12 @@ class Conv2d(Op):
         if oh < 1 or ow < 1:
             self.fail(f"a {h}x{w} input is too small for this convolution", ValueError)
         return [(self.cout, oh, ow)]
+
+    def row_map(self):
+        if self.general is None:
+            # The fast path reads its padding row from memory (the zero border).
+            return RowMap(halo=self.kernel[0] // 2, border=self.kernel[0] == 3)
+        return window_rows(self.kernel[0], self.stride[0], self.padding[0], self.dilation[0])
 
     def macs(self, shapes):
         _, oh, ow = self.infer(shapes)[0]

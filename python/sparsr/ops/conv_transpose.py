@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import _core
 from ..graph import Node
-from . import BuildContext, Op, Shape, register
+from . import BuildContext, Op, RowMap, Shape, register
 
 MAX_KERNEL = 11
 MAX_STRIDE = 4
@@ -59,6 +59,12 @@ class ConvTranspose2d(Op):
             self.fail(f"a {h}x{w} input gives a {oh}x{ow} output (padding "
                       f"{list(self.padding)})", ValueError)
         return [(self.cout, oh, ow)]
+
+    def row_map(self) -> RowMap:
+        # Output row y = i * s - p + t reads input rows i in
+        # [(y + p - k + 1) / s, (y + p) / s]: within this of y // s.
+        s, p, k = self.stride[0], self.padding[0], self.kernel[0]
+        return RowMap(up=s, halo=(max(p, k - 1 - p) + s - 1) // s + 1)
 
     def run(self, rt: Any, inputs: list[Any]) -> list[Any]:
         x = inputs[0]

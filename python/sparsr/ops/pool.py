@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import _core
 from ..graph import Node
-from . import BuildContext, Op, Shape, register
+from . import BuildContext, Op, RowMap, Shape, register
+from .conv import window_rows
 
 MAX_WINDOW = 64
 
@@ -44,6 +45,9 @@ class _Pool(Op):
             self.fail(f"a {h}x{w} input is smaller than the {kh}x{kw} window (padding "
                       f"{list(self.padding)})", ValueError)
         return [(c, *self.out_size(h, w))]
+
+    def row_map(self) -> RowMap:
+        return window_rows(self.kernel[0], self.stride[0], self.padding[0])
 
     def run(self, rt: Any, inputs: list[Any]) -> list[Any]:
         x = inputs[0]

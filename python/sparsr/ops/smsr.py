@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import _core
 from ..errors import CheckpointError
-from . import BuildContext, Op, register
+from . import BuildContext, Op, RowMap, register
 from .conv import MacCounter, PackedConv, layer_format
 
 
@@ -167,7 +167,8 @@ class SmsrModule:
         else:
             # Without input skip every channel is read, the sparse ones as zeros.
             self.unimportant_collect = _conv(collect, isa, np.concatenate(ordered, 1))
-        self.ca = [specs[f"{prefix}.ca.conv_du.{i}"] for i in (0, 2)]
+        ca = [specs.get(f"{prefix}.ca.conv_du.{i}") for i in (0, 2)]
+        self.ca = ca if None not in ca else None
         self.channels = channels
         self.dense_planes = sum(self.n_dense)   # the network sets one size for all modules
 
@@ -286,6 +287,8 @@ class SmsrModule:
         # No dense channel at all: the bias alone (a conv reading 0 inputs).
         self.unimportant_collect(counter, views if len(views) else zero.view([0]), y.view(),
                                  unimportant, cin=len(views), dense_pixels=unimportant.count)
+        if self.ca is None:
+            return y.view(), mask
         # Channel attention and the residual connection of the module.
         means = np.asarray(_core.channel_means(y.view()), dtype=np.float32)
         w1, w2 = self.ca
@@ -320,6 +323,10 @@ class SmsrModuleOp(Op):
         super().__init__(node, ctx)
         self.n_layers = self.attr("n_layers", 4, int, 1, 64)
         input_skip = self.attr("input_skip", True, bool)
+        # attention false: the module gives its features before the channel
+        # attention and the residual add, which the graph then does with its
+        # own ops (a global mean: band execution ends a pass there).
+        self.attention = self.attr("attention", True, bool)
         ch_mask = self.tensor(ctx, "body.ch_mask")
         if ch_mask.ndim != 4:
             self.fail(f"body.ch_mask must be (1, C, n_layers, 2), got {ch_mask.shape}")
@@ -327,6 +334,8 @@ class SmsrModuleOp(Op):
         if self.channels < 16 or self.channels % 16:
             self.fail(f"{self.channels} features: SMSR needs a multiple of 16")
         self.shapes = module_shapes(self.channels, self.n_layers)
+        if not self.attention:
+            self.shapes = {k: v for k, v in self.shapes.items() if not k.startswith("ca.")}
         specs = {}
         prefix = node.name
         for role, shape in self.shapes.items():
@@ -355,6 +364,16 @@ class SmsrModuleOp(Op):
         rt.masks.append(mask)
         return [y]
 
+    def row_map(self):
+        # An output row depends on input rows within 10 of it: the mask branch
+        # (3x3 conv, 2x2 average pool, 3x3 conv at half size, 3x3 transposed
+        # conv back) reaches 7 rows, and each of the 4 layers one more at the
+        # pixels the mask picks. The pool wants windows at even rows. With the
+        # attention inside, a row depends on the whole image.
+        if self.attention:
+            return None
+        return RowMap(halo=self.n_layers + 8, align=2)
+
     def workspace(self, shapes):
         # The dense channels of every layer, two layers' sparse channels, the
         # mask branch (a quarter of the channels) and its logits.
@@ -368,7 +387,7 @@ class SmsrModuleOp(Op):
         total = 0
         for conv in self.module.layers + [self.module.collect_plain]:
             total += h * w * conv.cin * conv.cout * conv.k * conv.k
-        return total + sum(c.weight.size for c in self.module.ca)
+        return total + (sum(c.weight.size for c in self.module.ca) if self.module.ca else 0)
 
     def packed_convs(self):
         m = self.module

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import _core
-from . import Op, register
+from . import Op, RowMap, register
 from .activation import shape_of
 
 
@@ -26,6 +26,9 @@ class PixelShuffle(Op):
             self.fail(f"{c} channels do not divide by factor^2 = {r * r}", ValueError)
         return [(c // (r * r), h * r, w * r)]
 
+    def row_map(self):
+        return RowMap(up=self.factor)
+
     def run(self, rt, inputs):
         c, h, w = self.infer([shape_of(inputs[0])])[0]
         out = rt.new(c, h, w, written=c)
@@ -43,6 +46,9 @@ class PixelUnshuffle(PixelShuffle):
         if h % r or w % r:
             self.fail(f"factor {r} does not divide the size {h}x{w}", ValueError)
         return [(c * r * r, h // r, w // r)]
+
+    def row_map(self):
+        return RowMap(down=self.factor, align=self.factor)
 
     def run(self, rt, inputs):
         c, h, w = self.infer([shape_of(inputs[0])])[0]
@@ -77,6 +83,16 @@ class Resize(Op):
         if oh < 1 or ow < 1:
             self.fail(f"scale {self.scale} makes {h}x{w} empty ({oh}x{ow})", ValueError)
         return [(c, oh, ow)]
+
+    def row_map(self):
+        # An integer scale (half-pixel centres): output row y samples input rows
+        # near y / s, the taps of the mode beside them (and the edge clamp only at
+        # the image's own edges). To another value's size, or with aligned corners,
+        # the sampling depends on the whole height.
+        s = self.scale
+        if s is None or self.align_corners or s != int(s) or s < 1:
+            return None
+        return RowMap(up=int(s), halo={"nearest": 1, "bilinear": 2, "bicubic": 3}[self.mode])
 
     def run(self, rt, inputs):
         c, h, w = self.infer([shape_of(x) for x in inputs])[0]

@@ -43,9 +43,14 @@ def build(sd, hyper: dict, scale: int):
     fea, outs = head, []
     for k in range(n_blocks):
         prefix = f"body.{k}"
-        params = {role: b.param(f"{prefix}.{role}") for role in module_shapes(n_feats, n_layers)}
-        fea = b.op("smsr_module", [fea], {"n_layers": n_layers, "input_skip": True,
-                                          "dense_planes": dense_planes}, params, prefix)
+        params = {role: b.param(f"{prefix}.{role}") for role in module_shapes(n_feats, n_layers)
+                  if not role.startswith("ca.")}
+        y = b.op("smsr_module", [fea], {"n_layers": n_layers, "input_skip": True,
+                                        "dense_planes": dense_planes, "attention": False},
+                 params, prefix)
+        # Channel attention over the whole image's means, and the residual.
+        z = b.relu(b.conv(b.global_mean(y), f"{prefix}.ca.conv_du.0"))
+        fea = b.add(b.mul(y, b.sigmoid(b.conv(z, f"{prefix}.ca.conv_du.2"))), fea)
         outs.append(fea)
     body = b.add(b.conv(b.relu(b.conv(b.concat(outs), "collect.0")), "collect.2"), head)
     up = b.pixel_shuffle(b.conv(body, "tail.0"), scale)

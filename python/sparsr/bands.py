@@ -1,0 +1,438 @@
+"""Band execution: a graph run over bands of rows, so that its intermediate
+features are only as large as a band and the halo its ops need.
+
+Each op says how its output rows follow from its input rows (ops.RowMap). A
+pass runs the steps band by band down the image. Every value keeps only the
+rows that later bands still read, and each step computes only rows it has not
+computed before:
+- a 3x3 convolution runs on exactly its new rows and reads its halo row from
+  the rows beside its view (RowMap.border);
+- any other op that reads beyond its own rows runs on a window reaching
+  `halo` rows further, as if the window were the whole image, and gives the
+  rows that the window determines exactly.
+
+Ops without a RowMap read their whole input:
+- global statistics (global_mean, global_std) are summed band by band; the
+  statistic is known at the end of the pass, and the steps that depend on it
+  run in the next pass;
+- any other such op runs on its whole inputs at the start of the next pass.
+A value read in a later pass than the one that made it is stored whole, in
+memory, or in a temporary file (removed when closed, even on error) when
+memory is short.
+
+The result is that of a whole-image run up to the order of float sums: each
+row is computed from the same rows (global statistics are summed in double).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .ops import POINTWISE, RowMap
+from .ops.reduce import GlobalStat
+
+INF = 1 << 62
+
+
+@dataclass
+class BandStep:
+    op: Any
+    inputs: list[str]
+    outputs: list[str]
+    act: Any
+    residual: str | None
+    kind: str                  # "band", "reduce", "whole" or "global"
+    level: int                 # the pass that runs it
+    row_map: RowMap | None
+
+
+@dataclass
+class Work:
+    """One step's work in one band: output rows [a, b); the rows of each input
+    it reads (None: a global input, passed whole); window row 0 = output row o0."""
+    step: int
+    a: int
+    b: int
+    o0: int
+    windows: list[tuple[int, int] | None]
+
+
+@dataclass
+class Pass:
+    bands: list[list[Work]] = field(default_factory=list)
+    keep: list[dict[str, int]] = field(default_factory=list)   # per band: value -> first row kept
+
+
+class BandPlan:
+    """The passes, bands and windows of a plan for one input size."""
+
+    def __init__(self, plan, graph, in_shape, band_rows: int):
+        self.shapes = dict(plan.shapes)
+        self.input = graph.inputs[0]
+        self.output_name = graph.outputs[0]
+        self.steps, self.output = self._rename(plan.steps, graph)
+        self.shapes[self.input] = in_shape
+        self._classify()
+        h = in_shape[1]
+        self.band_rows = max(1, min(band_rows, h))
+        self.passes = [self._schedule(level, h) for level in range(self.n_passes)]
+
+    # -- structure --------------------------------------------------------------------
+
+    def _rename(self, steps, graph):
+        """Steps with every value written once (a step accumulating into its
+        input writes a new version), and the name of the graph output."""
+        current: dict[str, str] = {}
+        out = []
+        for s in steps:
+            inputs = [current.get(v, v) for v in s.inputs]
+            outputs = []
+            for v in s.outputs:
+                name = v
+                if v in current or v == self.input:
+                    name = f"{v}#{len(out)}"
+                    self.shapes[name] = self.shapes[v]
+                current[v] = name
+                outputs.append(name)
+            residual = current.get(s.residual, s.residual) if s.residual else None
+            if s.residual:
+                residual = inputs[-1]
+            row_map = s.op.row_map() if hasattr(s.op, "row_map") else None
+            out.append(BandStep(s.op, inputs, outputs, s.act, residual, "", 0, row_map))
+        return out, current.get(graph.outputs[0], graph.outputs[0])
+
+    def _classify(self):
+        self.level = {self.input: 0}
+        self.is_global = {self.input: False}
+        for s in self.steps:
+            spatial = [v for v in s.inputs if not self.is_global[v]]
+            lv = max((self.level[v] for v in s.inputs), default=0)
+            if not spatial:
+                s.kind, glob = "global", True
+            elif isinstance(s.op, GlobalStat):
+                s.kind, glob, lv = "reduce", True, lv + 1
+            elif s.row_map is None:
+                s.kind, glob, lv = "whole", False, lv + 1
+            else:
+                s.kind, glob = "band", False
+            s.level = lv
+            for v in s.outputs:
+                self.level[v], self.is_global[v] = lv, glob
+        self.n_passes = 1 + max((s.level for s in self.steps), default=0)
+        # When each value is read: the passes of its readers.
+        self.read_in: dict[str, list[int]] = {}
+        for s in self.steps:
+            run_pass = s.level - 1 if s.kind == "reduce" else s.level
+            for v in s.inputs:
+                self.read_in.setdefault(v, []).append(run_pass)
+        # Values stored whole: read in a later pass than the one that made
+        # them, made by a whole-input op, or the graph output.
+        self.stored = {self.output}
+        for s in self.steps:
+            for v in s.outputs:
+                if self.is_global[v]:
+                    continue
+                if s.kind == "whole" or any(p > s.level for p in self.read_in.get(v, [])):
+                    self.stored.add(v)
+        self.last_pass = {v: max(p) for v, p in self.read_in.items()}
+
+    def band_steps(self, level: int) -> list[int]:
+        return [i for i, s in enumerate(self.steps) if s.kind == "band" and s.level == level]
+
+    # -- schedule ---------------------------------------------------------------------
+
+    def _schedule(self, level: int, height: int) -> Pass:
+        """Which rows each band step computes in each band of pass `level`."""
+        steps = self.band_steps(level)
+        result = Pass()
+        if not steps:
+            return result
+        made = {v for i in steps for v in self.steps[i].outputs}
+        reduce_inputs = {v for s in self.steps if s.kind == "reduce" and s.level - 1 == level
+                         for v in s.inputs}
+        sinks = [v for v in made if v in self.stored or v in reduce_inputs]
+        done = {i: 0 for i in steps}
+        need_log: list[dict[str, int]] = []
+        for r0 in range(0, height, self.band_rows):
+            r1 = min(height, r0 + self.band_rows)
+            need_lo: dict[str, int] = {}
+            need_hi: dict[str, int] = {}
+            for v in sinks:
+                hv = self.shapes[v][1]
+                need_hi[v] = hv if r1 == height else -(-r1 * hv // height)
+            works = []
+            for i in reversed(steps):
+                s = self.steps[i]
+                a = done[i]
+                b = max([a] + [need_hi.get(o, 0) for o in s.outputs])
+                if b <= a:
+                    continue
+                work = self._work(i, s, a, b)
+                for v, win in zip(s.inputs, work.windows):
+                    if win is None:
+                        continue
+                    lo, hi = win
+                    if s.row_map.border and v == s.inputs[0]:
+                        lo, hi = max(0, lo - 1), min(self.shapes[v][1], hi + 1)
+                    need_lo[v] = min(need_lo.get(v, INF), lo)
+                    need_hi[v] = max(need_hi.get(v, 0), hi)
+                done[i] = b
+                works.append(work)
+            result.bands.append(works[::-1])
+            need_log.append(need_lo)
+        # Rows of a value kept after band k: the first that band k or a later
+        # one reads.
+        later: dict[str, int] = {}
+        for need_lo in reversed(need_log):
+            for v, lo in need_lo.items():
+                later[v] = min(later.get(v, INF), lo)
+            result.keep.append(dict(later))
+        result.keep.reverse()
+        for i in steps:
+            if done[i] < self.shapes[self.steps[i].outputs[0]][1] and \
+                    any(o in sinks for o in self.steps[i].outputs):
+                raise RuntimeError(f"band schedule leaves rows of step {i} uncomputed")
+        return result
+
+    def _work(self, i: int, s: BandStep, a: int, b: int) -> Work:
+        rm = s.row_map
+        x = s.inputs[0]
+        h_in = self.shapes[x][1]
+        if rm.border:
+            lo, hi, o0 = a, b, a
+        else:
+            lo = max(0, (a * rm.down) // rm.up - rm.halo)
+            lo -= lo % math.lcm(rm.align, rm.down)
+            hi = min(h_in, (b * rm.down - 1) // rm.up + 1 + rm.halo)
+            o0 = lo * rm.up // rm.down
+        windows = []
+        for k, v in enumerate(s.inputs):
+            if self.is_global[v]:
+                windows.append(None)
+            elif s.residual is not None and k == len(s.inputs) - 1:
+                # A fused residual is added at every output row of the window.
+                oh = s.op.infer([(self.shapes[x][0], hi - lo, self.shapes[x][2])])[0][1]
+                windows.append((o0, min(self.shapes[v][1], o0 + oh)))
+            elif k == 0 or rm == POINTWISE:
+                windows.append((lo, hi))
+            else:
+                windows.append((lo, hi))
+        return Work(i, a, b, o0, windows)
+
+
+class Store:
+    """A whole value kept between passes: a feature in memory, or planes in a
+    temporary file (unlinked at once: removed when closed, on error too)."""
+
+    def __init__(self, channels: int, height: int, width: int, spill: bool):
+        self.shape = (channels, height, width)
+        self.spill = spill
+        if spill:
+            self.file = tempfile.TemporaryFile(prefix="sparsr-")
+            self.file.truncate(channels * height * width * 4)
+            self.feature = None
+        else:
+            self.file = None
+            self.feature = _core.Feature(channels, height, width, written=channels)
+
+    def write(self, rows, r0: int) -> None:
+        if not self.spill:
+            _core.copy(rows, self.feature.view().rows(r0, r0 + rows.height))
+            return
+        c, h, w = self.shape
+        data = rows.numpy()
+        fd = self.file.fileno()
+        for ch in range(c):
+            os.pwrite(fd, data[ch].tobytes(), (ch * h + r0) * w * 4)
+
+    def read(self, r0: int, r1: int):
+        """Rows [r0, r1) as Channels (a view when in memory)."""
+        if not self.spill:
+            return self.feature.view().rows(r0, r1)
+        c, h, w = self.shape
+        data = np.empty((c, r1 - r0, w), np.float32)
+        fd = self.file.fileno()
+        n = (r1 - r0) * w * 4
+        for ch in range(c):
+            buf = os.pread(fd, n, (ch * h + r0) * w * 4)
+            data[ch] = np.frombuffer(buf, np.float32).reshape(r1 - r0, w)
+        return _core.Feature.from_numpy(data).view()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.feature = None
+
+
+class Statistic:
+    """Sums of a global statistic's input, band by band, in double."""
+
+    def __init__(self, channels: int):
+        self.s1 = np.zeros(channels)
+        self.s2 = np.zeros(channels)
+        self.n = 0
+
+    def add(self, rows) -> None:
+        x = rows.numpy().astype(np.float64)
+        self.s1 += x.sum(axis=(1, 2))
+        self.s2 += np.square(x).sum(axis=(1, 2))
+        self.n += x.shape[1] * x.shape[2]
+
+    def value(self, stat: str):
+        mean = self.s1 / self.n
+        v = mean if stat == "mean" else np.sqrt(np.maximum(self.s2 / self.n - mean * mean, 0.0))
+        return _core.Feature.from_numpy(v.astype(np.float32).reshape(-1, 1, 1)).view()
+
+
+def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
+    """Runs the band plan on x (Channels of the whole input) with run context
+    rt; returns the graph output (Channels) and the masks in step order."""
+    values: dict[str, Any] = {bplan.input: x}          # global values and whole inputs
+    stores: dict[str, Store] = {}
+    masks: dict[int, list[np.ndarray]] = {}
+    done = False
+    try:
+        for level, p in enumerate(bplan.passes):
+            _run_whole_steps(bplan, level, values, stores, rt, spill, masks)
+            stats = {i: Statistic(bplan.shapes[s.inputs[0]][0]) for i, s in enumerate(bplan.steps)
+                     if s.kind == "reduce" and s.level - 1 == level}
+            for i, stat in stats.items():
+                v = bplan.steps[i].inputs[0]
+                if bplan.level[v] < level or v == bplan.input:
+                    _reduce_whole(bplan, v, values, stores, stat)
+            _run_pass(bplan, level, p, values, stores, stats, rt, spill, masks)
+            for i, stat in stats.items():
+                s = bplan.steps[i]
+                values[s.outputs[0]] = stat.value(s.op.stat)
+            for v in [v for v in stores if bplan.last_pass.get(v, -1) <= level
+                      and v != bplan.output]:
+                stores.pop(v).close()
+        out = stores[bplan.output].read(0, bplan.shapes[bplan.output][1])
+        done = True
+        return out, [np.concatenate(masks[i], axis=0) for i in sorted(masks)]
+    finally:
+        for v, st in stores.items():
+            if v != bplan.output or not done:
+                st.close()
+
+
+def _whole(bplan, v, values, stores):
+    if v in values:
+        return values[v]
+    st = stores[v]
+    return st.read(0, st.shape[1])
+
+
+def _run_whole_steps(bplan, level, values, stores, rt, spill, masks):
+    for i, s in enumerate(bplan.steps):
+        if s.level != level or s.kind not in ("global", "whole"):
+            continue
+        inputs = [_whole(bplan, v, values, stores) for v in s.inputs]
+        outs = _call(s, rt, inputs, masks, i, None)
+        for v, o in zip(s.outputs, outs):
+            if bplan.is_global[v]:
+                values[v] = o
+            else:
+                st = stores[v] = Store(*bplan.shapes[v], spill=spill and v != bplan.output)
+                st.write(o, 0)
+
+
+def _reduce_whole(bplan, v, values, stores, stat):
+    h = bplan.shapes[v][1]
+    step = max(1, bplan.band_rows)
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        if v in values:
+            stat.add(values[v].rows(r0, r1))
+        else:
+            stat.add(stores[v].read(r0, r1))
+
+
+def _call(s: BandStep, rt, inputs, masks, i, crop):
+    """Runs one step on its input windows; masks it gives are cropped to the
+    output rows (crop: (first, last) window rows) and kept per step."""
+    n_masks = len(rt.masks)
+    rt._inputs = inputs
+    rt._inplace = False
+    if s.act is not None or s.residual is not None:
+        res = inputs[-1] if s.residual is not None else None
+        outs = s.op.run_fused(rt, inputs[:1], s.act, res)
+    else:
+        outs = s.op.run(rt, inputs)
+    rt._inputs = []
+    for m in rt.masks[n_masks:]:
+        masks.setdefault(i, []).append(m if crop is None else m[crop[0]:crop[1]])
+    del rt.masks[n_masks:]
+    return outs
+
+
+def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
+    steps = bplan.steps
+    buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
+    for i in bplan.band_steps(level):
+        for v in steps[i].outputs:
+            if v in bplan.stored:
+                stores[v] = Store(*bplan.shapes[v], spill=spill and v != bplan.output)
+    reducers = {}
+    for i in stats:
+        reducers.setdefault(steps[i].inputs[0], []).append(stats[i])
+
+    def window(v, lo, hi):
+        if v in values:
+            return values[v].rows(lo, hi)
+        if v in buffers:
+            ch, first = buffers[v]
+            return ch.rows(lo - first, hi - first)
+        st = stores[v]
+        if not st.spill:
+            return st.read(lo, hi)
+        # Read with the rows beside: a 3x3 convolution reads them as its padding.
+        first, last = max(0, lo - 1), min(st.shape[1], hi + 1)
+        return st.read(first, last).rows(lo - first, hi - first)
+
+    for k, works in enumerate(p.bands):
+        keep = p.keep[k]
+        for w in works:
+            s = steps[w.step]
+            inputs = [values[v] if win is None else window(v, *win)
+                      for v, win in zip(s.inputs, w.windows)]
+            outs = _call(s, rt, inputs, masks, w.step, (w.a - w.o0, w.b - w.o0))
+            del inputs
+            for v, o in zip(s.outputs, outs):
+                if o.height != w.b - w.o0 or w.a != w.o0:
+                    if o.height < w.b - w.o0:
+                        raise RuntimeError(f"band window of step {w.step} gives "
+                                           f"{o.height} rows, {w.b - w.o0} expected")
+                    o = o.rows(w.a - w.o0, w.b - w.o0)
+                for stat in reducers.get(v, []):
+                    stat.add(o)
+                st = stores.get(v)
+                if st is not None:
+                    st.write(o, w.a)
+                    if not st.spill:
+                        buffers[v] = (st.feature.view(), 0)
+                        continue
+                first = keep.get(v, INF)
+                if first >= w.a:
+                    buffers[v] = (o, w.a)
+                    continue
+                old, old_first = buffers[v]
+                c, _, width = bplan.shapes[v]
+                merged = _core.Feature(c, w.b - first, width, written=c).view()
+                _core.copy(old.rows(first - old_first, w.a - old_first), merged.rows(0, w.a - first))
+                _core.copy(o, merged.rows(w.a - first, w.b - first))
+                buffers[v] = (merged, first)
+        # Rows no later band reads are let go.
+        if k + 1 < len(p.bands):
+            nxt = p.keep[k + 1]
+            for v in list(buffers):
+                if v not in nxt and v not in stores:
+                    del buffers[v]
