@@ -13,21 +13,26 @@ namespace {
 
 std::shared_ptr<Feature> feature_from_numpy(const FloatArray& a) {
   if (a.ndim() != 3) throw std::invalid_argument("expected a (channels, height, width) array");
-  auto f = std::make_shared<Feature>(static_cast<int>(a.shape(0)), static_cast<int>(a.shape(1)),
-                                     static_cast<int>(a.shape(2)));
-  auto r = a.unchecked<3>();
-  for (int c = 0; c < f->channels(); ++c)
-    for (int y = 0; y < f->height(); ++y)
-      for (int x = 0; x < f->width(); ++x) f->at(c, y, x) = r(c, y, x);
+  const int channels = static_cast<int>(a.shape(0)), height = static_cast<int>(a.shape(1)),
+            width = static_cast<int>(a.shape(2));
+  auto f = std::make_shared<Feature>(channels, height, width, channels);
+  const float* src = a.data();   // FloatArray: C-contiguous float32
+  py::gil_scoped_release release;
+  for (int c = 0; c < channels; ++c)
+    for (int y = 0; y < height; ++y)
+      std::memcpy(&f->at(c, y, 0), src + (static_cast<int64_t>(c) * height + y) * width,
+                  static_cast<size_t>(width) * sizeof(float));
   return f;
 }
 
 py::array_t<float> channels_to_numpy(const Channels& ch) {
   py::array_t<float> a({ch.size(), ch.height, ch.width});
-  auto w = a.mutable_unchecked<3>();
+  float* dst = a.mutable_data();
+  py::gil_scoped_release release;
   for (int c = 0; c < ch.size(); ++c)
     for (int y = 0; y < ch.height; ++y)
-      for (int x = 0; x < ch.width; ++x) w(c, y, x) = ch.planes[c][(y + 1) * ch.ld + x + 1];
+      std::memcpy(dst + (static_cast<int64_t>(c) * ch.height + y) * ch.width,
+                  ch.planes[c] + (y + 1) * ch.ld + 1, static_cast<size_t>(ch.width) * sizeof(float));
   return a;
 }
 

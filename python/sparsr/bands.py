@@ -97,7 +97,10 @@ class BandPlan:
             for v in s.outputs:
                 name = v
                 if v in current or v == self.input:
-                    name = f"{v}#{len(out)}"
+                    k = len(out)
+                    while f"{v}#{k}" in self.shapes:
+                        k += 1000
+                    name = f"{v}#{k}"
                     self.shapes[name] = self.shapes[v]
                 current[v] = name
                 outputs.append(name)
@@ -142,6 +145,21 @@ class BandPlan:
                 if s.kind == "whole" or any(p > s.level for p in self.read_in.get(v, [])):
                     self.stored.add(v)
         self.last_pass = {v: max(p) for v, p in self.read_in.items()}
+
+    def store_bytes(self) -> int:
+        """The most bytes of values stored whole alive in one pass, the graph
+        output aside."""
+        from .executor import feature_bytes
+        most = 0
+        for level in range(self.n_passes):
+            most = max(most, sum(feature_bytes(*self.shapes[v]) for v in self.stored
+                                 if v != self.output
+                                 and self.level[v] <= level <= self.last_pass.get(v, -1)))
+        return most
+
+    def output_bytes(self) -> int:
+        from .executor import feature_bytes
+        return feature_bytes(*self.shapes[self.output])
 
     def band_steps(self, level: int) -> list[int]:
         return [i for i, s in enumerate(self.steps) if s.kind == "band" and s.level == level]
@@ -250,7 +268,7 @@ class Store:
         data = rows.numpy()
         fd = self.file.fileno()
         for ch in range(c):
-            os.pwrite(fd, data[ch].tobytes(), (ch * h + r0) * w * 4)
+            os.pwrite(fd, memoryview(data[ch]).cast("B"), (ch * h + r0) * w * 4)
 
     def read(self, r0: int, r1: int):
         """Rows [r0, r1) as Channels (a view when in memory)."""
@@ -259,10 +277,8 @@ class Store:
         c, h, w = self.shape
         data = np.empty((c, r1 - r0, w), np.float32)
         fd = self.file.fileno()
-        n = (r1 - r0) * w * 4
         for ch in range(c):
-            buf = os.pread(fd, n, (ch * h + r0) * w * 4)
-            data[ch] = np.frombuffer(buf, np.float32).reshape(r1 - r0, w)
+            os.preadv(fd, [memoryview(data[ch]).cast("B")], (ch * h + r0) * w * 4)
         return _core.Feature.from_numpy(data).view()
 
     def close(self) -> None:
@@ -273,22 +289,30 @@ class Store:
 
 
 class Statistic:
-    """Sums of a global statistic's input, band by band, in double."""
+    """A global statistic's input, band by band: each band's mean and
+    variance, merged in double (Chan et al.'s pairwise update: no cancellation)."""
 
-    def __init__(self, channels: int):
-        self.s1 = np.zeros(channels)
-        self.s2 = np.zeros(channels)
+    def __init__(self, channels: int, isa: str | None):
+        self.isa = isa
+        self.mean = np.zeros(channels)
+        self.m2 = np.zeros(channels)
         self.n = 0
+        self._mean = _core.Feature(channels, 1, 1).view()
+        self._std = _core.Feature(channels, 1, 1).view()
 
     def add(self, rows) -> None:
-        x = rows.numpy().astype(np.float64)
-        self.s1 += x.sum(axis=(1, 2))
-        self.s2 += np.square(x).sum(axis=(1, 2))
-        self.n += x.shape[1] * x.shape[2]
+        _core.global_stats(rows, mean=self._mean, std=self._std, isa=self.isa)
+        mean = self._mean.numpy().ravel().astype(np.float64)
+        var = np.square(self._std.numpy().ravel().astype(np.float64))
+        k = rows.height * rows.width
+        n = self.n + k
+        delta = mean - self.mean
+        self.mean += delta * (k / n)
+        self.m2 += var * k + np.square(delta) * (self.n * k / n)
+        self.n = n
 
     def value(self, stat: str):
-        mean = self.s1 / self.n
-        v = mean if stat == "mean" else np.sqrt(np.maximum(self.s2 / self.n - mean * mean, 0.0))
+        v = self.mean if stat == "mean" else np.sqrt(np.maximum(self.m2 / self.n, 0.0))
         return _core.Feature.from_numpy(v.astype(np.float32).reshape(-1, 1, 1)).view()
 
 
@@ -302,7 +326,8 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
     try:
         for level, p in enumerate(bplan.passes):
             _run_whole_steps(bplan, level, values, stores, rt, spill, masks)
-            stats = {i: Statistic(bplan.shapes[s.inputs[0]][0]) for i, s in enumerate(bplan.steps)
+            stats = {i: Statistic(bplan.shapes[s.inputs[0]][0], rt.isa)
+                     for i, s in enumerate(bplan.steps)
                      if s.kind == "reduce" and s.level - 1 == level}
             for i, stat in stats.items():
                 v = bplan.steps[i].inputs[0]

@@ -62,6 +62,9 @@ class PartialConv:
         self.act = act
         self.packed = conv.column_slice(c0, c1, with_bias=first)
 
+    def row_map(self):
+        return POINTWISE
+
     def run(self, rt, inputs):
         x = inputs[0]
         pixels = rt.full(x.height, x.width)
@@ -516,6 +519,56 @@ def check_input_size(executor: Executor, height: int, width: int,
         raise ImageError(f"a {width}x{height} image needs about {plan.peak_bytes / 2**30:.2f} GiB "
                          f"of feature memory, {limit / 2**30:.2f} GiB {what}")
     return plan
+
+
+# Feature memory a run may take when no max_memory is given: above it an image
+# runs in bands (at most what the system has available).
+DEFAULT_BUDGET = 1 << 30
+# The fewest rows of a band chosen by memory (a forced tile may be smaller).
+MIN_BAND_ROWS = 8
+
+
+@dataclass
+class Execution:
+    """How one image runs: whole (band_rows None) or in bands of band_rows input rows."""
+    band_rows: int | None = None
+    spill: bool = False
+    peak_bytes: int = 0
+
+
+def choose_execution(executor: Executor, height: int, width: int,
+                     max_memory: int | None = None, tile: int | None = None) -> Execution:
+    """Whole-image execution when its feature memory fits the budget (max_memory,
+    else DEFAULT_BUDGET capped by the memory available), else bands as tall as
+    the budget allows, values kept across passes going to temporary files when
+    they would take more than a third of it. tile forces bands of that many
+    input rows. ImageError when the network's shapes do not work at this size,
+    or when even bands of MIN_BAND_ROWS rows need more than max_memory."""
+    plan = check_input_size(executor, height, width, None)
+    available = available_memory()
+    budget = max_memory if max_memory is not None else DEFAULT_BUDGET
+    if available is not None:
+        budget = min(budget, available)
+    if tile is not None:
+        if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+            raise ValueError(f"tile must be a number of rows >= 1, got {tile!r}")
+        if tile >= height:
+            return Execution(None, False, plan.peak_bytes)
+    elif plan.peak_bytes <= budget:
+        return Execution(None, False, plan.peak_bytes)
+    per_row = plan.peak_bytes / height
+    probe = executor.band_plan(height, width, max(1, min(height, tile or MIN_BAND_ROWS)))
+    stored = probe.store_bytes()
+    spill = stored > budget // 3
+    fixed = probe.output_bytes() + (0 if spill else stored)
+    rows = tile or int((budget - fixed) / (per_row * 1.25))
+    if tile is None and rows < MIN_BAND_ROWS:
+        what = "the max_memory budget" if max_memory is not None else "available"
+        need = fixed + MIN_BAND_ROWS * per_row * 1.25
+        raise ImageError(f"a {width}x{height} image needs about {need / 2**30:.2f} GiB of "
+                         f"feature memory even in bands, {budget / 2**30:.2f} GiB {what}")
+    rows = min(rows, height)
+    return Execution(rows, spill, int(fixed + rows * per_row * 1.25))
 
 
 def available_memory() -> int | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core, checkpoint, env
 from .errors import CheckpointError, ImageError
-from .executor import PROBE, Executor, check_input_size
+from .executor import PROBE, Executor, Result, check_input_size, choose_execution
 from .graph import IO, Graph, check_layers
 from .image import prepare
 
@@ -57,7 +57,7 @@ class Model:
 
     def __init__(self, description: dict, tensors: dict[str, np.ndarray], metadata: dict,
                  path: str, isa: str | None = None, max_memory: int | None = None, *,
-                 allow_nonfinite: bool = False):
+                 allow_nonfinite: bool = False, tile: int | None = None):
         self.description = description
         self.metadata = metadata
         self.path = path
@@ -67,6 +67,7 @@ class Model:
         self.tensors = tensors
         self.isa = isa
         self.max_memory = max_memory
+        self.tile = tile
         self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels,
                                   allow_nonfinite=allow_nonfinite)
         _check_probe_shapes(self._executor, self.io)
@@ -81,14 +82,37 @@ class Model:
 
     # -- running ----------------------------------------------------------------------
 
-    def process(self, rgb: np.ndarray, mode: str = "mask") -> np.ndarray:
-        """float32 (H, W, 3) RGB on 0..1 -> float32 (sH, sW, 3) on 0..1, not clamped."""
+    def process(self, rgb: np.ndarray, mode: str = "mask", *, tile: int | None = None
+                ) -> np.ndarray:
+        """float32 (H, W, 3) RGB on 0..1 -> float32 (sH, sW, 3) on 0..1, not clamped.
+        tile: run in bands of that many input rows (see execution())."""
         rgb = np.asarray(rgb, dtype=np.float32)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ImageError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-        return self._run(rgb, 1.0, mode).output
+        return self._run(rgb, 1.0, mode, tile=tile).output
 
-    def run_network(self, planes: np.ndarray, mode: str = "mask") -> np.ndarray:
+    def execution(self, height: int, width: int, tile: int | None = None):
+        """How an input of this size runs: whole, or in bands of input rows
+        (Execution.band_rows) when its features would take more than the
+        memory budget (max_memory, default executor.DEFAULT_BUDGET), or when
+        tile (else the model's tile) forces bands of that many rows. Bands give
+        the whole-image result, up to the order of float sums."""
+        return choose_execution(self._executor, height, width, self.max_memory,
+                                tile if tile is not None else self.tile)
+
+    def _execute(self, x, mode: str, tile: int | None, keep=(), cache=None,
+                 start=None) -> Result:
+        if keep or cache is not None:
+            # Restarts keep whole-image values: whole-image execution.
+            check_input_size(self._executor, x.height, x.width, self.max_memory)
+            return self._executor.run(x, mode, keep=keep, cache=cache, start=start)
+        ex = self.execution(x.height, x.width, tile)
+        if ex.band_rows is None:
+            return self._executor.run(x, mode)
+        return self._executor.run_bands(x, mode, ex.band_rows, spill=ex.spill)
+
+    def run_network(self, planes: np.ndarray, mode: str = "mask", *,
+                    tile: int | None = None) -> np.ndarray:
         """The graph alone: float32 (C, H, W) planes on the network's own pixel
         range and colour layout (io) -> its output planes, unconverted."""
         planes = np.ascontiguousarray(planes, dtype=np.float32)
@@ -96,9 +120,8 @@ class Model:
             raise ImageError(f"expected ({self.io.channels}, H, W) planes, got {planes.shape}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_input_size(self._executor, planes.shape[1], planes.shape[2], self.max_memory)
         x = _core.Feature.from_numpy(planes).view()
-        return self._executor.run(x, mode).output.numpy()
+        return self._execute(x, mode, tile).output.numpy()
 
     def forward(self, img: Any, mode: str = "mask", *, cache: Forward | None = None,
                 start: str | None = None, keep: Iterable[str] = ()) -> Forward:
@@ -115,30 +138,36 @@ class Model:
         return self.forward(img, mode, keep=list(at))
 
     def upscale(self, img: Any, mode: str = "mask", *, alpha: str = "model",
-                outscale: float | None = None, progress=None) -> Any:
+                outscale: float | None = None, progress=None, tile: int | None = None) -> Any:
         """Upscales a PIL image or a uint8 / uint16 array ((H, W), (H, W, 3) or
         (H, W, 4)) by the model's scale; returns the same kind. mode="dense"
         ignores the sparse masks (every pixel and channel computed); alpha
         "model" or "bicubic" upscales an alpha channel by the network or
         bicubically; outscale resizes the result to that factor of the input;
-        progress(done, total) is called as the work goes on."""
+        progress(done, total) is called as the work goes on; tile runs the
+        network in bands of that many input rows (never needed for correctness:
+        large images run in bands anyway, see execution())."""
         from .upscale import upscale_image
-        return upscale_image(self.with_mode(mode), img, alpha=alpha, outscale=outscale,
+        return upscale_image(self.with_mode(mode, tile), img, alpha=alpha, outscale=outscale,
                              progress=progress)
 
-    def with_mode(self, mode: str) -> "ModeBound":
-        """This model with its run mode fixed: `scale` and `process(rgb)`."""
+    def with_mode(self, mode: str, tile: int | None = None) -> "ModeBound":
+        """This model with its run mode (and tile) fixed: `scale` and `process(rgb)`."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        return ModeBound(self, mode)
+        return ModeBound(self, mode, tile)
 
     def _run(self, rgb: np.ndarray, peak: float, mode: str, keep: Iterable[str] = (),
-             cache: Forward | None = None, start: str | None = None) -> Forward:
+             cache: Forward | None = None, start: str | None = None,
+             tile: int | None = None) -> Forward:
         """rgb: (H, W, 3) on 0..peak -> Forward with output on 0..peak."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         h, w = rgb.shape[:2]
-        check_input_size(self._executor, h, w, self.max_memory)
+        if keep or cache is not None:
+            check_input_size(self._executor, h, w, self.max_memory)
+        else:
+            self.execution(h, w, tile)
         io = self.io
         rgb = rgb.astype(np.float32, copy=False)
         chroma = None
@@ -156,7 +185,7 @@ class Model:
                                       dtype=np.float32)
         x = _core.Feature.from_numpy(planes).view()
         kept = cache.kept if cache is not None else None
-        result = self._executor.run(x, mode, keep=keep, cache=kept, start=start)
+        result = self._execute(x, mode, tile, keep=list(keep), cache=kept, start=start)
         out = result.output.numpy()
         if factor != 1.0:
             out = out / np.float32(factor)
@@ -277,13 +306,14 @@ class Model:
 class ModeBound:
     """A model and a run mode: what the upscaler runs (`scale`, `process`)."""
 
-    def __init__(self, model: Model, mode: str):
+    def __init__(self, model: Model, mode: str, tile: int | None = None):
         self.model = model
         self.mode = mode
+        self.tile = tile
         self.scale = model.scale
 
     def process(self, rgb: np.ndarray) -> np.ndarray:
-        return self.model.process(rgb, self.mode)
+        return self.model.process(rgb, self.mode, tile=self.tile)
 
 
 # Bounds on every value of a graph at the PROBE x PROBE input it is checked at
@@ -313,14 +343,17 @@ def _check_probe_shapes(executor: Executor, io: IO) -> None:
 
 
 def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None = None, *,
-         allow_nonfinite: bool = False) -> Model:
+         allow_nonfinite: bool = False, tile: int | None = None) -> Model:
     """Loads a sparsr checkpoint. isa forces a kernel level ("scalar", "avx2",
     "avx512") for this model; by default the best this CPU supports (lowered by
     the SPARSR_ISA environment variable). allow_nonfinite accepts NaN and
     infinite weights (refused by default: they are almost always a corrupted
     or badly exported file, and make every output pixel they reach NaN).
-    max_memory (bytes) bounds the feature memory of one run: a larger image is
-    refused before anything is allocated (default: the memory available)."""
+    max_memory (bytes) bounds the feature memory of one run: a larger image
+    runs in bands of rows that fit it (default budget: executor.DEFAULT_BUDGET,
+    at most the memory available), and an image that does not fit even so is
+    refused before anything is allocated. tile forces bands of that many input
+    rows on every image."""
     env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
@@ -337,6 +370,6 @@ def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None
         raise ValueError(f"this CPU does not support {isa!r} (best: {_core.detected_isa()})")
     try:
         return Model(description, tensors, metadata, path, isa, max_memory,
-                     allow_nonfinite=allow_nonfinite)
+                     allow_nonfinite=allow_nonfinite, tile=tile)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -365,14 +365,16 @@ class SmsrModuleOp(Op):
         return [y]
 
     def row_map(self):
-        # An output row depends on input rows within 10 of it: the mask branch
-        # (3x3 conv, 2x2 average pool, 3x3 conv at half size, 3x3 transposed
-        # conv back) reaches 7 rows, and each of the 4 layers one more at the
-        # pixels the mask picks. The pool wants windows at even rows. With the
-        # attention inside, a row depends on the whole image.
+        # The mask at row y reads input rows y - 4 .. y + 5 (3x3 conv, 2x2
+        # average pool, 3x3 conv at half size, 3x3 stride-2 transposed conv
+        # back); layer i's output at row y reads layer i - 1 at y +- 1 and the
+        # mask at y. The last layer (and the collect) at row y so reads the
+        # masks within n_layers - 1 rows and the input within n_layers + 4.
+        # The pool wants windows at even rows. With the attention inside, a
+        # row depends on the whole image.
         if self.attention:
             return None
-        return RowMap(halo=self.n_layers + 8, align=2)
+        return RowMap(halo=self.n_layers + 4, align=2)
 
     def workspace(self, shapes):
         # The dense channels of every layer, two layers' sparse channels, the

@@ -1,0 +1,321 @@
+"""Band execution equals whole-image execution: on every op, on each real
+model at small odd sizes down to bands of one row, with values kept across
+passes in memory or in temporary files, and through the model's API (a
+max_memory budget, tile=)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import sparsr
+from sparsr import _core
+from sparsr.errors import ImageError
+from sparsr.graph import IO
+from sparsr.importers.builder import GraphBuilder
+from sparsr.model import Model
+from sparsr.ops.smsr import module_shapes
+
+# Max abs difference allowed on 0..255 (global statistics are merged per band).
+TOL_255 = 1e-3
+
+
+def _rand(rng, *shape, scale=0.3):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+class Net:
+    """A tiny graph built op by op from random weights."""
+
+    def __init__(self, seed=0, channels=3):
+        self.rng = np.random.default_rng(seed)
+        self.sd: dict[str, np.ndarray] = {}
+        self.b = GraphBuilder(self.sd, IO(scale=1, color="rgb", range=1.0), "test")
+        self.k = 0
+
+    def conv(self, x, cin, cout, k=3, **kw):
+        self.k += 1
+        p = f"c{self.k}"
+        groups = kw.get("groups", 1)
+        self.sd[p + ".weight"] = _rand(self.rng, cout, cin // groups, k, k)
+        self.sd[p + ".bias"] = _rand(self.rng, cout)
+        return self.b.conv(x, p, **kw)
+
+    def conv_t(self, x, cin, cout, k, stride, padding, output_padding=0):
+        self.k += 1
+        p = f"t{self.k}"
+        self.sd[p + ".weight"] = _rand(self.rng, cin, cout, k, k)
+        self.sd[p + ".bias"] = _rand(self.rng, cout)
+        return self.b.conv_transpose(x, p, stride=stride, padding=padding,
+                                     output_padding=output_padding)
+
+    def model(self, out, scale=1, **load):
+        self.b.io = IO(scale=scale, color="rgb", range=1.0)
+        description, tensors = self.b.finish(out)
+        return Model(description, tensors, {}, "<test>", **load)
+
+
+def _check(model, h, w, rows_list=(1, 2, 3, 5), spill=(False, True), modes=("mask",),
+           seed=1, tol=TOL_255 / 255):
+    ex = model._executor
+    x = np.random.default_rng(seed).random((model.io.channels, h, w), dtype=np.float32) \
+        * model.io.range
+    f = _core.Feature.from_numpy(x).view()
+    for mode in modes:
+        whole = ex.run(f, mode)
+        want = whole.output.numpy()
+        for rows in rows_list:
+            for sp in spill:
+                got = ex.run_bands(f, mode, rows, spill=sp)
+                out = got.output.numpy()
+                assert out.shape == want.shape
+                diff = float(np.abs(out - want).max())
+                assert diff <= tol * model.io.range, (mode, rows, sp, diff)
+                assert len(got.masks) == len(whole.masks)
+                for a, b in zip(got.masks, whole.masks):
+                    assert a.shape == b.shape and (a == b).all(), (mode, rows, sp)
+                assert set(got.layers) == set(whole.layers)
+
+
+def _chain(net, x, c):
+    """A 3x3 conv into c channels, so that every op below sees several."""
+    return net.conv(x, 3, c)
+
+
+OP_GRAPHS = {}
+
+
+def op_graph(fn):
+    OP_GRAPHS[fn.__name__] = fn
+    return fn
+
+
+@op_graph
+def conv3x3_chain(net):
+    x = _chain(net, net.b.input, 4)
+    y = net.b.relu(net.conv(x, 4, 4))
+    y = net.b.add(net.conv(y, 4, 4), x)            # fused residual
+    return net.conv(net.b.leaky_relu(y, 0.1), 4, 3), 1
+
+
+@op_graph
+def conv_general(net):
+    x = _chain(net, net.b.input, 4)
+    a = net.conv(x, 4, 4, k=5)                      # 5x5, pad 2
+    b = net.conv(a, 4, 4, k=3, dilation=2)          # dilated
+    c = net.conv(b, 4, 4, k=3, stride=2, padding=1)  # strided, odd heights
+    d = net.conv(c, 4, 4, k=1)
+    e = net.conv(d, 4, 4, k=3, groups=2)
+    return net.conv(net.b.resize(e, "nearest", scale=2.0), 4, 3), 1
+
+
+@op_graph
+def conv_no_padding(net):
+    x = _chain(net, net.b.input, 4)
+    y = net.conv(x, 4, 4, k=3, padding=0)
+    y = net.conv(y, 4, 4, k=3, padding=2)
+    return net.conv(y, 4, 3, k=1), 1
+
+
+@op_graph
+def transposed(net):
+    x = _chain(net, net.b.input, 4)
+    y = net.conv_t(x, 4, 4, 3, 2, 1, 1)              # SMSR's mask upsampling
+    y = net.conv_t(y, 4, 4, 4, 2, 1)
+    y = net.b.avg_pool(y, 4, 4)
+    return net.conv(y, 4, 3), 1
+
+
+@op_graph
+def pooling(net):
+    x = _chain(net, net.b.input, 4)
+    a = net.b.max_pool(x, 3, 1, 1)
+    b = net.b.avg_pool(a, 2)
+    b = net.b.max_pool(b, 7, 3)                     # RFDN's ESA
+    return net.conv(net.b.resize(b, "bilinear", like=x), 4, 3), 1
+
+
+@op_graph
+def resizes(net):
+    x = _chain(net, net.b.input, 4)
+    a = net.b.resize(x, "bicubic", scale=2.0)
+    b = net.b.resize(a, "bilinear", scale=3.0)
+    c = net.b.avg_pool(b, 6)
+    return net.conv(net.b.add(net.b.resize(c, "nearest", scale=2.0),
+                              net.b.resize(x, "bilinear", scale=2.0)), 4, 3), 2
+
+
+@op_graph
+def shuffles(net):
+    x = _chain(net, net.b.input, 4)
+    a = net.b.pixel_unshuffle(net.b.pixel_shuffle(net.conv(x, 4, 16, k=1), 2), 2)
+    return net.conv(net.b.pixel_shuffle(a, 2), 4, 3), 2
+
+
+@op_graph
+def channels(net):
+    x = _chain(net, net.b.input, 6)
+    a, b = net.b.split(x, [2, 4])
+    c = net.b.slice(b, 1, 3)
+    d = net.b.concat([net.b.sigmoid(a), net.b.tanh(c), net.b.silu(b)])
+    e = net.conv(d, 8, 4, k=1)
+    parts = [net.conv(e, 4, 2, k=1) for _ in range(3)]
+    f = net.b.relu(net.conv(net.b.concat(parts), 6, 4, k=1))    # partial convs
+    return net.conv(net.b.mul(f, net.b.sub(f, e)), 4, 3), 1
+
+
+@op_graph
+def global_stats(net):
+    x = _chain(net, net.b.input, 4)
+    m = net.b.global_mean(x)
+    s = net.b.global_std(net.b.relu(x))
+    att = net.b.sigmoid(net.conv(net.b.add(m, s), 4, 4, k=1))
+    y = net.b.add(net.b.mul(net.conv(x, 4, 4), att), x)         # scale + residual
+    z = net.b.mul(y, net.b.global_mean(y))
+    w = net.b.mul(net.b.input, net.b.global_std(net.b.input))
+    return net.b.add(net.conv(z, 4, 3), w), 1
+
+
+@op_graph
+def smsr_module(net):
+    c, n_layers = 16, 4
+    x = _chain(net, net.b.input, c)
+    params = {}
+    rng = net.rng
+    for role, shape in module_shapes(c, n_layers).items():
+        if role.startswith("ca."):
+            continue
+        net.sd[f"m.{role}"] = _rand(rng, *shape)
+        params[role] = net.b.param(f"m.{role}")
+    # Half the channels dense per layer, and masks with both kinds of pixels.
+    net.sd["m.body.ch_mask"] = np.where(rng.random((1, c, n_layers, 2)) < 0.5, 3.0, -3.0
+                                        ).astype(np.float32)
+    y = net.b.op("smsr_module", [x], {"n_layers": n_layers, "attention": False}, params, "m")
+    return net.conv(net.b.add(y, x), c, 3), 1
+
+
+@pytest.mark.parametrize("name", sorted(OP_GRAPHS))
+@pytest.mark.parametrize("size", [(29, 23), (17, 30), (15, 41)])
+def test_every_op_in_bands_equals_whole(name, size):
+    net = Net(seed=sorted(OP_GRAPHS).index(name))
+    out, scale = OP_GRAPHS[name](net)
+    model = net.model(out, scale=scale)
+    _check(model, *size, modes=("mask", "dense") if name == "smsr_module" else ("mask",))
+
+
+def test_smsr_module_masks_have_both_kinds_of_pixels():
+    net = Net(seed=5)
+    out, _ = OP_GRAPHS["smsr_module"](net)
+    model = net.model(out)
+    x = _core.Feature.from_numpy(np.random.default_rng(2).random((3, 20, 20),
+                                                                 dtype=np.float32)).view()
+    mask = model._executor.run(x, "mask").masks[0]
+    assert 0 < mask.mean() < 1
+
+
+MODELS = {
+    "smsr_x2_official.pt": None, "carn_m.pth": 4, "imdn_x2.pth": None, "imdn_x4.pth": None,
+    "rfdn_aim_x4.pth": None, "rlfn_ntire2022_x4.pth": None, "span_ch28_x4.pth": None,
+    "realesr_animevideov3_x4.pth": None, "fsrcnn_x2_y.pth": None, "dncnn_25_gray.pth": None,
+}
+
+
+@pytest.fixture(scope="module")
+def converted(shared_dir, tmp_path_factory):
+    from sparsr.importers import convert
+
+    out = tmp_path_factory.mktemp("bands")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = out / (name.split(".")[0] + ".pt")
+            convert(shared_dir / "models" / name, path, scale=MODELS[name])
+            cache[name] = sparsr.load(path)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_real_models_in_bands_equal_whole(converted, name):
+    model = converted(name)
+    rows = (1, 4) if name.startswith(("smsr", "imdn", "rfdn")) else (1, 3, 8)
+    _check(model, 21, 17, rows_list=rows, spill=(False,), modes=("mask", "dense")
+           if name.startswith("smsr") else ("mask",))
+    _check(model, 26, 15, rows_list=(7,), spill=(True,))
+
+
+def test_upscale_in_bands_gives_the_same_image(converted, shared_dir):
+    from PIL import Image
+
+    model = converted("smsr_x2_official.pt")
+    lr = sorted((shared_dir / "data" / "Set5" / "LR_bicubic" / "X2").iterdir())[0]
+    img = np.asarray(Image.open(lr).convert("RGB"))[:60, :50]
+    whole = model.upscale(img)
+    for tile in (1, 9, 32):
+        banded = model.upscale(img, tile=tile)
+        diff = np.abs(banded.astype(int) - whole)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, tile
+
+
+def test_a_small_budget_runs_in_bands_and_a_tiny_one_is_refused(converted):
+    model = converted("rlfn_ntire2022_x4.pth")
+    ex = model.execution(64, 48)
+    assert ex.band_rows is None
+    small = sparsr.load(model.path, max_memory=model.execution(64, 48).peak_bytes // 3)
+    ex = small.execution(64, 48)
+    assert ex.band_rows is not None and ex.band_rows < 64
+    rgb = np.random.default_rng(0).random((64, 48, 3), dtype=np.float32)
+    assert np.abs(small.process(rgb) - model.process(rgb)).max() < 1e-5
+    tiny = sparsr.load(model.path, max_memory=1 << 16)
+    with pytest.raises(ImageError, match="even in bands"):
+        tiny.process(rgb)
+
+
+def test_spilled_values_leave_no_file_on_success_or_error(converted, monkeypatch, tmp_path):
+    model = converted("imdn_x2.pth")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def open_files():
+        fds = os.listdir("/proc/self/fd")
+        links = []
+        for fd in fds:
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return [link for link in links if link.startswith(str(tmp_path))]
+
+    x = _core.Feature.from_numpy(np.random.default_rng(0).random((3, 20, 20),
+                                                                 dtype=np.float32)).view()
+    bp = model._executor.band_plan(20, 20, 4)
+    assert len(bp.stored) > 1           # values kept across the attention passes
+    model._executor.run_bands(x, "mask", 4, spill=True)
+    assert os.listdir(tmp_path) == [] and open_files() == []
+    from sparsr import bands
+
+    calls = []
+    real = bands.Store.write
+
+    def failing(self, rows, r0):
+        calls.append(self.spill)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return real(self, rows, r0)
+
+    monkeypatch.setattr(bands.Store, "write", failing)
+    with pytest.raises(OSError, match="No space"):
+        model._executor.run_bands(x, "mask", 4, spill=True)
+    assert True in calls and os.listdir(tmp_path) == [] and open_files() == []
+
+
+def test_tile_must_be_a_positive_row_count(converted):
+    model = converted("fsrcnn_x2_y.pth")
+    rgb = np.zeros((8, 8, 3), np.float32)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="tile"):
+            model.process(rgb, tile=bad)
