@@ -102,12 +102,13 @@ def test_info_reports_layers_and_macs(smsr_model, small_rgb):
     assert len(core) == 20 and all(r["params"] == 36864 for r in core)
     assert all(r["sparsity"] == pytest.approx(0.0, abs=1e-3) for r in core)
     # dense MACs at 640x360: every conv at every pixel (the paper's dense SMSR
-    # baseline counts the same convolutions)
+    # baseline counts the same convolutions), the attention's once (on means)
     expected = 0
     for r in info["layers"]:
         if ".spa_mask." not in r["name"]:
             co, ci, kh, kw = r["shape"]
-            expected += 360 * 640 * co * ci * kh * kw
+            pixels = 1 if ".ca." in r["name"] else 360 * 640
+            expected += pixels * co * ci * kh * kw
     assert info["dense_macs"] >= expected
     measured = smsr_model.info(image=small_rgb)
     assert 0 < measured["executed_macs"] < measured["dense_macs"]

@@ -266,7 +266,7 @@ def test_a_small_budget_runs_in_bands_and_a_tiny_one_is_refused(converted):
     model = converted("rlfn_ntire2022_x4.pth")
     ex = model.execution(64, 48)
     assert ex.band_rows is None
-    small = sparsr.load(model.path, max_memory=model.execution(64, 48).peak_bytes // 3)
+    small = sparsr.load(model.path, max_memory=model.execution(64, 48).peak_bytes // 2)
     ex = small.execution(64, 48)
     assert ex.band_rows is not None and ex.band_rows < 64
     rgb = np.random.default_rng(0).random((64, 48, 3), dtype=np.float32)
@@ -319,3 +319,30 @@ def test_tile_must_be_a_positive_row_count(converted):
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="tile"):
             model.process(rgb, tile=bad)
+
+
+def test_cli_tile_and_max_memory_give_the_same_image(converted, tmp_path):
+    from PIL import Image
+
+    from sparsr import cli
+
+    model = converted("realesr_animevideov3_x4.pth")
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (23, 31, 3), np.uint8)).save(src)
+    outs = {}
+    budget = model.execution(23, 31).peak_bytes // 2
+    for name, extra in {"whole": [], "tile": ["--tile", "4"],
+                        "budget": ["--max-memory", f"{budget >> 10}K"]}.items():
+        out = tmp_path / f"{name}.png"
+        assert cli.main(["upscale", str(src), "-m", model.path, "-o", str(out), "-q"]
+                        + extra) == 0
+        outs[name] = np.asarray(Image.open(out)).astype(int)
+    assert model.execution(23, 31).band_rows is None
+    assert sparsr.load(model.path, max_memory=budget).execution(23, 31).band_rows < 23
+    for name in ("tile", "budget"):
+        diff = np.abs(outs[name] - outs["whole"])
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, name
+    with pytest.raises(SystemExit) as e:
+        cli.main(["upscale", str(src), "-m", model.path, "-o", str(tmp_path / "x.png"),
+                  "--max-memory", "lots"])
+    assert e.value.code == 2

@@ -224,7 +224,8 @@ def _load_model(args) -> Any:
     """The model the upscale command runs (tests replace this function)."""
     from . import load
 
-    return load(_resolve_model(args.model)).with_mode(args.mode or "mask")
+    return load(_resolve_model(args.model), max_memory=args.max_memory,
+                tile=args.tile).with_mode(args.mode or "mask")
 
 
 def _release_buffers() -> None:
@@ -506,6 +507,21 @@ def _positive(kind: type, what: str, top: float | None = None):
     return parse
 
 
+def _bytes(text: str) -> int:
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value * units[unit] > 1 << 50:
+        raise argparse.ArgumentTypeError(f"--max-memory must be a size such as 2G or 512M, "
+                                         f"got {text!r}")
+    return int(value * units[unit])
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -539,6 +555,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="threads the kernels use (default: SPARSR_NUM_THREADS or every core)")
     up.add_argument("--mode", choices=["mask", "dense"],
                     help="mask: skip what the sparse masks mark (default); dense: compute all")
+    up.add_argument("--tile", type=_positive(int, "--tile"), metavar="ROWS",
+                    help="run the network in bands of ROWS input rows (never needed: an image "
+                         "whose features exceed the memory budget runs in bands anyway, with "
+                         "the same result)")
+    up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                    help="feature memory budget, e.g. 2G or 512M (default 1G, at most what is "
+                         "available): larger images run in bands that fit it")
     up.add_argument("-f", "--force", action="store_true", help="overwrite outputs that exist")
     up.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     up.add_argument("--json", action="store_true",

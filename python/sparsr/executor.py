@@ -524,8 +524,9 @@ def check_input_size(executor: Executor, height: int, width: int,
 # Feature memory a run may take when no max_memory is given: above it an image
 # runs in bands (at most what the system has available).
 DEFAULT_BUDGET = 1 << 30
-# The fewest rows of a band chosen by memory (a forced tile may be smaller).
-MIN_BAND_ROWS = 8
+# The fewest rows of a band chosen by memory: one (slow with wide halos, but
+# it runs).
+MIN_BAND_ROWS = 1
 
 
 @dataclass
@@ -556,19 +557,27 @@ def choose_execution(executor: Executor, height: int, width: int,
             return Execution(None, False, plan.peak_bytes)
     elif plan.peak_bytes <= budget:
         return Execution(None, False, plan.peak_bytes)
-    per_row = plan.peak_bytes / height
-    probe = executor.band_plan(height, width, max(1, min(height, tile or MIN_BAND_ROWS)))
+    least = min(height, MIN_BAND_ROWS)
+    probe = executor.band_plan(height, width, tile or least)
+    out = probe.output_bytes()
+    # What a row of a band costs: the whole-image peak per row, less the
+    # output (held whole either way), with a margin for halos.
+    per_row = 1.25 * max(plan.peak_bytes - out, 0) / height + 1
     stored = probe.store_bytes()
     spill = stored > budget // 3
-    fixed = probe.output_bytes() + (0 if spill else stored)
-    rows = tile or int((budget - fixed) / (per_row * 1.25))
-    if tile is None and rows < MIN_BAND_ROWS:
+    fixed = out + (0 if spill else stored)
+    rows = tile or int((budget - fixed) / per_row)
+    if tile is None and rows < least:
         what = "the max_memory budget" if max_memory is not None else "available"
-        need = fixed + MIN_BAND_ROWS * per_row * 1.25
-        raise ImageError(f"a {width}x{height} image needs about {need / 2**30:.2f} GiB of "
-                         f"feature memory even in bands, {budget / 2**30:.2f} GiB {what}")
+        need = fixed + least * per_row
+        raise ImageError(f"a {width}x{height} image needs about {_size(need)} of feature "
+                         f"memory even in bands, {_size(budget)} {what}")
     rows = min(rows, height)
-    return Execution(rows, spill, int(fixed + rows * per_row * 1.25))
+    return Execution(rows, spill, int(fixed + rows * per_row))
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def available_memory() -> int | None:
