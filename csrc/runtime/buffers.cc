@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -29,7 +30,10 @@ class BufferPool {
     return *pool;
   }
 
+  // Buffers are kept by their mapped size (whole 2 MB pages), so that
+  // features a few rows apart (band execution's windows) share them.
   float* take(size_t bytes) {
+    bytes = mapped_size(bytes);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(bytes);
@@ -44,20 +48,38 @@ class BufferPool {
     // of every input channel, each in its own 4 KB page, which alone overflows
     // the first-level TLB (measured: a 1x1 256->64 over 360x640 on one thread,
     // 135 -> 130 ms).
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (!p) throw std::bad_alloc();
+    //
+    // Mapped directly, not through malloc: glibc raises its mmap threshold to
+    // the size of each mapping freed, after which buffers of up to 32 MB come
+    // from the heap and their pages stay with the process when freed (band
+    // execution, whose buffers come in many sizes, grew to several times its
+    // working set so).
+    const size_t rounded = mapped_size(bytes);
+    void* m = mmap(nullptr, rounded + kHugePage, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    char* base = static_cast<char*>(m);
+    char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) /
+                                      kHugePage * kHugePage);
+    if (p > base) munmap(base, p - base);
+    const size_t tail = (base + rounded + kHugePage) - (p + rounded);
+    if (tail) munmap(p + rounded, tail);
 #ifdef MADV_HUGEPAGE
     madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
 #endif
-    return static_cast<float*>(p);
+    return reinterpret_cast<float*>(p);
   }
+
+  static size_t mapped_size(size_t bytes) {
+    return (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  }
+  static void unmap(float* p, size_t bytes) { munmap(p, mapped_size(bytes)); }
 
   // Returns every pooled buffer to the OS (between images of different sizes).
   size_t release_all() {
     std::lock_guard<std::mutex> lock(mutex_);
     const size_t bytes = pooled_;
-    for (auto& [size, p] : free_) std::free(p);
+    for (auto& [size, p] : free_) unmap(p, size);
     free_.clear();
     pooled_ = 0;
     return bytes;
@@ -68,10 +90,20 @@ class BufferPool {
     return pooled_;
   }
 
-  void give(float* p, size_t bytes) {
+  size_t set_limit(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (pooled_ + bytes > kMaxPooledBytes) {
-      std::free(p);
+    const size_t old = limit_;
+    limit_ = bytes;
+    return old;
+  }
+
+  static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
+
+  void give(float* p, size_t bytes) {
+    bytes = mapped_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pooled_ + bytes > limit_) {
+      unmap(p, bytes);
       return;
     }
     free_.emplace(bytes, p);
@@ -80,8 +112,8 @@ class BufferPool {
 
  private:
   static constexpr size_t kHugePage = size_t(2) << 20;
-  static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
   std::mutex mutex_;
+  size_t limit_ = kMaxPooledBytes;
   std::multimap<size_t, float*> free_;
   size_t pooled_ = 0;
 };
@@ -93,6 +125,7 @@ constexpr size_t kPoolMinBytes = size_t(1) << 20;
 
 size_t release_pooled_buffers() { return BufferPool::get().release_all(); }
 size_t pooled_buffer_bytes() { return BufferPool::get().pooled(); }
+size_t set_pooled_buffer_limit(size_t bytes) { return BufferPool::get().set_limit(bytes); }
 
 void Feature::Free::operator()(float* p) const {
   if (bytes >= kPoolMinBytes) {

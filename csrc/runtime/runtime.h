@@ -110,6 +110,8 @@ class Conv2d {
 // this returns them to the OS and gives the bytes released.
 size_t release_pooled_buffers();
 size_t pooled_buffer_bytes();
+// The most bytes the pool keeps (default 1 GiB); gives the previous limit.
+size_t set_pooled_buffer_limit(size_t bytes);
 
 // Splits runs into tasks of roughly equal pixel counts for the thread pool.
 std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel);

@@ -340,6 +340,7 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
             for v in [v for v in stores if bplan.last_pass.get(v, -1) <= level
                       and v != bplan.output]:
                 stores.pop(v).close()
+            _core.release_buffers()
         out = stores[bplan.output].read(0, bplan.shapes[bplan.output][1])
         done = True
         return out, [np.concatenate(masks[i], axis=0) for i in sorted(masks)]
@@ -455,6 +456,11 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
                 _core.copy(old.rows(first - old_first, w.a - old_first), merged.rows(0, w.a - first))
                 _core.copy(o, merged.rows(w.a - first, w.b - first))
                 buffers[v] = (merged, first)
+        # Buffers are pooled by size: the first and the last band have sizes
+        # of their own, which the pool would otherwise keep (the middle bands
+        # reuse one another's).
+        if k == 0 or k == len(p.bands) - 2:
+            _core.release_buffers()
         # Rows no later band reads are let go.
         if k + 1 < len(p.bands):
             nxt = p.keep[k + 1]

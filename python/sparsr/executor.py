@@ -411,12 +411,23 @@ class Executor:
                                              (self.in_channels, height, width), band_rows)
         return self._band_plans[key]
 
-    def run_bands(self, x, mode: str, band_rows: int, spill: bool = False) -> Result:
+    def run_bands(self, x, mode: str, band_rows: int, spill: bool = False,
+                  pool_limit: int | None = None) -> Result:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
-        the same result as run(), in the memory of a band."""
+        the same result as run(), in the memory of a band. pool_limit: the
+        most bytes of freed buffers kept for reuse meanwhile (default: a
+        quarter of the band's estimated working set, at least 64 MiB)."""
         bplan = self.band_plan(x.height, x.width, band_rows)
+        if pool_limit is None:
+            per_row = self.plan(x.height, x.width).peak_bytes / x.height
+            pool_limit = max(64 << 20, int(per_row * band_rows / 4))
         rt = Run(mode, self.isa)
-        out, masks = run_bands(bplan, x, rt, spill)
+        old = _core.set_pool_limit(pool_limit)
+        try:
+            out, masks = run_bands(bplan, x, rt, spill)
+        finally:
+            _core.set_pool_limit(old)
+            _core.release_buffers()
         return Result(out, masks, rt.counter.layers, None)
 
     def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
@@ -540,14 +551,17 @@ class Execution:
 def choose_execution(executor: Executor, height: int, width: int,
                      max_memory: int | None = None, tile: int | None = None) -> Execution:
     """Whole-image execution when its feature memory fits the budget (max_memory,
-    else DEFAULT_BUDGET capped by the memory available), else bands as tall as
+    else DEFAULT_BUDGET plus the output, capped by the memory available), else
+    bands as tall as
     the budget allows, values kept across passes going to temporary files when
     they would take more than a third of it. tile forces bands of that many
     input rows. ImageError when the network's shapes do not work at this size,
     or when even bands of MIN_BAND_ROWS rows need more than max_memory."""
     plan = check_input_size(executor, height, width, None)
     available = available_memory()
-    budget = max_memory if max_memory is not None else DEFAULT_BUDGET
+    out_bytes = feature_bytes(*plan.shapes[executor.graph.outputs[0]])
+    # The default budget is for the work: the output (the result) comes on top.
+    budget = max_memory if max_memory is not None else DEFAULT_BUDGET + out_bytes
     if available is not None:
         budget = min(budget, available)
     if tile is not None:

@@ -102,7 +102,7 @@ class Model:
 
     def _execute(self, x, mode: str, tile: int | None, keep=(), cache=None,
                  start=None) -> Result:
-        if keep or cache is not None:
+        if keep or cache is not None or start is not None:
             # Restarts keep whole-image values: whole-image execution.
             check_input_size(self._executor, x.height, x.width, self.max_memory)
             return self._executor.run(x, mode, keep=keep, cache=cache, start=start)
@@ -164,7 +164,7 @@ class Model:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         h, w = rgb.shape[:2]
-        if keep or cache is not None:
+        if keep or cache is not None or start is not None:
             check_input_size(self._executor, h, w, self.max_memory)
         else:
             self.execution(h, w, tile)
@@ -184,11 +184,15 @@ class Model:
         planes = np.ascontiguousarray(planes * factor if factor != 1.0 else planes,
                                       dtype=np.float32)
         x = _core.Feature.from_numpy(planes).view()
+        del planes
         kept = cache.kept if cache is not None else None
         result = self._execute(x, mode, tile, keep=list(keep), cache=kept, start=start)
+        del x
         out = result.output.numpy()
+        # The output feature goes first: at 8K an RGB float copy is 400 MB.
+        result.output = None
         if factor != 1.0:
-            out = out / np.float32(factor)
+            np.divide(out, np.float32(factor), out=out)
         out = self._to_rgb(out, chroma, peak)
         layers = {k: LayerStats(k, v[0], v[1]) for k, v in result.layers.items()}
         return Forward(out, result.masks, layers, result.kept)

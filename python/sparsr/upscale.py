@@ -170,7 +170,11 @@ def _upscale_samples(model: Any, a: np.ndarray, alpha_mode: str, outscale: float
         merged = np.stack([out, result_alpha], axis=2)
     else:
         merged = np.concatenate([out, result_alpha[:, :, None]], axis=2)
-    result = np.rint(np.clip(merged * top, 0, top)).astype(a.dtype)
+    # In place: merged is this function's own (the model's output, or a stack).
+    np.multiply(merged, top, out=merged)
+    np.clip(merged, 0, top, out=merged)
+    result = np.rint(merged, out=merged).astype(a.dtype)
+    del merged, out
     report(total, total)
     return result
 
