@@ -288,6 +288,23 @@ class Store:
         self.feature = None
 
 
+class OutputArray:
+    """The graph output, written band by band into an (H, W, C) float32 array:
+    the layout images take, with no whole feature beside it."""
+
+    spill = True      # read back only as the result
+
+    def __init__(self, channels: int, height: int, width: int):
+        self.shape = (channels, height, width)
+        self.array = np.empty((height, width, channels), np.float32)
+
+    def write(self, rows, r0: int) -> None:
+        self.array[r0:r0 + rows.height] = rows.numpy().transpose(1, 2, 0)
+
+    def close(self) -> None:
+        self.array = None
+
+
 class Statistic:
     """A global statistic's input, band by band: each band's mean and
     variance, merged in double (Chan et al.'s pairwise update: no cancellation)."""
@@ -318,7 +335,8 @@ class Statistic:
 
 def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
     """Runs the band plan on x (Channels of the whole input) with run context
-    rt; returns the graph output (Channels) and the masks in step order."""
+    rt; returns the graph output (an (H, W, C) float32 array) and the masks in
+    step order."""
     values: dict[str, Any] = {bplan.input: x}          # global values and whole inputs
     stores: dict[str, Store] = {}
     masks: dict[int, list[np.ndarray]] = {}
@@ -341,7 +359,9 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
                       and v != bplan.output]:
                 stores.pop(v).close()
             _core.release_buffers()
-        out = stores[bplan.output].read(0, bplan.shapes[bplan.output][1])
+        st = stores[bplan.output]
+        out = st.array if isinstance(st, OutputArray) else \
+            st.read(0, st.shape[1]).numpy().transpose(1, 2, 0)
         done = True
         return out, [np.concatenate(masks[i], axis=0) for i in sorted(masks)]
     finally:
@@ -405,7 +425,9 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
     buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
     for i in bplan.band_steps(level):
         for v in steps[i].outputs:
-            if v in bplan.stored:
+            if v == bplan.output and v not in bplan.read_in:
+                stores[v] = OutputArray(*bplan.shapes[v])
+            elif v in bplan.stored:
                 stores[v] = Store(*bplan.shapes[v], spill=spill and v != bplan.output)
     reducers = {}
     for i in stats:
@@ -426,7 +448,13 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
 
     for k, works in enumerate(p.bands):
         keep = p.keep[k]
-        for w in works:
+        later = p.keep[k + 1] if k + 1 < len(p.bands) else {}
+        # A buffer goes after its last reader in this band, unless a later band reads it.
+        last_read: dict[str, int] = {}
+        for j, w in enumerate(works):
+            for v in steps[w.step].inputs:
+                last_read[v] = j
+        for j, w in enumerate(works):
             s = steps[w.step]
             inputs = [values[v] if win is None else window(v, *win)
                       for v, win in zip(s.inputs, w.windows)]
@@ -456,14 +484,29 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
                 _core.copy(old.rows(first - old_first, w.a - old_first), merged.rows(0, w.a - first))
                 _core.copy(o, merged.rows(w.a - first, w.b - first))
                 buffers[v] = (merged, first)
+            del outs, o
+            for v in dict.fromkeys(list(s.inputs) + list(s.outputs)):
+                if last_read.get(v, -1) <= j and v in buffers:
+                    _trim(buffers, stores, later, v)
         # Buffers are pooled by size: the first and the last band have sizes
         # of their own, which the pool would otherwise keep (the middle bands
         # reuse one another's).
         if k == 0 or k == len(p.bands) - 2:
             _core.release_buffers()
-        # Rows no later band reads are let go.
-        if k + 1 < len(p.bands):
-            nxt = p.keep[k + 1]
-            for v in list(buffers):
-                if v not in nxt and v not in stores:
-                    del buffers[v]
+        for v in list(buffers):
+            _trim(buffers, stores, later, v)
+
+
+def _trim(buffers, stores, later, v):
+    """Lets go of the rows of v's buffer that no later band reads: a copy of
+    the rest replaces it (a view would hold the whole buffer)."""
+    ch, first = buffers[v]
+    if v in stores and not stores[v].spill:
+        return
+    end = first + ch.height
+    if v not in later or later[v] >= end:
+        del buffers[v]
+    elif later[v] > first:
+        kept = _core.Feature(len(ch), end - later[v], ch.width, written=len(ch)).view()
+        _core.copy(ch.rows(later[v] - first, ch.height), kept)
+        buffers[v] = (kept, later[v])

@@ -121,7 +121,9 @@ class Model:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         x = _core.Feature.from_numpy(planes).view()
-        return self._execute(x, mode, tile).output.numpy()
+        out = self._execute(x, mode, tile).output
+        return np.ascontiguousarray(out.transpose(2, 0, 1)) if isinstance(out, np.ndarray) \
+            else out.numpy()
 
     def forward(self, img: Any, mode: str = "mask", *, cache: Forward | None = None,
                 start: str | None = None, keep: Iterable[str] = ()) -> Forward:
@@ -188,8 +190,11 @@ class Model:
         kept = cache.kept if cache is not None else None
         result = self._execute(x, mode, tile, keep=list(keep), cache=kept, start=start)
         del x
-        out = result.output.numpy()
-        # The output feature goes first: at 8K an RGB float copy is 400 MB.
+        # (H, W, C): a band run writes it so; the output feature goes at once
+        # (at 8K an RGB float copy is 400 MB).
+        out = result.output
+        if not isinstance(out, np.ndarray):
+            out = out.numpy().transpose(1, 2, 0)
         result.output = None
         if factor != 1.0:
             np.divide(out, np.float32(factor), out=out)
@@ -198,21 +203,20 @@ class Model:
         return Forward(out, result.masks, layers, result.kept)
 
     def _to_rgb(self, out: np.ndarray, chroma: np.ndarray | None, peak: float) -> np.ndarray:
+        """out: the network output as (H, W, C)."""
         io = self.io
         if io.color == "rgb":
-            rgb = out.transpose(1, 2, 0)
-            return np.ascontiguousarray(rgb[:, :, ::-1] if io.channel_order == "bgr" else rgb,
+            return np.ascontiguousarray(out[:, :, ::-1] if io.channel_order == "bgr" else out,
                                         dtype=np.float32)
         if io.color == "grey":
-            return np.ascontiguousarray(np.repeat(out[0][:, :, None], 3, axis=2),
-                                        dtype=np.float32)
+            return np.ascontiguousarray(np.repeat(out[:, :, :1], 3, axis=2), dtype=np.float32)
         # Y network: the chroma planes upsampled bicubically beside it.
         s = self.scale
         c = _core.Feature.from_numpy(np.ascontiguousarray(chroma, dtype=np.float32))
         up = _core.Feature(2, c.height * s, c.width * s)
         _core.resize(c.view(), up.view(), "bicubic", False, s, s)
         cb, cr = up.numpy()
-        y = out[0] - 16.0 / 255.0 * peak
+        y = out[:, :, 0] - 16.0 / 255.0 * peak
         ycc = np.stack([y, cb, cr], axis=-1).astype(np.float64)
         inverse = np.linalg.inv(np.stack([_Y, _CB, _CR]))
         return np.ascontiguousarray(ycc @ inverse.T, dtype=np.float32)
