@@ -77,7 +77,8 @@ def test_core_layers_are_found_from_the_graph(tiny_path):
     if name == "smsr":
         assert core == [f"body.{k}.body.body.{i}" for k in range(2) for i in range(4)]
     elif name == "rfdn":
-        assert "B1.c1_r" in core and "fea_conv" not in core and "upsampler.0" not in core
+        assert core == [f"B{i}.{c}" for i in (1, 2) for c in ("c1_r", "c2_r", "c3_r", "c4")] \
+            + ["LR_conv"]   # not fea_conv (the image), the upsampler, nor the attention convs
         assert not table["B1.esa.conv2"].packed          # stride 2: the general conv
         assert table["B1.esa.conv2"].formats == ("dense", "sparse")
     else:

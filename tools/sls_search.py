@@ -249,8 +249,11 @@ def main(argv=None) -> int:
         model_desc, tensors, metadata = load_checkpoint(args.model)
         engine = sparsr.load(args.model)
         names = conv2d_names(engine)
-        if args.layers == "core":
-            layers = core_layers(engine)
+        left_dense = []
+        if args.layers == "core":   # core layers with fewer than M input channels stay dense
+            layers = [n for n in core_layers(engine)
+                      if nm_eligible(engine.conv_weight(n).shape, args.m)]
+            left_dense = [n for n in core_layers(engine) if n not in layers]
         elif args.layers == "all":
             layers = [n for n in names if nm_eligible(engine.conv_weight(n).shape, args.m)]
         else:
@@ -271,7 +274,9 @@ def main(argv=None) -> int:
         return l1_loss(functional_call(net, subs, (lr_batch,), {"masks": True, "image": True}),
                        hr_batch)
 
-    print(f"SLS search: {len(layers)} layers, M={args.m}, budget {args.budget}")
+    print(f"SLS search: {len(layers)} layers, M={args.m}, budget {args.budget}"
+          + (f"; left dense (fewer than M input channels): {', '.join(left_dense)}"
+             if left_dense else ""))
     result = search(pruner, task_loss, args.budget, max_steps=args.search_steps,
                     minutes=args.search_minutes, lr_weights=args.lr, lr_scores=args.lr_scores,
                     lambda_init=args.lambda_init, alpha=args.alpha, threshold=args.threshold,
@@ -288,7 +293,8 @@ def main(argv=None) -> int:
     for n in layers:
         tensors[n + ".weight"] = tensors[n + ".weight"] * masks[n].numpy()
     report = {"tool": "tools/sls_search.py", "base": Path(args.model).name, "m": args.m,
-              "budget": args.budget, "layers": layer_n, "search": result,
+              "budget": args.budget, "layers": layer_n, "left_dense": left_dense,
+              "search": result,
               "hyper": {k: getattr(args, k) for k in ("lr_scores", "lambda_init", "alpha",
                                                       "threshold", "anneal_every", "rerank_every",
                                                       "lr", "batch", "patch", "seed")},

@@ -123,6 +123,7 @@ def conv_table(model) -> dict[str, ConvInfo]:
     consumers = g.consumers()
     nodes = g.nodes
     upsampled: set[str] = set()      # values computed at the output resolution
+    reduced: set[str] = set()        # values at a lower resolution (strided convs, pools)
     for n in nodes:
         if n.op in _UPSAMPLING or (n.op == "resize" and any(v in upsampled for v in n.inputs)):
             upsampled.update(n.outputs)
@@ -130,6 +131,12 @@ def conv_table(model) -> dict[str, ConvInfo]:
             upsampled.update(n.outputs)
         elif any(v in upsampled for v in n.inputs):
             upsampled.update(n.outputs)
+        if n.op == "resize":
+            continue   # back to the size of a value, or scaled: not reduced
+        if (n.op in ("max_pool", "avg_pool", "pixel_unshuffle")
+                or (n.op == "conv2d" and _as_pair(n.attrs.get("stride", 1)) != (1, 1))
+                or (n.op != "concat" and any(v in reduced for v in n.inputs))):
+            reduced.update(n.outputs)
 
     def feeds_upsampling(value: str, depth: int = 0) -> bool:
         for j in consumers.get(value, []):
@@ -156,7 +163,7 @@ def conv_table(model) -> dict[str, ConvInfo]:
             groups = int(n.attrs.get("groups", 1))
             reads_image = w.shape[1] * groups <= in_channels
             core = (packed and kh == 3 and not reads_image and n.inputs[0] not in upsampled
-                    and not feeds_upsampling(n.outputs[0]))
+                    and n.inputs[0] not in reduced and not feeds_upsampling(n.outputs[0]))
             out.setdefault(name, ConvInfo(name, n.name, tuple(int(d) for d in w.shape), groups,
                                           packed, core))
         elif n.op == "smsr_module":
@@ -174,7 +181,8 @@ def core_layers(model) -> list[str]:
     """The body layers the sparsity tools target by default: SMSR's sparse mask
     convs when the graph has SMSR modules (the SparSMSR paper's 20 core layers),
     else every packed 3x3 conv that reads features (not the image) at the input
-    resolution and does not feed an upsampler (pixel shuffle, transposed conv)."""
+    resolution (not upsampled, nor reduced by a strided conv or a pool, as in RFDN's
+    attention branch) and does not feed an upsampler (pixel shuffle, transposed conv)."""
     table = conv_table(model)
     if any(n.op == "smsr_module" for n in model.graph.nodes):
         return [c.name for c in table.values()
