@@ -203,12 +203,26 @@ def test_evaluate_engine_and_torch_agree(tiny_path, tiny_data, tmp_path):
     assert rows["--model"]["psnr"] == pytest.approx(rows["--torch"]["psnr"], abs=0.02)
 
 
+def test_compare_models_counts_fewer_macs_for_pruned_layers(tiny_path, tiny_data, tmp_path):
+    pruned, js = tmp_path / "nm.pt", tmp_path / "cmp.json"
+    _run(REPO / "tools" / "nm_prune.py", tiny_path, "-o", pruned, "--n", "1", "--m", "4")
+    r = _run(REPO / "tools" / "compare_models.py", "--base", tiny_path, "--model",
+             f"1:4={pruned}", "--sets", tiny_data, "--output-size", "48", "56", "--image",
+             tiny_data / "HR" / "img0.png", "--repeats", "2", "--json", js)
+    rows = json.loads(js.read_text())["rows"]
+    assert [row["label"] for row in rows] == ["dense", "1:4"] and "| 1:4 |" in r.stdout
+    assert rows[1]["executed_gmacs"] < rows[0]["executed_gmacs"] <= rows[0]["dense_gmacs"]
+    assert rows[0]["time_ratio"] == 1.0 and rows[1]["seconds"] > 0
+    assert set(rows[1]["sets"]) == {"Tiny"}
+
+
 def test_no_tool_imports_an_architecture_module():
     """The sparsity tools read graphs, not networks: none imports a hand-written PyTorch
     twin (compare_torch.py and onnx_roundtrip.py check importers against the original
     networks, and so import them)."""
     tools = ["sensitivity", "allocate", "nm_prune", "sls_search", "evaluate", "sparsity_tables",
-             "nm_tables", "sparsity_common", "nm_common", "make_sparsmsr", "torch_graph"]
+             "nm_tables", "sparsity_common", "nm_common", "make_sparsmsr", "torch_graph",
+             "compare_models"]
     for name in tools:
         path = REPO / "tools" / f"{name}.py"
         text = path.read_text()

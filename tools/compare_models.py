@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH")
     p.add_argument("--sets", nargs="*", default=["Set5", "Set14"])
     p.add_argument("--output-size", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"))
+    p.add_argument("--image", help="the timed input: the centre crop of this image "
+                                   "(default: Set14 barbara's HR image)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json")
@@ -40,7 +42,15 @@ def main(argv=None) -> int:
     models = [(label, sparsr.load(path)) for label, path in specs]
     scale = models[0][1].scale
     size = (args.output_size[0] // scale, args.output_size[1] // scale)
-    img = mac_image("Set14/barbara", size)
+    if args.image:
+        from sparsity_common import load_rgb
+        full = load_rgb(args.image)
+        if full.shape[0] < size[0] or full.shape[1] < size[1]:
+            p.error(f"{args.image} is smaller than the {size[1]}x{size[0]} input")
+        y, x = (full.shape[0] - size[0]) // 2, (full.shape[1] - size[1]) // 2
+        img = full[y:y + size[0], x:x + size[1]].copy()
+    else:
+        img = mac_image("Set14/barbara", size)
     rows = []
     for label, m in models:
         info = m.info(image=img)
@@ -60,17 +70,18 @@ def main(argv=None) -> int:
         row["seconds"] = statistics.median(t)
         row["time_ratio"] = row["seconds"] / base_t
         row["per_round_ratio"] = statistics.median(a / b for a, b in zip(t, times[0]))
-    head = "| model | " + " | ".join(f"{s} PSNR / SSIM" for s in args.sets) + \
+    names = [Path(s).name for s in args.sets]   # DatasetResult.dataset: the directory name
+    head = "| model | " + " | ".join(f"{s} PSNR / SSIM" for s in names) + \
         f" | GMACs executed ({args.output_size[1]}x{args.output_size[0]} out) | time s | vs dense |"
     print(head)
     print("|---" * (4 + len(args.sets)) + "|")
     for r in rows:
-        cells = [f"{r['sets'][s]['psnr']:.3f} / {r['sets'][s]['ssim']:.4f}" for s in args.sets]
+        cells = [f"{r['sets'][s]['psnr']:.3f} / {r['sets'][s]['ssim']:.4f}" for s in names]
         print(f"| {r['label']} | " + " | ".join(cells) + f" | {r['executed_gmacs']:.2f} "
               f"(dense {r['dense_gmacs']:.2f}) | {r['seconds']:.3f} | x{r['time_ratio']:.3f} "
               f"(per round x{r['per_round_ratio']:.3f}) |")
     print(f"{args.threads} thread(s), median of {args.repeats} interleaved rounds, input "
-          f"{size[1]}x{size[0]} (centre of Set14 barbara HR)")
+          f"{size[1]}x{size[0]} (centre of {args.image or 'Set14 barbara HR'})")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     return 0
