@@ -49,16 +49,9 @@ def tiny_path(request, tmp_path_factory):
 
 def _run(*args):
     r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                       cwd=REPO, env=_env())
+                       cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
-
-
-def _env():
-    import os
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _close(a, b, tol=2e-3):
