@@ -17,7 +17,15 @@ from sparsr import _core
 
 
 def random_nm_weight(cout, cin, ksize, n, m, rng):
-    """OIHW float32 weights keeping n random nonzeros of every m input channels."""
+    """OIHW float32 weights keeping n random nonzeros of every m input channels (a short
+    last group when m does not divide cin: min(n, its width))."""
+    if m and cin % m:
+        wide = random_nm_weight(cout, -(-cin // m) * m, ksize, n, m, rng)
+        w = np.ascontiguousarray(wide[:, :cin])
+        short = w[:, cin // m * m:]
+        if short.shape[1] <= n:   # the short group dense, as pruning keeps it
+            short[:] = rng.standard_normal(short.shape, dtype=np.float32)
+        return w
     w = rng.standard_normal((cout, cin, ksize, ksize), dtype=np.float32)
     if m == 0:
         return w
@@ -75,6 +83,8 @@ def main():
     parser.add_argument("--isa", default=None, help="scalar, avx2 or avx512 (default: active)")
     parser.add_argument("--patterns", default=None, help="e.g. 2:4,8:32")
     parser.add_argument("--height", type=int, default=360, help="image height (width 640)")
+    parser.add_argument("--shapes", default=None,
+                        help="cin,cout,k;... e.g. 50,50,3 (RFDN: M does not divide 50)")
     parser.add_argument("--input-planes", type=int, default=None,
                         help="read every input channel from this many distinct planes, which "
                              "then stay in L1 (default: every channel its own plane)")
@@ -84,7 +94,10 @@ def main():
     if args.patterns:
         patterns = [tuple(int(v) for v in p.split(":")) for p in args.patterns.split(",")]
     unrolled = set(_core.nm_unrolled_patterns())
-    for cin, cout, k, _, w in SHAPES:
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in sh.split(",")) + (360, 640) for sh in args.shapes.split(";")]
+    for cin, cout, k, _, w in shapes:
         h = args.height
         planes = args.input_planes
         dense = conv_runner(cin, cout, k, h, w, isa=args.isa, input_planes=planes)

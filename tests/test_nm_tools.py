@@ -20,7 +20,13 @@ import nm_common  # noqa: E402
 import nm_prune  # noqa: E402
 import sls_search  # noqa: E402
 from nm_common import NMError  # noqa: E402
+from sparsity_common import SMSR_CORE_LAYERS, target_layers  # noqa: E402
 from conftest import smsr_modules, with_input_skip  # noqa: E402
+
+
+def _core(names):
+    """SMSR's 20 core layers among names (by their checkpoint names)."""
+    return target_layers(names, SMSR_CORE_LAYERS)
 
 
 def _groups(w: np.ndarray, m: int) -> np.ndarray:
@@ -74,18 +80,43 @@ def test_check_nm_refuses(n, m, msg):
 
 def test_select_layers_default_leaves_ineligible_dense_and_reports():
     shapes = {"head.0": (64, 3, 3, 3), "body.0.body.body.0": (64, 64, 3, 3),
-              "body.0.body.body.1": (64, 60, 3, 3), "body.0.ca.conv_du.2": (64, 4, 1, 1),
+              "body.0.body.body.1": (64, 60, 3, 3), "body.0.body.body.2": (64, 4, 3, 3),
+              "body.0.ca.conv_du.2": (64, 4, 1, 1), "down": (64, 64, 3, 3),
               "tail.0": (12, 64, 3, 3)}
-    chosen, dense = nm_prune.select_layers(shapes, 8, None, False)
-    assert chosen == ["body.0.body.body.0"]
-    assert set(dense) == {"body.0.body.body.1"} and "not divisible by M=8" in dense["body.0.body.body.1"]
-    chosen, dense = nm_prune.select_layers(shapes, 8, None, True)
-    assert chosen == ["body.0.body.body.0", "tail.0"]
-    assert set(dense) == {"head.0", "body.0.body.body.1", "body.0.ca.conv_du.2"}
-    with pytest.raises(NMError, match="body.0.body.body.1 has 60 input channels"):
-        nm_prune.select_layers(shapes, 8, r"body\.0\.body\.body", False)
+    core = ["body.0.body.body.0", "body.0.body.body.1", "body.0.body.body.2"]
+    packed = set(shapes) - {"down"}
+    chosen, dense = nm_prune.select_layers(shapes, 8, None, False, core, packed)
+    # 60 channels at M = 8: seven groups of 8 and a short one of 4.
+    assert chosen == ["body.0.body.body.0", "body.0.body.body.1"]
+    assert set(dense) == {"body.0.body.body.2"}
+    assert "fewer than M=8" in dense["body.0.body.body.2"]
+    chosen, dense = nm_prune.select_layers(shapes, 8, None, True, core, packed)
+    assert chosen == ["body.0.body.body.0", "body.0.body.body.1", "tail.0"]
+    assert set(dense) == {"head.0", "body.0.body.body.2", "body.0.ca.conv_du.2", "down"}
+    assert "no N:M kernel" in dense["down"]
+    with pytest.raises(NMError, match="body.0.body.body.2 has 4 input channels"):
+        nm_prune.select_layers(shapes, 8, r"body\.0\.body\.body", False, core, packed)
+    with pytest.raises(NMError, match="layer down is not a 1x1 or 3x3 stride-1"):
+        nm_prune.select_layers(shapes, 8, r"^down$", False, core, packed)
     with pytest.raises(NMError, match="matches no convolution"):
-        nm_prune.select_layers(shapes, 8, r"^nothing$", False)
+        nm_prune.select_layers(shapes, 8, r"^nothing$", False, core, packed)
+
+
+def test_short_last_group_keeps_n_of_its_width():
+    """50 input channels at 2:4: 12 groups of 4 and a short one of 2 (channels 48, 49)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 50, 3, 3)).astype(np.float32)
+    pruned = nm_common.nm_prune(w, 2, 4)
+    assert nm_common.satisfies_nm(pruned, 2, 4)
+    groups = (pruned.transpose(0, 2, 3, 1) != 0)
+    assert (groups[..., :48].reshape(3, 3, 3, 12, 4).sum(-1) == 2).all()
+    assert (groups[..., 48:].sum(-1) == 2).all()          # both of the short group kept
+    one = nm_common.nm_prune(w, 1, 4)
+    short = np.abs(w[:, 48:]).argmax(1)                   # the larger of channels 48, 49
+    np.testing.assert_array_equal((one[:, 48:] != 0).argmax(1), short)
+    parts = nm_common.decompose_1m(torch.from_numpy(w), 4)
+    torch.testing.assert_close(sum(parts), torch.from_numpy(w), rtol=0, atol=0)
+    assert not nm_common.nm_eligible((3, 3, 3, 3), 4) and nm_common.nm_eligible((3, 4, 3, 3), 4)
 
 
 # -- SLS pieces ----------------------------------------------------------------------
@@ -257,8 +288,8 @@ def test_nm_checkpoint_of_real_smsr_satisfies_nm(nm_checkpoint):
     model, tensors, _ = checkpoint.load(path)
     tensors = checkpoint.decode_sparse(tensors)
     nm_layers = {n for n, v in model["layers"].items() if v.get("format") == "nm"}
-    assert len(nm_layers) > 20 and set(nm_common.core_layers(nm_layers)) == set(
-        nm_common.core_layers(list(report["layers"]) + list(report["left_dense"])))
+    assert len(nm_layers) > 20 and set(_core(nm_layers)) == set(
+        _core(list(report["layers"]) + list(report["left_dense"])))
     for name in nm_layers:
         opts = model["layers"][name]["options"]
         assert opts == {"n": 2, "m": 4}
@@ -283,7 +314,7 @@ def test_nm_core_checkpoint_marks_exactly_the_core_layers(nm_core_checkpoint):
     model, tensors, _ = checkpoint.load(nm_core_checkpoint)
     tensors = checkpoint.decode_sparse(tensors)
     nm_layers = sorted(n for n, v in model["layers"].items() if v.get("format") == "nm")
-    assert nm_layers == nm_common.core_layers(nm_layers) and len(nm_layers) == 20
+    assert nm_layers == _core(nm_layers) and len(nm_layers) == 20
     for name in nm_layers:
         assert nm_common.satisfies_nm(tensors[name + ".weight"], 2, 4), name
 
@@ -298,8 +329,7 @@ def test_nm_checkpoint_loads_in_sparsr_and_matches_torch(nm_core_checkpoint, sha
         shared_dir / "data" / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png").convert("RGB"))[:40, :48]
     lr = np.ascontiguousarray(lr)
     ours = net.forward(lr, mode="mask").output
-    _, tensors, _ = nm_common.load_checkpoint(path)
-    ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(tensors).eval())(lr)
+    ref = nm_common.torch_upscaler(nm_common.GraphModule.from_checkpoint(path).eval())(lr)
     assert np.abs(np.asarray(ours, np.float32) - ref).max() <= 1e-2
 
 
@@ -325,8 +355,7 @@ def test_all_eligible_nm_checkpoint_matches_torch(nm_checkpoint, shared_dir):
     lr = _butterfly_crop(shared_dir)
     fwd = net.forward(lr, mode="mask")
     assert 0 < sum(m.sum() for m in fwd.masks) < sum(m.size for m in fwd.masks)
-    _, tensors, _ = nm_common.load_checkpoint(path)
-    ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(tensors).eval())(lr)
+    ref = nm_common.torch_upscaler(nm_common.GraphModule.from_checkpoint(path).eval())(lr)
     assert np.abs(np.asarray(fwd.output, np.float32) - ref).max() <= 1e-2
 
 
@@ -348,8 +377,7 @@ def test_all_eligible_nm_checkpoint_without_input_skip_matches_torch(nm_checkpoi
     assert module.unimportant_collect.cin == 4 * module.channels
     lr = _butterfly_crop(shared_dir)
     fwd = net.forward(lr, mode="mask")
-    _, ref_tensors, _ = nm_common.load_checkpoint(path)
-    ref = nm_common.torch_upscaler(nm_common.SMSR.from_state_dict(ref_tensors).eval())(lr)
+    ref = nm_common.torch_upscaler(nm_common.GraphModule.from_checkpoint(path).eval())(lr)
     assert np.abs(np.asarray(fwd.output, np.float32) - ref).max() <= 1e-2
     skip = sparsr.load(path).forward(lr, mode="mask")
     assert fwd.macs > skip.macs     # the zeros are multiplied, not skipped
@@ -369,7 +397,7 @@ def test_nm_core_model_counts_macs_against_the_same_dense_layers(nm_core_checkpo
     nm = sparsr.load(nm_core_checkpoint).forward(lr, mode="mask")
     np.testing.assert_array_equal(base.masks[0], nm.masks[0])
     first = [name for name in base.layers if name.startswith("body.0.")]
-    core = nm_common.core_layers(first)
+    core = _core(first)
     assert len(core) == 4
     for name in first:
         assert nm.layers[name].dense_macs == base.layers[name].dense_macs, name

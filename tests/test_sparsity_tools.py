@@ -16,8 +16,8 @@ sys.path.insert(0, str(TOOLS))
 from allocate import (allocate_by_sensitivity, allocate_proportional, allocate_uniform,  # noqa: E402
                       load_sensitivity, write_sparse_checkpoint)
 from sensitivity import ProbeCache, search_sensitivity  # noqa: E402
-from sparsity_common import (SMSR_CORE_LAYERS, magnitude_order, prune_smallest,  # noqa: E402
-                             restart_of, target_layers)
+from sparsity_common import (SMSR_CORE_LAYERS, core_layers, magnitude_order,  # noqa: E402
+                             prune_smallest, restart_nodes, restart_of, target_layers)
 from conftest import input_skip_of  # noqa: E402
 
 
@@ -199,8 +199,12 @@ def test_restart_of_is_the_module_of_a_conv(smsr_checkpoint):
     import sparsr
     m = sparsr.load(smsr_checkpoint)
     core = target_layers(m.conv_names(), SMSR_CORE_LAYERS)
-    assert [restart_of(m, n) for n in core[::4]] == [f"body.{k}" for k in range(5)]
-    assert restart_of(m, "tail.0") is None and restart_of(m, "head.0") is None
+    assert core_layers(m) == core
+    nodes = restart_nodes(m, core)
+    assert nodes == [f"body.{k}" for k in range(5)]
+    assert [restart_of(m, n, nodes) for n in core[::4]] == [f"body.{k}" for k in range(5)]
+    # After the last module: restart there; before the first: from the start.
+    assert restart_of(m, "tail.0", nodes) == "body.4" and restart_of(m, "head.0", nodes) is None
 
 
 # -- end to end on the converted SMSR ---------------------------------------------

@@ -37,7 +37,7 @@ from typing import Mapping
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsity_common import SMSR_CORE_LAYERS, prune_smallest, target_layers  # noqa: E402
+from sparsity_common import prune_smallest, resolve_layers  # noqa: E402
 
 
 def _largest_remainder(shares: dict[str, float], total: int, order: list[str]) -> dict[str, int]:
@@ -167,31 +167,32 @@ def format_allocation(allocation, sizes, sensitivity=None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="base sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
+    p.add_argument("model", help="any base sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--target", type=float, required=True, help="overall sparsity S of the layers (0..1)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--sensitivity", help="JSON from tools/sensitivity.py")
     how.add_argument("--uniform", action="store_true", help="every layer the target sparsity")
     p.add_argument("--delta", type=float, default=0.04, help="dP row of the sensitivity JSON")
-    p.add_argument("--layers", default=SMSR_CORE_LAYERS, help="regex over conv names (--uniform)")
+    p.add_argument("--layers", default="core",
+                   help='--uniform: "core" (default), "all" or a regex over conv names')
     p.add_argument("--max-layer-sparsity", type=float, default=1.0)
     p.add_argument("--no-input-skip", action="store_true",
                    help='model input_skip False: SparSMSR "a" (same image, more MACs)')
     args = p.parse_args(argv)
 
-    from sparsr import checkpoint
     if args.sensitivity:
         ks, sizes, report = load_sensitivity(args.sensitivity, args.delta)
         allocation = allocate_by_sensitivity(ks, sizes, args.target, args.max_layer_sparsity)
         extra = {"method": "sensitivity", "sensitivity": Path(args.sensitivity).name,
                  "metric": report["metric"], "delta": args.delta}
     else:
-        _, tensors, _ = checkpoint.load(args.model)
-        tensors = checkpoint.decode_sparse(tensors)
-        convs = [k[:-len(".weight")] for k, v in tensors.items()
-                 if k.endswith(".weight") and v.ndim == 4]
-        sizes = {n: int(tensors[n + ".weight"].size) for n in target_layers(convs, args.layers)}
+        import sparsr
+        net = sparsr.load(args.model)
+        names = resolve_layers(net, args.layers)
+        if not names:
+            p.error(f"--layers {args.layers!r} matches no convolution")
+        sizes = {n: int(net.conv_weight(n).size) for n in names}
         ks = None
         allocation = allocate_uniform(sizes, args.target, args.max_layer_sparsity)
         extra = {"method": "uniform"}

@@ -1,22 +1,21 @@
 """PSNR / SSIM (Y channel, SR convention) of a model on standard SR test sets.
 
     python tools/evaluate.py --model smsr_x2.pt --data Set5 --data Set14 [--mode mask|dense] [--json out.json]
-    python tools/evaluate.py --torch-reference ../shared/models/smsr_x2_official.pt --data Set5
+    python tools/evaluate.py --torch rfdn_x4.pt --data Set5      # the same graph in PyTorch
 
 Datasets use the EDSR layout: ``<dir>/HR/<name>.png`` and
 ``<dir>/LR_bicubic/X<s>/<name>x<s>.png``. A ``--data`` value that is not an
 existing directory is looked up under ``<shared>/data`` (``SPARSR_SHARED`` or
-``../shared`` next to the repository). ``--torch-reference`` evaluates the
-PyTorch reference in ``tests/smsr_reference.py`` instead of a sparsr model.
+``../shared`` next to the repository). ``--torch`` runs the checkpoint's graph
+in PyTorch (``tools/torch_graph.py``, any architecture) instead of the engine.
 
 The functions here (``evaluate_dataset``, ``evaluate_datasets``,
-``sparsr_upscaler``, ``reference_upscaler``) are reused by the other tools.
+``sparsr_upscaler``, ``torch_upscaler``) are reused by the other tools.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -163,22 +162,13 @@ def sparsr_upscaler(model_path: str | os.PathLike, mode: str | None = None) -> t
     return (lambda img: model.forward(img, mode=mode).output), scale
 
 
-def load_reference_module():
-    """Imports ``tests/smsr_reference.py`` by path (``tests/`` is not a package)."""
-    path = REPO_ROOT / "tests" / "smsr_reference.py"
-    spec = importlib.util.spec_from_file_location("smsr_reference", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import the PyTorch reference from {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def reference_upscaler(checkpoint: str | os.PathLike, mode: str = "mask") -> tuple[Upscaler, int]:
-    """``(upscale_fn, 2)`` running the PyTorch SMSR x2 reference on the authors' checkpoint."""
-    reference = load_reference_module()
-    state_dict = reference.load_official_state_dict(checkpoint)
-    return (lambda img: reference.reference_forward(state_dict, img, mode=mode)[0]), reference.SCALE
+def torch_upscaler(model_path: str | os.PathLike, mode: str = "mask") -> tuple[Upscaler, int]:
+    """``(upscale_fn, scale)`` running a sparsr checkpoint's graph in PyTorch
+    (tools/torch_graph.py; "mask": SMSR masks on, "dense": off)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_graph import GraphModule
+    net = GraphModule.from_checkpoint(model_path).eval()
+    return net.upscaler(masks=mode == "mask"), net.scale
 
 
 def _row(name: str, psnr: float, ssim: float, seconds: float) -> str:
@@ -198,22 +188,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a sparsr checkpoint")
-    source.add_argument("--torch-reference", metavar="CHECKPOINT",
-                        help="the authors' SMSR x2 state_dict, run by tests/smsr_reference.py")
+    source.add_argument("--torch", metavar="CHECKPOINT",
+                        help="a sparsr checkpoint, its graph run in PyTorch (tools/torch_graph.py)")
     parser.add_argument("--data", action="append",
                         help="dataset directory or name under <shared>/data (repeatable; default Set5)")
     parser.add_argument("--mode", choices=["mask", "dense"],
                         help="spatial masks on (mask) or off (dense); default: the model's own upscale "
-                             "(mask for --torch-reference)")
+                             "(mask for --torch)")
     parser.add_argument("--scale", type=int, help="default: the model's scale")
     parser.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    if args.torch_reference:
+    if args.torch:
         mode = args.mode or "mask"
-        upscale_fn, model_scale = reference_upscaler(args.torch_reference, mode)
-        source_name = args.torch_reference
+        upscale_fn, model_scale = torch_upscaler(args.torch, mode)
+        source_name = args.torch
     else:
         mode = args.mode
         upscale_fn, model_scale = sparsr_upscaler(args.model, mode)
@@ -239,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in results:
             print(_row(r.dataset, r.psnr, r.ssim, r.seconds))
     if args.json:
-        report = {"model": str(source_name), "reference": bool(args.torch_reference), "mode": mode,
+        report = {"model": str(source_name), "torch": bool(args.torch), "mode": mode,
                   "scale": scale, "datasets": [r.to_dict() for r in results]}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

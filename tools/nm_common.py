@@ -1,14 +1,16 @@
 """Helpers shared by the N:M sparsity tools (nm_prune, sls_search, nm_tables).
 
 N:M along input channels: for a conv weight (cout, cin, kh, kw), every group of M
-consecutive input channels at one (cout, ky, kx) keeps at most N nonzeros; cin must be
-divisible by M (SLS paper section 3.1). Inside a group, weights are ranked by |w|,
-largest first, ties by lower input channel (a stable sort), so "the N largest" is
-always exactly N weights.
+consecutive input channels at one (cout, ky, kx) keeps at most N nonzeros (SLS paper
+section 3.1). When M does not divide cin the last group is short (cin mod M channels,
+RFDN's 50 at M = 4: 12 groups of 4 and one of 2) and keeps at most N too, as the
+kernels do; a layer needs cin >= M (per group, for grouped convs). Inside a group,
+weights are ranked by |w|, largest first, ties by lower input channel (a stable sort),
+so "the N largest" is always exactly min(N, group width) weights.
 
-Also here: the SMSR <-> checkpoint name mapping of tools/torch_smsr.py, the training
-patches (B100 HR, LR made here by PIL bicubic x2 downscaling), the fine-tuning loop
-with fixed masks, evaluation on Set5/Set14 and the writing of "nm" checkpoints.
+Also here: the training patches (B100 HR, LR made here by PIL bicubic downscaling),
+the fine-tuning loop with fixed masks on tools/torch_graph.py (any sparsr graph in
+PyTorch), evaluation on Set5/Set14 and the writing of "nm" checkpoints.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsity_common import SMSR_CORE_LAYERS, load_rgb, shared_root, target_layers  # noqa: E402
-from torch_smsr import SMSR  # noqa: E402
+from sparsity_common import conv_table, load_rgb, shared_root, target_layers  # noqa: E402
+from torch_graph import GraphModule  # noqa: E402
 
 ALLOWED_M = (4, 8, 16, 32)
 log_line = functools.partial(print, flush=True)   # progress shows up in redirected logs
@@ -52,27 +54,34 @@ def check_nm(n: int, m: int) -> None:
 
 
 def nm_eligible(shape, m: int) -> bool:
-    return len(shape) == 4 and shape[1] % m == 0
+    """Whether a conv weight (cout, cin / groups, kh, kw) can be N:M: at least one whole group."""
+    return len(shape) == 4 and shape[1] >= m
 
 
-def _grouped(w: torch.Tensor, m: int) -> torch.Tensor:
-    """(cout, cin, kh, kw) -> (cout, kh, kw, cin/m, m): the last axis is one N:M group."""
+def _grouped(w: torch.Tensor, m: int, fill: float = 0.0) -> torch.Tensor:
+    """(cout, cin, kh, kw) -> (cout, kh, kw, ceil(cin/m), m): the last axis is one N:M
+    group; a short last group is filled up with `fill`."""
     cout, cin, kh, kw = w.shape
-    return w.permute(0, 2, 3, 1).reshape(cout, kh, kw, cin // m, m)
+    groups = -(-cin // m)
+    g = w.permute(0, 2, 3, 1)
+    if groups * m != cin:
+        g = F.pad(g, (0, groups * m - cin), value=fill)
+    return g.reshape(cout, kh, kw, groups, m)
 
 
 def _ungrouped(g: torch.Tensor, shape) -> torch.Tensor:
     cout, cin, kh, kw = shape
-    return g.reshape(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
+    return g.reshape(cout, kh, kw, -1)[..., :cin].permute(0, 3, 1, 2).contiguous()
 
 
 def magnitude_ranks(weight, m: int) -> torch.Tensor:
     """Per weight, its rank inside its group of M input channels (0 = largest |w|; ties:
-    lower channel first). Same shape as weight, int64."""
+    lower channel first; a short last group ranks its own channels only). Same shape as
+    weight, int64."""
     w = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight).detach()
     if not nm_eligible(w.shape, m):
-        raise NMError(f"weight of shape {tuple(w.shape)}: input channels not divisible by M={m}")
-    g = _grouped(w.abs().float(), m)
+        raise NMError(f"weight of shape {tuple(w.shape)}: fewer input channels than M={m}")
+    g = _grouped(w.abs().float(), m, fill=-1.0)   # the filling ranks last
     order = torch.argsort(-g, dim=-1, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(m).expand_as(order).contiguous())
@@ -100,7 +109,7 @@ def decompose_1m(weight, m: int) -> list[torch.Tensor]:
 
 def max_nonzeros_per_group(weight, m: int) -> int:
     w = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight)
-    return int((_grouped(w, m) != 0).sum(-1).max())
+    return int((_grouped(w.float(), m) != 0).sum(-1).max())
 
 
 def satisfies_nm(weight, n: int, m: int) -> bool:
@@ -108,35 +117,17 @@ def satisfies_nm(weight, n: int, m: int) -> bool:
     return nm_eligible(w.shape, m) and max_nonzeros_per_group(w, m) <= n
 
 
-# -- SMSR in PyTorch <-> checkpoint names ---------------------------------------
+# -- the graph's convolutions -----------------------------------------------------------
 
-def smsr_param_names(model: SMSR) -> dict[str, nn.Module]:
-    """Checkpoint layer name -> the module of tools/torch_smsr.py holding its weight/bias."""
-    out = {"head.0": model.head1, "head.2": model.head2, "collect.0": model.collect1,
-           "collect.2": model.collect2, "tail.0": model.tail}
-    for k, b in enumerate(model.blocks):
-        p = f"body.{k}"
-        out.update({f"{p}.spa_mask.0": b.mask1, f"{p}.spa_mask.3": b.mask2,
-                    f"{p}.spa_mask.5": b.mask_up, f"{p}.body.collect": b.collect,
-                    f"{p}.ca.conv_du.0": b.ca1, f"{p}.ca.conv_du.2": b.ca2})
-        out.update({f"{p}.body.body.{i}": conv for i, conv in enumerate(b.layers)})
-    return out
+def conv2d_names(model) -> list[str]:
+    """Names of the convolutions a loaded sparsr Model runs on the packed kernels (the ones
+    that take the "nm" format), graph order."""
+    return [name for name, c in conv_table(model).items() if c.packed]
 
 
-def conv2d_names(model: SMSR) -> list[str]:
-    """Checkpoint names of the ordinary convolutions (transposed ones excluded), network order."""
-    return target_layers([n for n, mod in smsr_param_names(model).items()
-                          if type(mod) is nn.Conv2d], r".")
-
-
-def export_tensors(model: SMSR, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The base checkpoint tensors with every weight/bias replaced by the model's."""
-    out = dict(base)
-    for name, mod in smsr_param_names(model).items():
-        out[name + ".weight"] = mod.weight.detach().cpu().numpy().astype(np.float32)
-        if mod.bias is not None:
-            out[name + ".bias"] = mod.bias.detach().cpu().numpy().astype(np.float32)
-    return out
+def export_tensors(net: GraphModule, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base checkpoint tensors with every trained tensor replaced by the module's."""
+    return net.export_tensors(base)
 
 
 def load_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], dict]:
@@ -217,16 +208,16 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
-def finetune(model: SMSR, masks: Mapping[str, torch.Tensor], sampler: PatchSampler, *,
+def finetune(model: GraphModule, masks: Mapping[str, torch.Tensor], sampler: PatchSampler, *,
              steps: int, minutes: float | None, lr: float = 1e-4, batch: int = 8,
              log: Callable[[str], None] = log_line, log_every: int = 25) -> dict:
     """L1 + Adam over all weights, cosine learning rate over `steps`; after every step the
     masked convs are multiplied by their fixed masks. Stops at `steps` or after `minutes`."""
-    convs = smsr_param_names(model)
-    fixed = {convs[name]: mask.to(torch.float32) for name, mask in masks.items()}
+    fixed = {name: (model.conv_weight(name), mask.to(torch.float32))
+             for name, mask in masks.items()}
     with torch.no_grad():
-        for conv, mask in fixed.items():
-            conv.weight.mul_(mask)
+        for weight, mask in fixed.values():
+            weight.mul_(mask)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
@@ -238,13 +229,13 @@ def finetune(model: SMSR, masks: Mapping[str, torch.Tensor], sampler: PatchSampl
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, step, steps)
         lr_batch, hr_batch = sampler.batch(batch)
-        loss = l1_loss(model(lr_batch, masks=True), hr_batch)
+        loss = l1_loss(model.upscale_batch(lr_batch, masks=True), hr_batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            for conv, mask in fixed.items():
-                conv.weight.mul_(mask)
+            for weight, mask in fixed.values():
+                weight.mul_(mask)
         losses.append(float(loss.detach()))
         done = step + 1
         if done % log_every == 0:
@@ -278,40 +269,30 @@ def finetune_plan(args) -> tuple[int, float | None]:
 
 # -- evaluation -----------------------------------------------------------------
 
-def torch_upscaler(model: SMSR):
-    """uint8 (H, W, 3) -> float (2H, 2W, 3) on 0..255 by tools/torch_smsr.py, masks=True."""
-    def run(img: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            y = model(x, masks=True)
-        return y[0].permute(1, 2, 0).numpy()
-    return run
+def torch_upscaler(model: GraphModule):
+    """uint8 (H, W, 3) -> float (sH, sW, 3) on 0..255 by tools/torch_graph.py, masks on."""
+    return model.upscaler(masks=True)
 
 
 def evaluate_model(checkpoint_path, sets=EVAL_SETS, engine: bool | None = None) -> dict:
     """Mean Y PSNR/SSIM per set, full images. engine=None: the sparsr engine when it has
-    the "nm" kernels, else tools/torch_smsr.py with masks=True."""
+    the "nm" kernels, else the graph in PyTorch (tools/torch_graph.py, masks on)."""
     from evaluate import evaluate_datasets
+    import sparsr
     if engine is None:
         engine = nm_kernels_available()
     if engine:
-        import sparsr
         net = sparsr.load(checkpoint_path)
-        fn = net.upscale
+        fn, scale = net.upscale, net.scale
         how = "sparsr engine (mask mode)"
     else:
-        _, tensors, _ = load_checkpoint(checkpoint_path)
-        model = SMSR.from_state_dict(tensors).eval()
-        fn = torch_upscaler(model)
-        how = "tools/torch_smsr.py masks=True"
-    results = evaluate_datasets(fn, sets, 2)
+        model = GraphModule.from_checkpoint(checkpoint_path).eval()
+        fn, scale = torch_upscaler(model), model.scale
+        how = "tools/torch_graph.py (masks on)"
+    results = evaluate_datasets(fn, sets, scale)
     return {"evaluated_with": how,
             "sets": {r.dataset: {"psnr": r.psnr, "ssim": r.ssim, "seconds": r.seconds}
                      for r in results}}
-
-
-def core_layers(names) -> list[str]:
-    return target_layers(names, SMSR_CORE_LAYERS)
 
 
 def regex_layers(names, pattern: str) -> list[str]:

@@ -1,13 +1,14 @@
-"""SMSR x2 N:M results in the form of the SLS paper's Table 2: PSNR/SSIM vs GMACs.
+"""N:M results of any sparsr model in the form of the SLS paper's Table 2: PSNR/SSIM vs GMACs.
 
     python tools/nm_tables.py --base artifacts/smsr_x2.pt \
         --model "One-shot 2:4=artifacts/nm/oneshot_2of4.pt" --model "SLS 1/4=artifacts/nm/sls_q4.pt" \
         --json artifacts/nm/table.json
 
 Per model: Set5 and Set14 mean Y PSNR/SSIM on the full images (the sparsr engine when it
-has the "nm" kernels, else tools/torch_smsr.py with masks=True; the column says which),
-and GMACs at a 640x360 input:
-* core (Eq. 5): the 20 core convs' dense MACs times N/M per layer;
+has the "nm" kernels, else the graph in PyTorch, tools/torch_graph.py; the column says
+which), and GMACs at a --mac-size input (default 640x360; 320x180 for a x4 network's
+1280x720 output):
+* core (Eq. 5): the core convs' (sparsity_common.core_layers) dense MACs times N/M per layer;
 * net (masks): every conv's MACs executed in SMSR mask mode by the sparsr engine (dense
   kernels) on the centre 640x360 crop of Set14 barbara (masks depend on content), the core
   convs scaled by N/M (Eq. 5 per layer);
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nm_common import EVAL_SETS, core_layers, evaluate_model, load_checkpoint  # noqa: E402
+from nm_common import EVAL_SETS, evaluate_model, load_checkpoint  # noqa: E402
+from sparsity_common import core_layers  # noqa: E402
 
 MAC_IMAGE = "Set14/barbara"
 MAC_SIZE = (360, 640)
@@ -39,7 +41,7 @@ def nm_layers(model: dict) -> dict[str, tuple[int, int]]:
 
 
 def macs(path) -> dict:
-    """Core (Eq. 5) and whole-net executed GMACs at 640x360 of an N:M checkpoint."""
+    """Core (Eq. 5) and whole-net executed GMACs at MAC_SIZE of an N:M checkpoint."""
     import sparsr
     from sparsr import checkpoint
     from sparsity_tables import mac_image
@@ -50,14 +52,15 @@ def macs(path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dense_path = Path(tmp) / "dense.pt"
         checkpoint.save(dense_path, plain, tensors, {})
-        info = sparsr.load(dense_path).info(image=mac_image(MAC_IMAGE, MAC_SIZE))
+        dense_model = sparsr.load(dense_path)
+        info = dense_model.info(image=mac_image(MAC_IMAGE, MAC_SIZE))
+        core = core_layers(dense_model)
     executed = info["executed_macs_per_layer"]
     h, w = MAC_SIZE
-    core = core_layers([n[:-len(".weight")] for n in tensors if n.endswith(".weight")])
     core_dense = core_nm = 0.0
     for name in core:
         shape = tensors[name + ".weight"].shape
-        dense = float(shape[0] * shape[1] * shape[2] * shape[3] * h * w)
+        dense = float(shape[0] * shape[1] * shape[2] * shape[3] * h * w)   # groups: cin / g
         n, m = nm.get(name, (1, 1))
         core_dense += dense
         core_nm += dense * n / m
@@ -122,8 +125,8 @@ def format_layer_n(rows: list[dict]) -> str:
     searched = [r for r in rows if r["nm"] and len({tuple(v) for v in r["nm"].values()}) > 1]
     if not searched:
         return ""
-    layers = core_layers(list(searched[0]["nm"]))
-    short = [f"{int(n.split('.')[1]) + 1}.{int(n.split('.')[-1]) + 1}" for n in layers]
+    layers = list(searched[0]["nm"])
+    short = [str(i + 1) for i in range(len(layers))]
     lines = ["| model | " + " | ".join(short) + " | mean N |", "|---|" + "---|" * (len(layers) + 1)]
     for r in searched:
         ns = [r["nm"][n][0] for n in layers]
@@ -133,7 +136,9 @@ def format_layer_n(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", required=True, help="the dense SMSR checkpoint (first row)")
+    p.add_argument("--base", required=True, help="the dense checkpoint (first row)")
+    p.add_argument("--mac-size", type=int, nargs=2, default=list(MAC_SIZE), metavar=("H", "W"),
+                   help="network input size of the GMACs (default 360 640)")
     p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH")
     p.add_argument("--json", help="write (and reuse, by path and mtime) the rows here")
     p.add_argument("--engine", choices=["auto", "sparsr", "torch"], default="auto",
@@ -150,10 +155,12 @@ def main(argv=None) -> int:
     if engine is None:
         from nm_common import nm_kernels_available
         engine = nm_kernels_available()
-    evaluator = "sparsr engine" if engine else "tools/torch_smsr.py"
+    evaluator = "sparsr engine" if engine else "tools/torch_graph.py"
+    global MAC_SIZE
+    MAC_SIZE = tuple(args.mac_size)
     cache = {key: r for key, r in cache.items() if r["eval"]["evaluated_with"].startswith(evaluator)}
     rows = []
-    for spec in [f"SMSR (dense weights)={args.base}"] + args.model:
+    for spec in [f"dense weights={args.base}"] + args.model:
         label, _, path = spec.rpartition("=")   # labels may hold "="
         mtime = Path(path).stat().st_mtime
         if (str(path), mtime) in cache:
@@ -173,11 +180,14 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     print()
     print(format_table(rows))
-    print(f"\nPSNR/SSIM: {rows[0]['eval']['evaluated_with']}; GMACs at 640x360 "
+    print(f"\nPSNR/SSIM: {rows[0]['eval']['evaluated_with']}; GMACs at {MAC_SIZE[1]}x{MAC_SIZE[0]} "
           f"(net: mask mode on the centre crop of {MAC_IMAGE})")
     layer_n = format_layer_n(rows)
     if layer_n:
-        print("\nSearched N per core layer (module.layer):\n" + layer_n)
+        print("\nSearched N per core layer (" + ", ".join(
+            f"{i + 1} = {n}" for i, n in enumerate(next(
+                r for r in rows if len({tuple(v) for v in r["nm"].values()}) > 1)["nm"]))
+            + "):\n" + layer_n)
     return 0
 
 

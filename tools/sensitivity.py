@@ -12,8 +12,11 @@ layer share one cache of evaluations keyed by k, and the bracket of a search sta
 from what the cache already knows (a k that failed a larger dP fails every smaller
 one). The search stops when the bracket is at most --resolution weights wide (the
 paper's loop "while k_l != k_r" with integer halving never ends once k_r = k_l + 1).
-Evaluation runs on sparsr's engine, restarting at the SMM of the layer from cached
-stages (modules before it, and its spatial mask, do not depend on the layer).
+Evaluation runs on sparsr's engine, restarting at the layer's node from stages kept
+once per calibration image (Model.stages / forward(cache=, start=)): nodes before it do
+not depend on the layer (an SMSR layer restarts at its module, whose spatial mask does
+not depend on it either). Any sparsr model: --layers "core" (default; see
+sparsity_common.core_layers), "all" or a regex over the conv names of the graph.
 
 Calibration set (kept apart from the evaluation sets Set5/Set14): the first
 --calib-count B100 images sorted by name, LR centre-cropped to --crop pixels.
@@ -31,9 +34,9 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsity_common import (PAPER_TABLE1, PAPER_TABLE1_DELTAS, SMSR_CORE_LAYERS,  # noqa: E402
+from sparsity_common import (PAPER_TABLE1, PAPER_TABLE1_DELTAS,  # noqa: E402
                              center_crop_pair, dataset_pairs, load_rgb, magnitude_order,
-                             prune_smallest, restart_nodes, restart_of, target_layers)
+                             prune_smallest, resolve_layers, restart_nodes, restart_of)
 
 
 class ProbeCache:
@@ -84,7 +87,8 @@ def search_sensitivity(sorted_abs_weights, evaluate: Callable[[int], float], bou
 class CalibrationSet:
     """Cropped LR/HR pairs with the network's cached stages, for fast restarts."""
 
-    def __init__(self, net, dataset: str, count: int, crop: int | None, metric: str):
+    def __init__(self, net, dataset: str, count: int, crop: int | None, metric: str,
+                 layers: list[str] | None = None, max_restarts: int = 32):
         from sparsr.metrics import psnr_y, ssim_y
         self.net = net
         self.scale = net.scale
@@ -95,7 +99,8 @@ class CalibrationSet:
             self.names.append(name)
             self.lrs.append(lr)
             self.hrs.append(hr)
-        self.caches = [net.stages(lr, restart_nodes(net), "mask") for lr in self.lrs]
+        self.restarts = restart_nodes(net, layers, max_restarts)
+        self.caches = [net.stages(lr, self.restarts, "mask") for lr in self.lrs]
 
     @property
     def pixels(self) -> int:
@@ -117,7 +122,7 @@ def measure_layer(net, calib: CalibrationSet, name: str, deltas, baseline: float
     original = net.conv_weight(name).copy()
     order = magnitude_order(original)
     sorted_abs = np.abs(original.reshape(-1))[order]
-    start = restart_of(net, name)
+    start = restart_of(net, name, calib.restarts)
 
     def evaluate(k: int) -> float:
         net.set_conv_weight(name, prune_smallest(original, k, order))
@@ -139,7 +144,8 @@ def measure_layer(net, calib: CalibrationSet, name: str, deltas, baseline: float
 def format_table(report: dict) -> str:
     deltas = report["deltas"]
     unit = "dB" if report["metric"] == "psnr" else "SSIM"
-    show_paper = report["metric"] == "psnr" and tuple(deltas) == PAPER_TABLE1_DELTAS
+    show_paper = (report["metric"] == "psnr" and tuple(deltas) == PAPER_TABLE1_DELTAS
+                  and report.get("architecture", "smsr") == "smsr")   # Table 1 is SMSR's
     head = "| # | layer | " + " | ".join(f"dP={d:g} {unit}" for d in deltas)
     sep = "|---|---|" + "---|" * len(deltas)
     if show_paper:
@@ -161,12 +167,15 @@ def format_table(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
+    p.add_argument("model", help="any sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
     p.add_argument("-o", "--output", help="JSON report (default artifacts/sensitivity_<metric>.json)")
     p.add_argument("--metric", choices=["psnr", "ssim"], default="psnr")
     p.add_argument("--deltas", type=float, nargs="+",
                    help="allowed drops (default 0.01 0.02 0.03 0.04 dB; 0.0005 for SSIM)")
-    p.add_argument("--layers", default=SMSR_CORE_LAYERS, help="regex over conv names")
+    p.add_argument("--layers", default="core",
+                   help='"core" (default), "all", or a regex over conv names')
+    p.add_argument("--max-restarts", type=int, default=32,
+                   help="nodes whose values are kept per image for restarts (memory)")
     p.add_argument("--calib", default="B100", help="calibration set (default B100)")
     p.add_argument("--calib-count", type=int, default=24, help="first N images by name")
     p.add_argument("--crop", type=int, default=80, help="LR centre crop (0: whole image)")
@@ -180,12 +189,13 @@ def main(argv=None) -> int:
     out_path = Path(args.output or f"artifacts/sensitivity_{args.metric}.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     net = sparsr.load(args.model)
-    names = target_layers(net.conv_names(), args.layers)
+    names = resolve_layers(net, args.layers)
     if not names:
         p.error(f"no conv matches {args.layers!r}")
 
     t0 = time.perf_counter()
-    calib = CalibrationSet(net, args.calib, args.calib_count, args.crop, args.metric)
+    calib = CalibrationSet(net, args.calib, args.calib_count, args.crop, args.metric, names,
+                           args.max_restarts)
     t_stage = time.perf_counter() - t0
     t0 = time.perf_counter()
     baseline = calib.score()
@@ -197,7 +207,8 @@ def main(argv=None) -> int:
 
     config = {"model": str(args.model), "metric": args.metric, "calib": args.calib,
               "calib_images": calib.names, "crop": args.crop, "layers_regex": args.layers}
-    report = {"tool": "tools/sensitivity.py", **config, "deltas": deltas, "baseline": baseline,
+    report = {"tool": "tools/sensitivity.py", **config, "architecture": net.architecture,
+              "restarts": calib.restarts, "deltas": deltas, "baseline": baseline,
               "layers_order": names, "layers": {}}
     if args.resume and out_path.is_file():
         old = json.loads(out_path.read_text())

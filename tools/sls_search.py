@@ -4,6 +4,10 @@
         --m 32 --search-steps 150 --search-minutes 12 --finetune-steps 120 \
         --json artifacts/nm/sls_q4.json
 
+Any sparsr model: the search and the fine-tuning run on the graph in PyTorch
+(tools/torch_graph.py); --layers "core" (default, sparsity_common.core_layers), "all"
+(every conv that can be N:M) or a regex over conv names.
+
 * Eq. 1: every target weight is the sum of M tensors of 1:M sparsity; tensor i holds the
   i-th largest |w| of each group of M input channels (tools/nm_common.py ranks); the ranks
   are recomputed every --rerank-every steps, since the weights keep training.
@@ -43,10 +47,11 @@ import torch.nn as nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nm_common import (ALLOWED_M, SMSR, NMError, PatchSampler, conv2d_names, core_layers,  # noqa: E402
-                       export_tensors, finetune, finetune_args, finetune_plan, l1_loss,
-                       load_checkpoint, log_line, magnitude_ranks, nm_eligible, nm_mask, regex_layers,
-                       smsr_param_names, write_nm_checkpoint)
+from nm_common import (ALLOWED_M, GraphModule, NMError, PatchSampler, conv2d_names,  # noqa: E402
+                       finetune, finetune_args, finetune_plan, l1_loss, load_checkpoint, log_line,
+                       magnitude_ranks, nm_eligible, nm_mask, regex_layers,
+                       write_nm_checkpoint)
+from sparsity_common import core_layers  # noqa: E402
 
 TAU, ALPHA, THRESHOLD = 0.5, 1.1, 0.1   # section 4.2 of the SLS paper
 
@@ -82,20 +87,22 @@ def lambda_update(lam: float, pruned_change: float, alpha: float = ALPHA,
 
 
 class SLSPruner:
-    """Scores, gates and masked weights of the target convs of a model."""
+    """Scores, gates and masked weights of the target convs of a model. targets: name ->
+    the conv module (its .weight) or the weight parameter itself (tools/torch_graph.py)."""
 
-    def __init__(self, model: nn.Module, targets: Mapping[str, nn.Conv2d], m: int,
+    def __init__(self, model: nn.Module, targets: Mapping[str, nn.Module | nn.Parameter], m: int,
                  costs: Mapping[str, float] | None = None, tau: float = TAU):
         self.model, self.m, self.tau = model, m, tau
-        path_of = {id(mod): path for path, mod in model.named_modules()}
+        path_of = {id(p): path for path, p in model.named_parameters()}
         self.convs = dict(targets)
-        self.paths = {name: path_of[id(conv)] + ".weight" for name, conv in self.convs.items()}
-        for name, conv in self.convs.items():
-            if not nm_eligible(conv.weight.shape, m):
-                raise NMError(f"layer {name}: {conv.weight.shape[1]} input channels, "
-                              f"not divisible by M={m}")
+        self.weights = {n: t if isinstance(t, torch.Tensor) else t.weight
+                        for n, t in self.convs.items()}
+        self.paths = {name: path_of[id(w)] for name, w in self.weights.items()}
+        for name, w in self.weights.items():
+            if not nm_eligible(w.shape, m):
+                raise NMError(f"layer {name}: {w.shape[1]} input channels, fewer than M={m}")
         if costs is None:  # Eq. 5 C_original per output pixel: cout * cin * kh * kw
-            costs = {n: float(c.weight[0].numel() * c.weight.shape[0]) for n, c in self.convs.items()}
+            costs = {n: float(w[0].numel() * w.shape[0]) for n, w in self.weights.items()}
         total = sum(costs[n] for n in self.convs)
         self.share = {n: costs[n] / total for n in self.convs}
         self.k = {n: torch.ones(m - 1, requires_grad=True) for n in self.convs}
@@ -104,7 +111,7 @@ class SLSPruner:
 
     def rerank(self) -> None:
         """Eq. 1 re-done on the current weights."""
-        self.ranks = {n: magnitude_ranks(c.weight.detach(), self.m) for n, c in self.convs.items()}
+        self.ranks = {n: magnitude_ranks(w.detach(), self.m) for n, w in self.weights.items()}
 
     def priorities(self, name: str) -> torch.Tensor:
         return priorities_from(self.k[name])
@@ -117,9 +124,9 @@ class SLSPruner:
     def masked_weights(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """({param path: sum_i b_i W_i} (Eq. 2), the regulariser's MAC fraction (Eq. 5-6))."""
         subs, cost = {}, torch.zeros(())
-        for name, conv in self.convs.items():
+        for name, w in self.weights.items():
             b = ste_gates(self.priorities(name), self.tau)
-            subs[self.paths[name]] = conv.weight * b[self.ranks[name]]
+            subs[self.paths[name]] = w * b[self.ranks[name]]
             cost = cost + self.share[name] * b.sum() / self.m
         return subs, cost
 
@@ -213,12 +220,13 @@ def search(pruner: SLSPruner, task_loss: Callable[[Mapping[str, torch.Tensor]], 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
+    p.add_argument("model", help="any sparsr checkpoint (e.g. artifacts/smsr_x2.pt)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--budget", type=float, required=True,
                    help="target MACs of the searched layers, as a fraction of their dense MACs")
     p.add_argument("--m", type=int, default=32)
-    p.add_argument("--layers", help="regex over conv names (default: the 20 SMSR core convs)")
+    p.add_argument("--layers", default="core",
+                   help='"core" (default: the core layers), "all" or a regex over conv names')
     p.add_argument("--search-steps", type=int, default=300)
     p.add_argument("--search-minutes", type=float, default=None)
     p.add_argument("--lr-scores", type=float, default=5e-3, help="Adam learning rate of the k")
@@ -237,26 +245,38 @@ def main(argv=None) -> int:
     try:
         if Path(args.output).resolve() == Path(args.model).resolve():
             raise NMError("refusing to overwrite the input checkpoint")
+        import sparsr
         model_desc, tensors, metadata = load_checkpoint(args.model)
-        net = SMSR.from_state_dict(tensors)
-        names = conv2d_names(net)
-        layers = regex_layers(names, args.layers) if args.layers else core_layers(names)
+        engine = sparsr.load(args.model)
+        names = conv2d_names(engine)
+        left_dense = []
+        if args.layers == "core":   # core layers with fewer than M input channels stay dense
+            layers = [n for n in core_layers(engine)
+                      if nm_eligible(engine.conv_weight(n).shape, args.m)]
+            left_dense = [n for n in core_layers(engine) if n not in layers]
+        elif args.layers == "all":
+            layers = [n for n in names if nm_eligible(engine.conv_weight(n).shape, args.m)]
+        else:
+            layers = regex_layers(names, args.layers)
         if not layers:
             raise NMError(f"--layers {args.layers!r} matches no convolution")
-        modules = smsr_param_names(net)
-        pruner = SLSPruner(net, {n: modules[n] for n in layers}, args.m)
+        net = GraphModule(model_desc, tensors)
+        pruner = SLSPruner(net, {n: net.conv_weight(n) for n in layers}, args.m)
         check_budget(args.budget, args.m, pruner.share)
     except Exception as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
-    sampler = PatchSampler(args.train_data, patch=args.patch, seed=args.seed)
+    sampler = PatchSampler(args.train_data, scale=net.scale, patch=args.patch, seed=args.seed)
 
     def task_loss(subs):
         lr_batch, hr_batch = sampler.batch(args.batch)
-        return l1_loss(functional_call(net, subs, (lr_batch,), {"masks": True}), hr_batch)
+        return l1_loss(functional_call(net, subs, (lr_batch,), {"masks": True, "image": True}),
+                       hr_batch)
 
-    print(f"SLS search: {len(layers)} layers, M={args.m}, budget {args.budget}")
+    print(f"SLS search: {len(layers)} layers, M={args.m}, budget {args.budget}"
+          + (f"; left dense (fewer than M input channels): {', '.join(left_dense)}"
+             if left_dense else ""))
     result = search(pruner, task_loss, args.budget, max_steps=args.search_steps,
                     minutes=args.search_minutes, lr_weights=args.lr, lr_scores=args.lr_scores,
                     lambda_init=args.lambda_init, alpha=args.alpha, threshold=args.threshold,
@@ -268,22 +288,23 @@ def main(argv=None) -> int:
           f"{result['units_given_back_to_fit']} given back)")
     print("N per layer: " + " ".join(str(layer_n[n]) for n in layers))
 
-    tensors = export_tensors(net, tensors)
+    tensors = net.export_tensors(tensors)
     masks = {n: nm_mask(tensors[n + ".weight"], layer_n[n], args.m) for n in layers}
     for n in layers:
         tensors[n + ".weight"] = tensors[n + ".weight"] * masks[n].numpy()
     report = {"tool": "tools/sls_search.py", "base": Path(args.model).name, "m": args.m,
-              "budget": args.budget, "layers": layer_n, "search": result,
+              "budget": args.budget, "layers": layer_n, "left_dense": left_dense,
+              "search": result,
               "hyper": {k: getattr(args, k) for k in ("lr_scores", "lambda_init", "alpha",
                                                       "threshold", "anneal_every", "rerank_every",
                                                       "lr", "batch", "patch", "seed")},
-              "train_data": args.train_data + " HR, LR by PIL bicubic x2"}
+              "train_data": f"{args.train_data} HR, LR by PIL bicubic x{net.scale}"}
     steps, minutes = finetune_plan(args)
     if steps:
-        net = SMSR.from_state_dict(tensors)
+        net = GraphModule(model_desc, tensors)
         report["finetune"] = finetune(net, masks, sampler, steps=steps, minutes=minutes,
                                       lr=args.lr, batch=args.batch)
-        tensors = export_tensors(net, tensors)
+        tensors = net.export_tensors(tensors)
     summary = {k: v for k, v in result.items() if k not in ("history", "k")}
     metadata = dict(metadata, tool="tools/sls_search.py",
                     nm=dict({k: v for k, v in report.items() if k != "search"}, search=summary))

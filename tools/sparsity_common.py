@@ -1,5 +1,6 @@
-"""Helpers shared by the weight-sparsity tools (sensitivity, allocate, make_sparsmsr,
-sparsity_tables): data sets, magnitude pruning, the SMSR core layers, the paper's tables.
+"""Helpers shared by the sparsity tools (sensitivity, allocate, make_sparsmsr, nm_prune,
+sls_search, sparsity_tables): data sets, magnitude pruning, the convolutions and core
+layers of any graph, restart points, the SparSMSR paper's tables.
 
 Magnitude pruning zeroes exactly ``k`` weights: the ``k`` smallest by |w|, ties broken
 by flat index (a stable sort). This is Eq. 1 of the SparSMSR paper with the threshold
@@ -13,14 +14,17 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# SMSR's 20 core 3x3 convs: 4 sparse mask convs in each of the 5 SMMs.
+# SMSR's 20 core 3x3 convs by name: 4 sparse mask convs in each of the 5 SMMs (what
+# core_layers finds on SMSR; the tools use core_layers, which knows no names).
 SMSR_CORE_LAYERS = r"^body\.\d+\.body\.body\.\d+$"
 
 
@@ -84,15 +88,152 @@ def target_layers(conv_names, pattern: str = SMSR_CORE_LAYERS) -> list[str]:
     return sorted((n for n in conv_names if rx.search(n)), key=key)
 
 
-def restart_nodes(model) -> list[str]:
-    """Nodes a run keeps its values at for restarts: SMSR's modules."""
-    return [n.name for n in model.graph.nodes if n.op == "smsr_module"]
+# -- any graph: its convolutions, the core layers, restarts ------------------------------
+
+# Upsampling ops: a conv reading their output runs at the output resolution.
+_UPSAMPLING = {"pixel_shuffle", "conv_transpose2d"}
+# Ops a value passes through unchanged in kind (activations, adds, views).
+_PASSING = {"relu", "leaky_relu", "prelu", "sigmoid", "silu", "gelu", "tanh", "clamp", "add",
+            "sub", "mul", "concat", "split", "slice"}
+# Convolutions of an SMSR module the packed kernels run (and so take formats);
+# its channel attention is two matrix products.
+_SMSR_PACKED = re.compile(r"^(spa_mask\.[03]|body\.body\.\d+|body\.collect)\.weight$")
 
 
-def restart_of(model, name: str) -> str | None:
-    """Where a run restarts after conv `name` changed: its module, else the start."""
-    node = model.node_of(name)
-    return node if node in restart_nodes(model) else None
+@dataclass
+class ConvInfo:
+    """One convolution of a graph, as the tools see it."""
+    name: str                      # its weight tensor without .weight
+    node: str                      # the node that owns it
+    shape: tuple                   # (cout, cin / groups, kh, kw)
+    groups: int = 1
+    packed: bool = True            # runs on the packed kernels: takes dense/csr/nm/sparse
+    core: bool = False             # a body layer (see core_layers)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("dense", "csr", "nm", "sparse") if self.packed else ("dense", "sparse")
+
+
+def conv_table(model) -> dict[str, ConvInfo]:
+    """Every convolution of a loaded model (conv2d nodes and the packed convs of
+    SMSR modules), in graph order, read from Model.graph and Model.tensors."""
+    g = model.graph
+    producers = g.producers()
+    consumers = g.consumers()
+    nodes = g.nodes
+    upsampled: set[str] = set()      # values computed at the output resolution
+    reduced: set[str] = set()        # values at a lower resolution (strided convs, pools)
+    for n in nodes:
+        if n.op in _UPSAMPLING or (n.op == "resize" and any(v in upsampled for v in n.inputs)):
+            upsampled.update(n.outputs)
+        elif n.op == "resize" and float(n.attrs.get("scale", 1.0)) > 1.0 and len(n.inputs) == 1:
+            upsampled.update(n.outputs)
+        elif any(v in upsampled for v in n.inputs):
+            upsampled.update(n.outputs)
+        if n.op == "resize":
+            continue   # back to the size of a value, or scaled: not reduced
+        if (n.op in ("max_pool", "avg_pool", "pixel_unshuffle")
+                or (n.op == "conv2d" and _as_pair(n.attrs.get("stride", 1)) != (1, 1))
+                or (n.op != "concat" and any(v in reduced for v in n.inputs))):
+            reduced.update(n.outputs)
+
+    def feeds_upsampling(value: str, depth: int = 0) -> bool:
+        for j in consumers.get(value, []):
+            m = nodes[j]
+            if m.op in _UPSAMPLING:
+                return True
+            if m.op in ("relu", "leaky_relu", "prelu") and depth < 4 \
+                    and feeds_upsampling(m.outputs[0], depth + 1):
+                return True
+        return False
+
+    in_channels = model.io.channels
+    out: dict[str, ConvInfo] = {}
+    for n in nodes:
+        if n.op == "conv2d":
+            w = model.tensors[n.params["weight"]]
+            kh, kw = int(w.shape[2]), int(w.shape[3])
+            stride = n.attrs.get("stride", 1)
+            dil = n.attrs.get("dilation", 1)
+            pad = n.attrs.get("padding", [kh // 2 * _first(dil), kw // 2 * _first(dil)])
+            packed = (kh == kw and kh in (1, 3) and _as_pair(stride) == (1, 1)
+                      and _as_pair(dil) == (1, 1) and _as_pair(pad) == (kh // 2, kw // 2))
+            name = n.params["weight"][:-len(".weight")]
+            groups = int(n.attrs.get("groups", 1))
+            reads_image = w.shape[1] * groups <= in_channels
+            core = (packed and kh == 3 and not reads_image and n.inputs[0] not in upsampled
+                    and n.inputs[0] not in reduced and not feeds_upsampling(n.outputs[0]))
+            out.setdefault(name, ConvInfo(name, n.name, tuple(int(d) for d in w.shape), groups,
+                                          packed, core))
+        elif n.op == "smsr_module":
+            for role, t in n.params.items():
+                if _SMSR_PACKED.match(role):
+                    name = t[:-len(".weight")]
+                    core = role.startswith("body.body.")   # SMSR's sparse mask convs
+                    out.setdefault(name, ConvInfo(name, n.name, tuple(model.tensors[t].shape),
+                                                  1, True, core))
+    order = {name: i for i, name in enumerate(model.conv_names())}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def core_layers(model) -> list[str]:
+    """The body layers the sparsity tools target by default: SMSR's sparse mask
+    convs when the graph has SMSR modules (the SparSMSR paper's 20 core layers),
+    else every packed 3x3 conv that reads features (not the image) at the input
+    resolution (not upsampled, nor reduced by a strided conv or a pool, as in RFDN's
+    attention branch) and does not feed an upsampler (pixel shuffle, transposed conv)."""
+    table = conv_table(model)
+    if any(n.op == "smsr_module" for n in model.graph.nodes):
+        return [c.name for c in table.values()
+                if c.core and model.graph.node(c.node).op == "smsr_module"]
+    return [c.name for c in table.values() if c.core]
+
+
+def resolve_layers(model, which: str = "core") -> list[str]:
+    """The tools' --layers: "core", "all" (every convolution) or a regex over conv names."""
+    if which == "core":
+        return core_layers(model)
+    names = list(conv_table(model))
+    if which == "all":
+        return names
+    return target_layers(names, which)
+
+
+def restart_nodes(model, layers: Iterable[str] | None = None, limit: int = 32) -> list[str]:
+    """Nodes a run keeps its values at, so that a change of one of `layers`
+    (default: every conv) re-runs only from there: the layers' own nodes (an SMSR
+    layer's: its module), at most `limit` spread evenly over the run."""
+    order = model.run_order()
+    position = {n: i for i, n in enumerate(order)}
+    names = list(conv_table(model)) if layers is None else list(layers)
+    nodes = sorted({model.node_of(c) for c in names} & set(position), key=position.get)
+    if len(nodes) > limit > 0:
+        nodes = [nodes[round(i * (len(nodes) - 1) / (limit - 1))] for i in range(limit)]
+        nodes = list(dict.fromkeys(nodes))
+    return nodes
+
+
+def restart_of(model, name: str, nodes: Iterable[str] | None = None) -> str | None:
+    """Where a run restarts after conv `name` changed: the last of `nodes`
+    (default restart_nodes(model)) that the run reaches no later than the conv's
+    own node; None: from the start."""
+    order = model.run_order()
+    position = {n: i for i, n in enumerate(order)}
+    own = position.get(model.node_of(name))
+    if own is None:
+        return None
+    nodes = restart_nodes(model) if nodes is None else nodes
+    before = [n for n in nodes if position.get(n, own + 1) <= own]
+    return max(before, key=position.get) if before else None
+
+
+def _as_pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _first(v) -> int:
+    return int(v) if isinstance(v, int) else int(v[0])
 
 
 def input_skip(model) -> bool:

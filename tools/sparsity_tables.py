@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from allocate import allocate_by_sensitivity, allocate_uniform, load_sensitivity  # noqa: E402
 from sparsity_common import (PAPER_NONZERO_PARAMS, PAPER_TABLE2, PAPER_TABLE3,  # noqa: E402
-                             SMSR_CORE_LAYERS, dataset_pairs, load_rgb, magnitude_order,
-                             input_skip, prune_smallest, shared_root, target_layers)
+                             core_layers, dataset_pairs, load_rgb, magnitude_order,
+                             input_skip, prune_smallest, shared_root)
 
 EVAL_SETS = ("Set5", "Set14")
 MAC_IMAGES = ("Set14/barbara", "Set14/monarch")
@@ -82,10 +82,10 @@ def table2(args) -> dict:
     if "sensitivity" in methods:
         ks, sizes, _ = load_sensitivity(args.sensitivity, args.delta)
     else:
-        sizes = {n: int(net.conv_weight(n).size) for n in target_layers(net.conv_names(), SMSR_CORE_LAYERS)}
+        sizes = {n: int(net.conv_weight(n).size) for n in core_layers(net)}
     originals = {n: net.conv_weight(n).copy() for n in sizes}
     orders = {n: magnitude_order(w) for n, w in originals.items()}
-    images = load_eval_images()
+    images = load_eval_images(scale=net.scale)
     out_path = Path(args.output or "artifacts/table2.json")
     report = {"tool": "tools/sparsity_tables.py table2", "eval_sets": list(EVAL_SETS),
               "sensitivity": str(args.sensitivity), "delta": args.delta, "rows": {}}
@@ -188,7 +188,7 @@ def table3(args) -> dict:
     for label, path, mode in entries:
         model = sparsr.load(path)
         net = model
-        core = target_layers(net.conv_names(), SMSR_CORE_LAYERS)
+        core = core_layers(net)
         if args.count_weight_skip:
             count_zero_weight_skips(net)
         _, tensors, meta = checkpoint.load(path)

@@ -28,11 +28,14 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
 }
 
 // N:M format ("nm"): at most N nonzeros in every group of M consecutive input
-// channels at one (output channel, ky, kx). Two layouts, by kernel size.
+// channels at one (output channel, ky, kx). When M does not divide cin, the
+// last group is short (cin mod M channels) and still keeps at most N (RFDN's
+// 50 channels at 2:4: 12 groups of 4 and one of 2). Two layouts, by kernel size.
 //
 // 1x1: every group keeps exactly N weights (groups with fewer nonzeros are
-// padded with zero weights at their lowest unused positions):
-//   weights: [cout][cin / M groups][N] kept values, increasing channel order;
+// padded with zero weights at their lowest unused positions; a short group
+// narrower than N repeats its first channel with zero weights):
+//   weights: [cout][ceil(cin / M) groups][N] kept values, increasing channel order;
 //   index:   same shape, int32 input channel.
 //
 // 3x3: the kept weights of one (output channel, input channel, ky) share one
@@ -50,7 +53,7 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
 //
 // Both: bias has cout values, block = 1. Throws std::invalid_argument if the
 // weights are not N:M sparse or the pattern is not supported (M in
-// {4, 8, 16, 32}, 1 <= N <= M, M divides cin).
+// {4, 8, 16, 32}, 1 <= N <= M).
 PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
                    int n, int m) {
   if (m != 4 && m != 8 && m != 16 && m != 32)
@@ -59,25 +62,22 @@ PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int ci
   if (n < 1 || n > m)
     throw std::invalid_argument("N:M sparsity needs 1 <= N <= M, got " + std::to_string(n) +
                                 ":" + std::to_string(m));
-  if (cin % m != 0)
-    throw std::invalid_argument("N:M sparsity " + std::to_string(n) + ":" + std::to_string(m) +
-                                " needs the input channels (" + std::to_string(cin) +
-                                ") to be a multiple of M");
   const int taps = ksize * ksize;
-  const int groups = cin / m;
+  const int groups = (cin + m - 1) / m;
   auto at = [&](int o, int ci, int t) {
     return weight_oihw[(static_cast<size_t>(o) * cin + ci) * taps + t];
   };
+  auto width = [&](int g) { return std::min(m, cin - g * m); };  // the last may be short
   for (int o = 0; o < cout; ++o)
     for (int g = 0; g < groups; ++g)
       for (int t = 0; t < taps; ++t) {
         int count = 0;
-        for (int j = 0; j < m; ++j) count += at(o, g * m + j, t) != 0.0f;
+        for (int j = 0; j < width(g); ++j) count += at(o, g * m + j, t) != 0.0f;
         if (count > n)
           throw std::invalid_argument(
               "weights are not " + std::to_string(n) + ":" + std::to_string(m) +
               " sparse: output channel " + std::to_string(o) + ", input channels " +
-              std::to_string(g * m) + ".." + std::to_string(g * m + m - 1) + ", tap (" +
+              std::to_string(g * m) + ".." + std::to_string(g * m + width(g) - 1) + ", tap (" +
               std::to_string(t / ksize) + ", " + std::to_string(t % ksize) + ") has " +
               std::to_string(count) + " nonzeros");
       }
@@ -95,10 +95,11 @@ PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int ci
     for (int o = 0; o < cout; ++o)
       for (int g = 0; g < groups; ++g) {
         int kept = 0;
-        for (int j = 0; j < m && kept < n; ++j)
+        for (int j = 0; j < width(g) && kept < n; ++j)
           if (at(o, g * m + j, 0) != 0.0f) ++kept;
         int pad = n - kept;  // zero weights at the lowest unused positions
-        for (int j = 0; j < m; ++j) {
+        int stored = 0;
+        for (int j = 0; j < width(g); ++j) {
           const float v = at(o, g * m + j, 0);
           if (v == 0.0f) {
             if (pad == 0) continue;
@@ -106,6 +107,11 @@ PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int ci
           }
           p.weights.push_back(v);
           p.index.push_back(g * m + j);
+          ++stored;
+        }
+        for (; stored < n; ++stored) {  // a short group narrower than N
+          p.weights.push_back(0.0f);
+          p.index.push_back(g * m);
         }
       }
     return p;

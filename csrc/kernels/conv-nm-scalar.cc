@@ -9,7 +9,7 @@ namespace {
 // 1x1: exactly N entries per group of M input channels.
 void conv1x1_nm_scalar(const PackedConv& w, const ConvTask& t) {
   const int groups_read = (t.cin + w.m - 1) / w.m;
-  const size_t per_cout = static_cast<size_t>(w.cin / w.m) * w.n;
+  const size_t per_cout = static_cast<size_t>((w.cin + w.m - 1) / w.m) * w.n;
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
     const int64_t row = (run.y + 1) * t.ld + 1;

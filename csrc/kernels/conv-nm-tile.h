@@ -235,7 +235,7 @@ inline void nm_tile_1x1(const NmPlan& p, int y, int ca, int col_lo, int col_hi) 
   const ConvTask& t = *p.t;
   const int m = M > 0 ? M : w.m;
   const int n = N > 0 ? N : w.n;
-  const size_t per_cout = static_cast<size_t>(w.cin / m) * n;
+  const size_t per_cout = static_cast<size_t>((w.cin + m - 1) / m) * n;  // last group may be short
   typename V::Mask store_mask[NV];
   for (int v = 0; v < NV; ++v)
     store_mask[v] = V::range(col_lo - (ca + v * W), col_hi - (ca + v * W));
@@ -288,7 +288,8 @@ void conv_nm_simd(const PackedConv& w, const ConvTask& t) {
   // A task that reads no input channel still adds the bias: one chunk of
   // zero rows.
   p.channels = std::max(step, (t.cin + step - 1) / step * step);
-  std::vector<const float*> rows(static_cast<size_t>(w.cin) * K);
+  // Whole groups of rows: a short last group (M not dividing cin) reads zero rows.
+  std::vector<const float*> rows(static_cast<size_t>((w.cin + step - 1) / step * step) * K);
   p.rows = rows.data();
   std::vector<float> scratch;
   p.scratch_stride = NVMAX * W;

@@ -244,6 +244,43 @@ class Model:
         key = name + ".weight"
         self._executor.rebuild(n.name for n in self.graph.nodes if key in n.params.values())
 
+    def replace_weights(self, tensors: dict[str, np.ndarray],
+                        formats: dict[str, str | dict] | None = None) -> None:
+        """Replaces graph tensors (same shapes; e.g. trained or pruned weights,
+        by their names) and repacks every node that uses one, once. formats:
+        {conv: "dense" | "csr" | "nm" | "sparse", or {"format": ..., "options":
+        {...}}}: the layers' new formats (layers not named keep theirs)."""
+        new = {}
+        for name, value in tensors.items():
+            if name not in self.tensors:
+                raise KeyError(f"the model has no tensor named {name!r}")
+            value = np.ascontiguousarray(value, dtype=np.float32)
+            if value.shape != self.tensors[name].shape:
+                raise ValueError(f"{name}: shape {value.shape}, expected "
+                                 f"{self.tensors[name].shape}")
+            new[name] = value
+        layers = self.description.setdefault("layers", {})
+        touched = set(new)
+        for conv, fmt in (formats or {}).items():
+            if conv + ".weight" not in self.tensors:
+                raise KeyError(f"no convolution named {conv!r}")
+            info = dict(fmt) if isinstance(fmt, dict) else {"format": fmt}
+            check_layers({conv: info})
+            layers[conv] = info
+            touched.add(conv + ".weight")
+        self.tensors.update(new)
+        self._executor.rebuild(n.name for n in self.graph.nodes
+                               if touched & set(n.params.values()))
+
+    def run_order(self) -> list[str]:
+        """The nodes a run can start at (stages / forward(start=)), in the order
+        it reaches them (fusions and split concat convs move some): after a
+        layer changed, a run may restart at any of them that comes no later
+        than the layer's own node."""
+        index = self._executor.plan(PROBE, PROBE).index
+        names = [n.name for n in self.graph.nodes if n.name in index]   # a run can start there
+        return sorted(names, key=lambda n: index[n])
+
     def conv_names(self) -> list[str]:
         """Every convolution's name (its weight tensor without .weight), in graph order."""
         names = []
