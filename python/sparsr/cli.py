@@ -560,8 +560,8 @@ def _parser() -> argparse.ArgumentParser:
                          "whose features exceed the memory budget runs in bands anyway, with "
                          "the same result)")
     up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
-                    help="feature memory budget, e.g. 2G or 512M (default 1G, at most what is "
-                         "available): larger images run in bands that fit it")
+                    help="feature memory budget, e.g. 2G or 512M (default 512M plus the "
+                         "output, at most what is available): larger images run in bands")
     up.add_argument("-f", "--force", action="store_true", help="overwrite outputs that exist")
     up.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     up.add_argument("--json", action="store_true",

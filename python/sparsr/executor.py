@@ -534,7 +534,7 @@ def check_input_size(executor: Executor, height: int, width: int,
 
 # Feature memory a run may take when no max_memory is given: above it an image
 # runs in bands (at most what the system has available).
-DEFAULT_BUDGET = 1 << 30
+DEFAULT_BUDGET = 512 << 20
 # The fewest rows of a band chosen by memory: one (slow with wide halos, but
 # it runs).
 MIN_BAND_ROWS = 1
