@@ -346,3 +346,18 @@ def test_cli_tile_and_max_memory_give_the_same_image(converted, tmp_path):
         cli.main(["upscale", str(src), "-m", model.path, "-o", str(tmp_path / "x.png"),
                   "--max-memory", "lots"])
     assert e.value.code == 2
+
+
+def test_progress_is_reported_band_by_band(converted):
+    model = converted("rlfn_ntire2022_x4.pth")
+    img = np.random.default_rng(4).integers(0, 256, (30, 20, 3), np.uint8)
+    calls = []
+    out = model.upscale(img, tile=7, progress=lambda done, total: calls.append((done, total)))
+    assert out.shape == (120, 80, 3)
+    total = 30 * 20
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    bands = model._executor.band_plan(30, 20, 7)
+    n = sum(len(p.bands) for p in bands.passes)
+    assert n >= 5 and len(calls) >= n + 1
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(set(done)) >= n

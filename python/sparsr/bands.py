@@ -333,11 +333,19 @@ class Statistic:
         return _core.Feature.from_numpy(v.astype(np.float32).reshape(-1, 1, 1)).view()
 
 
-def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
+def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
     """Runs the band plan on x (Channels of the whole input) with run context
     rt; returns the graph output (an (H, W, C) float32 array) and the masks in
-    step order."""
+    step order. progress(fraction) is called after each band."""
     values: dict[str, Any] = {bplan.input: x}          # global values and whole inputs
+    total = sum(len(p.bands) for p in bplan.passes) or 1
+    count = [0]
+
+    def band_done():
+        count[0] += 1
+        if progress is not None:
+            progress(count[0] / total)
+
     stores: dict[str, Store] = {}
     masks: dict[int, list[np.ndarray]] = {}
     done = False
@@ -351,7 +359,7 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False):
                 v = bplan.steps[i].inputs[0]
                 if bplan.level[v] < level or v == bplan.input:
                     _reduce_whole(bplan, v, values, stores, stat)
-            _run_pass(bplan, level, p, values, stores, stats, rt, spill, masks)
+            _run_pass(bplan, level, p, values, stores, stats, rt, spill, masks, band_done)
             for i, stat in stats.items():
                 s = bplan.steps[i]
                 values[s.outputs[0]] = stat.value(s.op.stat)
@@ -420,7 +428,7 @@ def _call(s: BandStep, rt, inputs, masks, i, crop):
     return outs
 
 
-def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
+def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks, band_done):
     steps = bplan.steps
     buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
     for i in bplan.band_steps(level):
@@ -495,6 +503,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks):
             _core.release_buffers()
         for v in list(buffers):
             _trim(buffers, stores, later, v)
+        band_done()
 
 
 def _trim(buffers, stores, later, v):

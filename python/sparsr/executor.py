@@ -412,7 +412,7 @@ class Executor:
         return self._band_plans[key]
 
     def run_bands(self, x, mode: str, band_rows: int, spill: bool = False,
-                  pool_limit: int | None = None) -> Result:
+                  pool_limit: int | None = None, progress=None) -> Result:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
         the same result as run(), in the memory of a band. pool_limit: the
         most bytes of freed buffers kept for reuse meanwhile (default: a
@@ -424,7 +424,7 @@ class Executor:
         rt = Run(mode, self.isa)
         old = _core.set_pool_limit(pool_limit)
         try:
-            out, masks = run_bands(bplan, x, rt, spill)
+            out, masks = run_bands(bplan, x, rt, spill, progress)
         finally:
             _core.set_pool_limit(old)
             _core.release_buffers()

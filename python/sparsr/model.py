@@ -82,14 +82,15 @@ class Model:
 
     # -- running ----------------------------------------------------------------------
 
-    def process(self, rgb: np.ndarray, mode: str = "mask", *, tile: int | None = None
-                ) -> np.ndarray:
+    def process(self, rgb: np.ndarray, mode: str = "mask", *, tile: int | None = None,
+                progress=None) -> np.ndarray:
         """float32 (H, W, 3) RGB on 0..1 -> float32 (sH, sW, 3) on 0..1, not clamped.
-        tile: run in bands of that many input rows (see execution())."""
+        tile: run in bands of that many input rows (see execution()); progress:
+        called with the fraction of the work done after each band."""
         rgb = np.asarray(rgb, dtype=np.float32)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ImageError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-        return self._run(rgb, 1.0, mode, tile=tile).output
+        return self._run(rgb, 1.0, mode, tile=tile, progress=progress).output
 
     def execution(self, height: int, width: int, tile: int | None = None):
         """How an input of this size runs: whole, or in bands of input rows
@@ -101,7 +102,7 @@ class Model:
                                 tile if tile is not None else self.tile)
 
     def _execute(self, x, mode: str, tile: int | None, keep=(), cache=None,
-                 start=None) -> Result:
+                 start=None, progress=None) -> Result:
         if keep or cache is not None or start is not None:
             # Restarts keep whole-image values: whole-image execution.
             check_input_size(self._executor, x.height, x.width, self.max_memory)
@@ -109,7 +110,8 @@ class Model:
         ex = self.execution(x.height, x.width, tile)
         if ex.band_rows is None:
             return self._executor.run(x, mode)
-        return self._executor.run_bands(x, mode, ex.band_rows, spill=ex.spill)
+        return self._executor.run_bands(x, mode, ex.band_rows, spill=ex.spill,
+                                        progress=progress)
 
     def run_network(self, planes: np.ndarray, mode: str = "mask", *,
                     tile: int | None = None) -> np.ndarray:
@@ -161,7 +163,7 @@ class Model:
 
     def _run(self, rgb: np.ndarray, peak: float, mode: str, keep: Iterable[str] = (),
              cache: Forward | None = None, start: str | None = None,
-             tile: int | None = None) -> Forward:
+             tile: int | None = None, progress=None) -> Forward:
         """rgb: (H, W, 3) on 0..peak -> Forward with output on 0..peak."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -188,7 +190,8 @@ class Model:
         x = _core.Feature.from_numpy(planes).view()
         del planes
         kept = cache.kept if cache is not None else None
-        result = self._execute(x, mode, tile, keep=list(keep), cache=kept, start=start)
+        result = self._execute(x, mode, tile, keep=list(keep), cache=kept, start=start,
+                               progress=progress)
         del x
         # (H, W, C): a band run writes it so; the output feature goes at once
         # (at 8K an RGB float copy is 400 MB).
@@ -351,14 +354,16 @@ class Model:
 class ModeBound:
     """A model and a run mode: what the upscaler runs (`scale`, `process`)."""
 
+    reports_progress = True
+
     def __init__(self, model: Model, mode: str, tile: int | None = None):
         self.model = model
         self.mode = mode
         self.tile = tile
         self.scale = model.scale
 
-    def process(self, rgb: np.ndarray) -> np.ndarray:
-        return self.model.process(rgb, self.mode, tile=self.tile)
+    def process(self, rgb: np.ndarray, progress=None) -> np.ndarray:
+        return self.model.process(rgb, self.mode, tile=self.tile, progress=progress)
 
 
 # Bounds on every value of a graph at the PROBE x PROBE input it is checked at

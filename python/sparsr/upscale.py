@@ -4,7 +4,8 @@ resize to any scale. The network itself is the model's business.
 The model is anything with
     model.scale: int
     model.process(rgb) -> rgb: float32 (H, W, 3) on 0..1 in, float32
-        (scale*H, scale*W, 3) out (0..1, not clamped).
+        (scale*H, scale*W, 3) out (0..1, not clamped);
+    and, if model.reports_progress, process(rgb, progress=f) calls f(fraction done).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _upscale_samples(model: Any, a: np.ndarray, alpha_mode: str, outscale: float
     report = progress or (lambda done, total: None)
     report(0, total)
 
-    out = _run(model, rgb)
+    out = _run(model, rgb, lambda f: report(int(f * h * w), total))
     out_h, out_w = out.shape[:2]
     report(h * w, total)
     size = (out_h, out_w)
@@ -157,7 +158,8 @@ def _upscale_samples(model: Any, a: np.ndarray, alpha_mode: str, outscale: float
         if alpha_flat:
             result_alpha = np.full(size, a_float.flat[0], np.float32)
         elif alpha_mode == "model":
-            big = _run(model, np.ascontiguousarray(np.repeat(a_float[:, :, None], 3, axis=2)))
+            big = _run(model, np.ascontiguousarray(np.repeat(a_float[:, :, None], 3, axis=2)),
+                       lambda f: report(h * w + int(f * h * w), total))
             result_alpha = big.mean(axis=2)
             if size != result_alpha.shape:
                 result_alpha = _resize(result_alpha, size, "lanczos")
@@ -179,11 +181,15 @@ def _upscale_samples(model: Any, a: np.ndarray, alpha_mode: str, outscale: float
     return result
 
 
-def _run(model: Any, rgb: np.ndarray) -> np.ndarray:
-    """model.process, with its result checked against the contract."""
+def _run(model: Any, rgb: np.ndarray, fraction: Callable[[float], None]) -> np.ndarray:
+    """model.process, with its result checked against the contract; a model
+    with `reports_progress` also reports the fraction of its pass done."""
     h, w = rgb.shape[:2]
     s = model.scale
-    out = model.process(rgb)
+    if getattr(model, "reports_progress", False):
+        out = model.process(rgb, progress=fraction)
+    else:
+        out = model.process(rgb)
     if not isinstance(out, np.ndarray) or out.shape != (s * h, s * w, 3):
         got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"model.process gave {got} for a {h}x{w} input; expected "
