@@ -361,3 +361,16 @@ def test_progress_is_reported_band_by_band(converted):
     assert n >= 5 and len(calls) >= n + 1
     done = [d for d, _ in calls]
     assert done == sorted(done) and len(set(done)) >= n
+
+
+def test_a_tiny_budget_spills_the_values_kept_across_passes(converted):
+    model = converted("imdn_x4.pth")
+    rgb = np.random.default_rng(5).random((40, 36, 3), dtype=np.float32)
+    whole = model.process(rgb)
+    bp = model._executor.band_plan(40, 36, 8)
+    # Under the whole-image peak, and under 3x the values kept across passes.
+    budget = int(min(0.8 * model.execution(40, 36).peak_bytes, 2.5 * bp.store_bytes()))
+    small = sparsr.load(model.path, max_memory=budget)
+    ex = small.execution(40, 36)
+    assert ex.band_rows is not None and ex.band_rows < 40 and ex.spill
+    assert np.abs(small.process(rgb) - whole).max() <= TOL_255 / 255
