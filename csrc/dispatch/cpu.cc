@@ -33,7 +33,12 @@ Isa detect() {
   const bool avx512dq = ebx & bit_AVX512DQ;
   const bool avx512bw = ebx & bit_AVX512BW;
   const bool avx512vl = ebx & bit_AVX512VL;
-  if (avx512f && avx512dq && avx512bw && avx512vl && os_zmm) return Isa::kAvx512;
+  if (avx512f && avx512dq && avx512bw && avx512vl && os_zmm) {
+    // AVX512_BF16: leaf 7, sub-leaf 1, EAX bit 5 (its zmm state is checked above).
+    unsigned eax1 = 0, ebx1, ecx1, edx1;
+    if (eax >= 1) __cpuid_count(7, 1, eax1, ebx1, ecx1, edx1);
+    return eax1 & (1u << 5) ? Isa::kAvx512Bf16 : Isa::kAvx512;
+  }
   if (avx2) return Isa::kAvx2;
   return Isa::kScalar;
 }
@@ -57,6 +62,7 @@ const char* isa_name(Isa isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Bf16: return "avx512bf16";
   }
   return "unknown";
 }
@@ -65,8 +71,9 @@ Isa isa_from_name(const std::string& name) {
   if (name == "scalar") return Isa::kScalar;
   if (name == "avx2") return Isa::kAvx2;
   if (name == "avx512") return Isa::kAvx512;
+  if (name == "avx512bf16") return Isa::kAvx512Bf16;
   throw std::invalid_argument("unknown ISA level '" + name +
-                              "' (expected one of: scalar, avx2, avx512)");
+                              "' (expected one of: scalar, avx2, avx512, avx512bf16)");
 }
 
 Isa detected_isa() {

@@ -27,6 +27,36 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
   return p;
 }
 
+// Dense bf16: pack_dense's layout over pairs of input channels, each weight
+// rounded to bf16 (RNE), channel 2p in the low half of pair p; an odd last
+// channel pairs with a zero weight. The kernels read the activations of the
+// same two channels as one pair per pixel (vdpbf16ps).
+PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout, int cin,
+                           int ksize, int block) {
+  PackedConv p;
+  p.cout = cout;
+  p.cin = cin;
+  p.ksize = ksize;
+  p.block = block;
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
+  const int n_pairs = (cin + 1) / 2;
+  p.bias.assign(static_cast<size_t>(blocks) * block, 0.0f);
+  if (bias)
+    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  p.pairs.assign(static_cast<size_t>(blocks) * n_pairs * taps * block, 0u);
+  for (int o = 0; o < cout; ++o) {
+    const int b = o / block, lane = o % block;
+    for (int i = 0; i < cin; ++i)
+      for (int t = 0; t < taps; ++t) {
+        const uint32_t half = bf16_round(weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t]);
+        p.pairs[((static_cast<size_t>(b) * n_pairs + i / 2) * taps + t) * block + lane] |=
+            half << (16 * (i % 2));
+      }
+  }
+  return p;
+}
+
 // N:M format ("nm"): at most N nonzeros in every group of M consecutive input
 // channels at one (output channel, ky, kx). Two layouts, by kernel size.
 //
@@ -189,7 +219,11 @@ PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int c
 
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
                     int cout, int cin, int ksize, const FormatOptions& options) {
-  const std::string format = kernel.format;
+  const std::string format = kernel.format, precision = kernel.precision;
+  if (precision == "bf16") {
+    if (format == "dense") return pack_dense_bf16(weight_oihw, bias, cout, cin, ksize, kernel.block);
+    throw std::invalid_argument("no bf16 packing for weight format '" + format + "'");
+  }
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
   if (format == "csr") return pack_csr(weight_oihw, bias, cout, cin, ksize);
   if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);
