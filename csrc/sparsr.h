@@ -15,9 +15,10 @@
 
 namespace sparsr {
 
-// kAvx512Bf16: AVX-512 with AVX512_BF16 (vdpbf16ps). It runs the f32 kernels of
-// kAvx512 and adds the bf16 ones (KernelInfo::precision).
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+// kAvx512Bf16: AVX-512 with AVX512_BF16 (vdpbf16ps); kAmx: that plus AMX-TILE
+// and AMX-BF16 (tile matrix multiplies) that the OS lets the process use. Both
+// run the f32 kernels of kAvx512 and add bf16 ones (KernelInfo::precision).
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 
 const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
@@ -25,8 +26,10 @@ Isa detected_isa();                          // best level this CPU and OS suppo
 Isa active_isa();                            // detected, lowered by SPARSR_ISA
 bool isa_supported(Isa isa);                 // at or below the active level
 // The level whose f32 code runs at isa: operators without bf16 code run their
-// kAvx512 code at kAvx512Bf16.
-inline Isa f32_level(Isa isa) { return isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa; }
+// kAvx512 code at kAvx512Bf16 and kAmx.
+inline Isa f32_level(Isa isa) {
+  return static_cast<int>(isa) > static_cast<int>(Isa::kAvx512) ? Isa::kAvx512 : isa;
+}
 
 // A horizontal run of pixels [x0, x1) in row y (interior coordinates).
 struct Run {
@@ -128,6 +131,10 @@ constexpr int kNmCountStride = 9;
 // pack_dense's layout with pairs of bf16 (RNE) weights in PackedConv::pairs.
 PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout, int cin,
                            int ksize, int block);
+// AMX tiles of bf16 weight pairs: see pack.cc.
+constexpr int kAmxChunkChannels = 32;
+PackedConv pack_dense_amx(const float* weight_oihw, const float* bias, int cout, int cin,
+                          int ksize);
 // float -> bfloat16 bits, round to nearest even; NaN stays NaN (quiet) and
 // denormals become zero of the same sign, as vcvtne2ps2bf16 does.
 inline uint16_t bf16_round(float v) {

@@ -116,12 +116,13 @@ def test_info_reports_layers_and_macs(smsr_model, small_rgb):
 
 def test_cpu_info_names_active_kernels():
     info = sparsr.cpu_info()
-    assert info["active_isa"] in ("scalar", "avx2", "avx512", "avx512bf16")
+    active = info["active_isa"]
+    assert active in ("scalar", "avx2", "avx512", "avx512bf16", "amx")
     assert info["threads"] >= 1
-    # avx512bf16 runs the avx512 f32 kernels and adds the bf16 ones.
-    f32_level = info["active_isa"].removesuffix("bf16")
-    assert all(name.endswith(("_" + f32_level, "_" + info["active_isa"], "_scalar"))
-               for name in info["kernels"].values())
+    # avx512bf16 and amx run the avx512 f32 kernels and add bf16 ones.
+    levels = {active, "scalar"} | ({"avx512", "avx512bf16"} if active == "amx" else
+                                   {"avx512"} if active == "avx512bf16" else set())
+    assert all(name.rsplit("_", 1)[1] in levels for name in info["kernels"].values())
 
 
 def test_runtime_never_imports_torch(smsr_checkpoint):

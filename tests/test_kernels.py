@@ -227,7 +227,7 @@ def test_forced_level_is_used(level):
 
 def test_forcing_a_higher_level_cannot_exceed_the_cpu():
     r = _in_subprocess("from sparsr import _core; print(_core.active_isa(), _core.detected_isa())",
-                       SPARSR_ISA="avx512bf16")
+                       SPARSR_ISA="amx")
     active, detected = r.stdout.split()
     assert active == detected
 

@@ -11,6 +11,7 @@
 // every kx, and the tile loads pairs as the f32 tile loads floats.
 #include <vector>
 
+#include "bf16-pairs.h"
 #include "conv-dense-tile.h"
 #include "simd.h"
 
@@ -19,25 +20,6 @@ namespace {
 
 using V = VecAvx512;
 constexpr int W = V::kWidth;
-
-// Words of the two halves of cvtne2ps(b, a) (a in words 0..15, b in 16..31)
-// interleaved: pixel j becomes the pair (a[j], b[j]).
-inline __m512i interleave_index() {
-  return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                          22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-}
-
-// cols pairs from floats a[0, cols) and b[0, cols) (b null: zeros) to dst.
-inline void convert_pairs(uint32_t* dst, const float* a, const float* b, int cols,
-                          __m512i index) {
-  for (int j = 0; j < cols; j += W) {
-    const __mmask16 lanes = V::range(0, cols - j);
-    const __m512 lo = _mm512_maskz_loadu_ps(lanes, a + j);
-    const __m512 hi = b ? _mm512_maskz_loadu_ps(lanes, b + j) : _mm512_setzero_ps();
-    const __m512i halves = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-    _mm512_storeu_si512(dst + j, _mm512_permutexvar_epi16(index, halves));
-  }
-}
 
 // One tile: BLOCK output channels x NV vectors of pixels. pairs points at the
 // band buffer's column of the tile's first pixel (pair 0, row 0); rows of the
@@ -121,7 +103,7 @@ void conv_dense_bf16(const PackedConv& w, const ConvTask& t) {
   constexpr int64_t row_stride = (band + K - 1 + W - 1) / W * W;
   thread_local std::vector<uint32_t> buffer;
   buffer.resize(static_cast<size_t>(used_pairs) * K * row_stride);
-  const __m512i index = interleave_index();
+  const __m512i index = bf16_interleave_index();
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
     int x = run.x0, lo = 0;

@@ -287,7 +287,7 @@ def _precision_report(layers: list[dict], isa: str) -> dict:
     fell_back = [r["name"] for r in asked if r.get("precision") != "bf16"]
     if fell_back:
         why = (f"level {isa} has no AVX512_BF16 (CPU, SPARSR_ISA or isa=)"
-               if isa != "avx512bf16" else "no bf16 kernel for their format")
+               if isa not in ("avx512bf16", "amx") else "no bf16 kernel for their format")
         report["precision_note"] = (f"bf16 asked for {len(asked)} layers; {len(fell_back)} run "
                                     f"f32 kernels ({why}): {', '.join(fell_back[:4])}"
                                     + (", ..." if len(fell_back) > 4 else ""))
