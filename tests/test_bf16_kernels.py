@@ -249,3 +249,23 @@ def test_bf16_suite_on_a_lower_level_machine(level):
                        capture_output=True, text=True, env=dict(os.environ, SPARSR_ISA=level))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "skipped" in r.stdout
+
+
+@pytest.mark.parametrize("kernel", bf16_kernels())
+def test_bf16_threads_give_identical_results(kernel):
+    skip_unless_supported(kernel)
+    rng = np.random.default_rng(5)
+    k = kernel["ksize"]
+    w = rng.standard_normal((40, 32, k, k)).astype(np.float32)
+    x = rng.standard_normal((32, 30, 300)).astype(np.float32)
+    layer, _ = _layers(kernel, w, None)
+    outs = []
+    old = _core.num_threads()
+    try:
+        for n in (1, 2, 3):
+            _core.set_num_threads(n)
+            outs.append(_run(layer, x, 40, _core.PixelSet.full(30, 300)))
+    finally:
+        _core.set_num_threads(old)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])

@@ -179,3 +179,21 @@ def test_precision_tool_writes_a_checkpoint_auto_reads(smsr_checkpoint, tmp_path
         assert rows[name] == p
     assert sparsr.load(out).metadata["precision"]["bf16_layers"] == sum(
         p == "bf16" for p in report["layers"].values())
+
+
+def test_sparse_layers_in_bf16_choose_against_the_amx_kernel():
+    """A "sparse" layer runs CSR where that beats dense; in bf16 on AMX dense is
+    the AMX kernel, so only a much sparser layer still runs CSR (in f32)."""
+    from sparsr.ops.conv import PackedConv
+    if _core.choose_kernel("dense", 3, None, "bf16")["isa"] != "amx":
+        pytest.skip("no AMX bf16 kernel at this level")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    half = np.where(rng.random(w.shape) < 0.5, 0, w).astype(np.float32)
+    most = np.where(rng.random(w.shape) < 0.95, 0, w).astype(np.float32)
+    assert _core.csr_beneficial(half)              # CSR beats f32 dense at 50 % zeros ...
+    assert PackedConv("a", half, None, None, "sparse").format == "csr"
+    bf16 = PackedConv("a", half, None, None, "sparse", precision="bf16")
+    assert (bf16.format, bf16.native.precision) == ("dense", "bf16")   # ... not AMX
+    sparse = PackedConv("b", most, None, None, "sparse", precision="bf16")
+    assert (sparse.format, sparse.native.precision) == ("csr", "f32")

@@ -57,6 +57,18 @@ SPARSR_BINDINGS(0) {
     }
     return out;
   }, "The micro-kernel table (csrc/kernels.inc).");
+  m.def("choose_kernel", [](const std::string& format, int ksize, py::object isa,
+                            const std::string& precision) {
+    const KernelInfo& k = choose_kernel(format, ksize, isa_arg(isa), precision);
+    py::dict d;
+    d["name"] = k.name;
+    d["isa"] = isa_name(k.isa);
+    d["precision"] = k.precision;
+    return d;
+  }, py::arg("format"), py::arg("ksize"), py::arg("isa") = py::none(),
+     py::arg("precision") = "f32",
+     "The kernel a layer of this format and precision runs at the ISA level (default: the "
+     "active one): name, isa, precision.");
   m.def("nm_unrolled_patterns", [] {
     std::vector<std::pair<int, int>> patterns;
 #define SPARSR_NM_PATTERN(kept, group) patterns.emplace_back(kept, group);
