@@ -58,7 +58,9 @@ void conv_dense_amx(const PackedConv& w, const ConvTask& t) {
     config.rows[i] = kRows;
   }
   _tile_loadconfig(&config);
-  alignas(64) float sums[4][kRows * kRows];
+  // The sums of every pixel group of a band, between chunks.
+  thread_local std::vector<float> sum_tiles;
+  sum_tiles.resize(static_cast<size_t>(kBand / (2 * kRows)) * 4 * kRows * kRows);
 
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
@@ -79,54 +81,75 @@ void conv_dense_amx(const PackedConv& w, const ConvTask& t) {
           convert_pairs(dst, t.in[2 * p] + at, odd < t.cin ? t.in[odd] + at : nullptr, cols,
                         index);
         }
+      // A 3x3 runs the chunks outside the pixel groups: the weights of one
+      // chunk for two blocks (9 x 2 KB) stay in L1 while the groups stream
+      // by, the sums waiting in sum_tiles between chunks (measured 15 % less
+      // CPU time at 64->64; a 1x1, whose weights of all chunks fit L1, 15 %
+      // more: it runs them all inside).
+      const int n_groups = (b1 - b0 + 2 * kRows - 1) / (2 * kRows);
       for (int bp = 0; bp < block_pairs; ++bp) {
         const int b = 2 * bp;
         const uint32_t* w0 = w.pairs.data() + static_cast<size_t>(b) * chunks * taps * tile_words;
         const uint32_t* w1 = w0 + static_cast<size_t>(chunks) * taps * tile_words;
-        for (int g = 0; g < b1 - b0; g += 2 * kRows) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int q = 0; q < used_chunks; ++q) {
-            const uint32_t* rows = buffer.data() + static_cast<int64_t>(q) * kChunkPairs * K *
-                                                       row_stride + g;
-            for (int tap = 0; tap < taps; ++tap) {
-              const uint32_t* act = rows + (tap / K) * row_stride + tap % K;
-              const size_t wt = (static_cast<size_t>(q) * taps + tap) * tile_words;
-              _tile_loadd(4, w0 + wt, 64);
-              _tile_loadd(5, w1 + wt, 64);
-              _tile_loadd(6, act, b_stride);
-              _tile_loadd(7, act + kRows, b_stride);
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
+        const int step = K == 3 ? 1 : (used_chunks > 0 ? used_chunks : 1);
+        for (int q0 = 0; q0 < (used_chunks > 0 ? used_chunks : 1); q0 += step) {
+          const bool last = q0 + step >= used_chunks;
+          for (int gi = 0; gi < n_groups; ++gi) {
+            const int g = gi * 2 * kRows;
+            float* partial = sum_tiles.data() + static_cast<size_t>(gi) * 4 * kRows * kRows;
+            if (q0 == 0) {
+              _tile_zero(0);
+              _tile_zero(1);
+              _tile_zero(2);
+              _tile_zero(3);
+            } else {
+              _tile_loadd(0, partial, 64);
+              _tile_loadd(1, partial + kRows * kRows, 64);
+              _tile_loadd(2, partial + 2 * kRows * kRows, 64);
+              _tile_loadd(3, partial + 3 * kRows * kRows, 64);
             }
-          }
-          _tile_stored(0, sums[0], 64);
-          _tile_stored(1, sums[1], 64);
-          _tile_stored(2, sums[2], 64);
-          _tile_stored(3, sums[3], 64);
-          // Epilogue: bias, activation, residual, as the f32 dense tile.
-          const V::T zero = V::zero();
-          for (int i = 0; i < 4; ++i) {
-            const int block = b + i / 2, first_px = b0 + g + (i % 2) * kRows;
-            const int n_px = b1 - first_px < kRows ? b1 - first_px : kRows;
-            if (n_px <= 0) continue;
-            const V::Mask lanes = V::range(0, n_px);
-            const int64_t offset = (run.y + 1) * ld + x + 1 + first_px;
-            for (int m = 0; m < kRows; ++m) {
-              const int o = block * kRows + m;
-              if (o >= t.cout) break;
-              V::T v = V::add(V::load(sums[i] + m * kRows), V::set1(w.bias[o]));
-              if (t.slopes)
-                v = negative_slope<V>(v, V::set1(t.slopes[o]));
-              else if (t.relu)
-                v = V::max(v, zero);
-              float* dst = t.out[o] + offset;
-              if (t.residual) v = V::add(v, V::load(t.residual[o] + offset, lanes));
-              V::store(dst, v, lanes);
+            for (int q = q0; q < q0 + step && q < used_chunks; ++q) {
+              const uint32_t* rows = buffer.data() +
+                                     static_cast<int64_t>(q) * kChunkPairs * K * row_stride + g;
+              for (int tap = 0; tap < taps; ++tap) {
+                const uint32_t* act = rows + (tap / K) * row_stride + tap % K;
+                const size_t wt = (static_cast<size_t>(q) * taps + tap) * tile_words;
+                _tile_loadd(4, w0 + wt, 64);
+                _tile_loadd(5, w1 + wt, 64);
+                _tile_loadd(6, act, b_stride);
+                _tile_loadd(7, act + kRows, b_stride);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+              }
+            }
+            float* const sums[4] = {partial, partial + kRows * kRows,
+                                    partial + 2 * kRows * kRows, partial + 3 * kRows * kRows};
+            _tile_stored(0, sums[0], 64);
+            _tile_stored(1, sums[1], 64);
+            _tile_stored(2, sums[2], 64);
+            _tile_stored(3, sums[3], 64);
+            if (!last) continue;
+            // Epilogue: bias, activation, residual, as the f32 dense tile.
+            const V::T zero = V::zero();
+            for (int i = 0; i < 4; ++i) {
+              const int block = b + i / 2, first_px = b0 + g + (i % 2) * kRows;
+              const int n_px = b1 - first_px < kRows ? b1 - first_px : kRows;
+              if (n_px <= 0) continue;
+              const V::Mask lanes = V::range(0, n_px);
+              const int64_t offset = (run.y + 1) * ld + x + 1 + first_px;
+              for (int m = 0; m < kRows; ++m) {
+                const int o = block * kRows + m;
+                if (o >= t.cout) break;
+                V::T v = V::add(V::load(sums[i] + m * kRows), V::set1(w.bias[o]));
+                if (t.slopes)
+                  v = negative_slope<V>(v, V::set1(t.slopes[o]));
+                else if (t.relu)
+                  v = V::max(v, zero);
+                if (t.residual) v = V::add(v, V::load(t.residual[o] + offset, lanes));
+                V::store(t.out[o] + offset, v, lanes);
+              }
             }
           }
         }
