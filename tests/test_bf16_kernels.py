@@ -269,3 +269,32 @@ def test_bf16_threads_give_identical_results(kernel):
         _core.set_num_threads(old)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("kernel", bf16_kernels())
+def test_bf16_rows_sharing_inputs(kernel):
+    """Runs of equal columns in consecutive rows share converted input rows;
+    a skipped row, a row of other columns and two runs in one row do not."""
+    skip_unless_supported(kernel)
+    rng = np.random.default_rng(13)
+    cout, cin, h, w = 24, 40, 12, 300
+    k = kernel["ksize"]
+    weights = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    mask = np.zeros((h, w), bool)
+    mask[0:4, 5:290] = True      # four rows of the same columns
+    mask[5:7, 5:290] = True      # after a skipped row
+    mask[7, 0:300] = True        # other columns
+    mask[8, 3:40] = mask[8, 100:280] = True   # two runs in one row
+    mask[9:12, 100:280] = True
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    assert not _core.Conv2d.use_gather(pixels)
+    layer, twin = _layers(kernel, weights, None)
+    old = _core.num_threads()
+    try:
+        _core.set_num_threads(1)       # one task: every row after the other
+        got = _run(layer, x, cout, pixels)
+    finally:
+        _core.set_num_threads(old)
+    np.testing.assert_allclose(got, _run(twin, x, cout, pixels), rtol=1e-5, atol=1e-5)
+    assert not got[:, ~mask].any()

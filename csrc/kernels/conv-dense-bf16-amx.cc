@@ -5,9 +5,9 @@
 // register tile 32 output channels x 32 pixels.
 //
 // The activation operand (B, in pairs: row k = channels 2k, 2k + 1 of 16
-// pixels) is the band buffer of the AVX512_BF16 kernel: each band of a run is
-// converted once into bf16 pairs (bf16-pairs.h) and every tap reads its tile
-// from it at a column offset. A sum tile's row is one output channel's 16
+// pixels) is read from a buffer of the input rows converted into bf16 pairs
+// (bf16-pairs.h, as the AVX512_BF16 kernel): every tap reads its tile at a
+// column offset, and consecutive output rows share their input rows. A sum tile's row is one output channel's 16
 // pixels, so the epilogue stores it straight into the channel's plane.
 #include <cstring>
 #include <vector>
@@ -22,8 +22,8 @@ namespace {
 using V = VecAvx512;
 constexpr int kRows = 16;                          // output channels (pixels) of a tile
 constexpr int kChunkPairs = kAmxChunkChannels / 2;  // rows of a B tile
-// Pixels per band: a multiple of the 32-pixel register tile. The band buffer
-// of 64 channels x 3 rows is 3 x 32 x 288 x 4 bytes, 110 KB: it stays in L2.
+// Pixels per band: the groups whose sums wait in sum_tiles between chunks
+// (8 group pairs x 4 KB), a multiple of the 32-pixel register tile.
 constexpr int kBand = 256;
 
 // ldtilecfg's 64-byte operand (palette 1): every tile 16 rows of 64 bytes.
@@ -40,17 +40,34 @@ template <int K>
 void conv_dense_amx(const PackedConv& w, const ConvTask& t) {
   constexpr int taps = K * K;
   constexpr int shift = K == 3 ? 0 : 1;  // a 1x1 reads the interior pixel itself
-  constexpr int64_t row_stride = kBand + 16;  // words: the band, the K - 1 right columns
   constexpr size_t tile_words = kRows * kChunkPairs;
   const int chunks = (w.cin + kAmxChunkChannels - 1) / kAmxChunkChannels;
   const int used_pairs = (t.cin + 1) / 2;
   const int used_chunks = (used_pairs + kChunkPairs - 1) / kChunkPairs;
   const int block_pairs = (t.cout + 2 * kRows - 1) / (2 * kRows);
   const int64_t ld = t.ld;
-  const int64_t b_stride = K * row_stride * sizeof(uint32_t);  // bytes between pairs
-
+  // The buffer holds K input rows of whole runs, pair p's row in slot s at
+  // (p * K + s) * row_stride: the columns a run's tiles read (whole 32-pixel
+  // tiles plus K - 1), for the widest run of the call.
+  int max_cols = 0;
+  for (size_t r = 0; r < t.n_runs; ++r) {
+    const int cols = (t.runs[r].x1 - t.runs[r].x0 + 31) / 32 * 32 + K - 1;
+    max_cols = cols > max_cols ? cols : max_cols;
+  }
+  const int64_t row_stride = (max_cols + 15) / 16 * 16;
+  const int64_t pair_stride = K * row_stride;
+  const int64_t b_stride = pair_stride * sizeof(uint32_t);  // bytes between a tile's pairs
   thread_local std::vector<uint32_t> buffer;
-  buffer.resize(static_cast<size_t>(used_chunks) * kChunkPairs * K * row_stride);
+  buffer.resize(static_cast<size_t>(used_chunks) * kChunkPairs * pair_stride);
+  // Pairs past the channels read (to the end of the last tile) are zero.
+  for (int p = used_pairs; p < used_chunks * kChunkPairs; ++p)
+    std::memset(buffer.data() + p * pair_stride, 0, pair_stride * sizeof(uint32_t));
+  // Padded input row r sits in slot r % K. Consecutive rows of the same
+  // columns (dense mode) reuse the K - 1 rows they share: a 3x3 converts each
+  // input row once, not three times.
+  int slot_row[K];
+  for (int s = 0; s < K; ++s) slot_row[s] = -1;
+  int cached_x0 = -1, cached_x1 = -1;
   const __m512i index = bf16_interleave_index();
   TileConfig config;
   for (int i = 0; i < 8; ++i) {
@@ -65,22 +82,27 @@ void conv_dense_amx(const PackedConv& w, const ConvTask& t) {
   for (size_t r = 0; r < t.n_runs; ++r) {
     const Run run = t.runs[r];
     const int x = run.x0, end = run.x1 - run.x0;
+    if (run.x0 != cached_x0 || run.x1 != cached_x1) {
+      for (int s = 0; s < K; ++s) slot_row[s] = -1;
+      cached_x0 = run.x0;
+      cached_x1 = run.x1;
+    }
+    const int cols = (end + 31) / 32 * 32 + K - 1;
+    int slot_of[K];
+    for (int ky = 0; ky < K; ++ky) {
+      const int row = run.y + shift + ky, slot = row % K;
+      slot_of[ky] = slot;
+      if (slot_row[slot] == row) continue;
+      slot_row[slot] = row;
+      const int64_t at = row * ld + x + shift;
+      for (int p = 0; p < used_pairs; ++p) {
+        const int odd = 2 * p + 1;
+        convert_pairs(buffer.data() + p * pair_stride + slot * row_stride, t.in[2 * p] + at,
+                      odd < t.cin ? t.in[odd] + at : nullptr, cols, index);
+      }
+    }
     for (int b0 = 0; b0 < end; b0 += kBand) {
       const int b1 = end - b0 < kBand ? end : b0 + kBand;
-      // The columns the band's tiles read: whole 32-pixel tiles, plus K - 1.
-      const int cols = (b1 - b0 + 31) / 32 * 32 + K - 1;
-      for (int p = 0; p < used_chunks * kChunkPairs; ++p)
-        for (int ky = 0; ky < K; ++ky) {
-          uint32_t* dst = buffer.data() + (static_cast<int64_t>(p) * K + ky) * row_stride;
-          if (p >= used_pairs) {  // past the channels read: zero rows of the last tile
-            std::memset(dst, 0, cols * sizeof(uint32_t));
-            continue;
-          }
-          const int64_t at = (run.y + shift + ky) * ld + x + b0 + shift;
-          const int odd = 2 * p + 1;
-          convert_pairs(dst, t.in[2 * p] + at, odd < t.cin ? t.in[odd] + at : nullptr, cols,
-                        index);
-        }
       // A 3x3 runs the chunks outside the pixel groups: the weights of one
       // chunk for two blocks (9 x 2 KB) stay in L1 while the groups stream
       // by, the sums waiting in sum_tiles between chunks (measured 15 % less
@@ -109,10 +131,10 @@ void conv_dense_amx(const PackedConv& w, const ConvTask& t) {
               _tile_loadd(3, partial + 3 * kRows * kRows, 64);
             }
             for (int q = q0; q < q0 + step && q < used_chunks; ++q) {
-              const uint32_t* rows = buffer.data() +
-                                     static_cast<int64_t>(q) * kChunkPairs * K * row_stride + g;
+              const uint32_t* rows =
+                  buffer.data() + static_cast<int64_t>(q) * kChunkPairs * pair_stride + b0 + g;
               for (int tap = 0; tap < taps; ++tap) {
-                const uint32_t* act = rows + (tap / K) * row_stride + tap % K;
+                const uint32_t* act = rows + slot_of[tap / K] * row_stride + tap % K;
                 const size_t wt = (static_cast<size_t>(q) * taps + tap) * tile_words;
                 _tile_loadd(4, w0 + wt, 64);
                 _tile_loadd(5, w1 + wt, 64);
