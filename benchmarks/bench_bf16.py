@@ -12,7 +12,7 @@ dense network (benchmarks/peers.py; needs torch for the ONNX export).
 
     python benchmarks/bench_bf16.py kernels [--threads 2] [--rounds 7]
     python benchmarks/bench_bf16.py model smsr_x2.pt [--mode dense|mask] [--openvino]
-        [--threads 2] [--rounds 5] [--image ../shared/data/Set14/HR/comic.png]
+        [--threads 2] [--rounds 5] [--image IMAGE]   (resized to 640x360)
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from sparsr import _core, _peak
 H, W = 360, 640
 SHAPES = {"3x3 64->64": (64, 64, 3), "1x1 256->64": (64, 256, 1), "1x1 128->64": (64, 128, 1),
           "1x1 64->64": (64, 64, 1), "3x3 64->16": (16, 64, 3), "3x3 64->12": (12, 64, 3)}
+
+
+def shared_root() -> Path:
+    """$SPARSR_SHARED or ../shared next to the repository (as the tests)."""
+    return Path(os.environ.get("SPARSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 def _load() -> str:
@@ -77,7 +82,8 @@ def kernels(args) -> None:
 
 def model(args) -> None:
     from PIL import Image
-    img = np.asarray(Image.open(args.image).convert("RGB").resize((640, 360)))
+    path = args.image or shared_root() / "data" / "Set14" / "HR" / "comic.png"
+    img = np.asarray(Image.open(path).convert("RGB").resize((640, 360)))
     models = {p: sparsr.load(args.checkpoint, precision=p) for p in ("f32", "bf16")}
     info = models["bf16"].info()
     print(f"threads {_core.num_threads()}, load {_load()}, bf16 layers {info['bf16_layers']} "
@@ -90,8 +96,7 @@ def model(args) -> None:
         import peers
         import torch
         x = peers.network_input(models["f32"], img)[None]
-        shared = Path(os.environ.get("SPARSR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-        state = torch.load(shared / "models" / "smsr_x2_official.pt", map_location="cpu",
+        state = torch.load(shared_root() / "models" / "smsr_x2_official.pt", map_location="cpu",
                            weights_only=False)
         onnx = Path(tempfile.mkdtemp()) / "smsr_dense.onnx"
         peers.export_onnx(peers.smsr_dense_module({k: v.numpy() for k, v in state.items()}),
@@ -123,8 +128,7 @@ def main() -> None:
     m.add_argument("--openvino", action="store_true")
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--rounds", type=int, default=5)
-    m.add_argument("--image", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                          / "Set14" / "HR" / "comic.png"))
+    m.add_argument("--image", help="default: <shared>/data/Set14/HR/comic.png")
     args = p.parse_args()
     sparsr.set_num_threads(args.threads)
     (kernels if args.what == "kernels" else model)(args)
