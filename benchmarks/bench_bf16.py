@@ -36,7 +36,8 @@ SHAPES = {"3x3 64->64": (64, 64, 3), "1x1 256->64": (64, 256, 1), "1x1 128->64":
 
 def shared_root() -> Path:
     """$SPARSR_SHARED or ../shared next to the repository (as the tests)."""
-    return Path(os.environ.get("SPARSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+    default = Path(__file__).resolve().parents[1].parent / "shared"
+    return Path(os.environ.get("SPARSR_SHARED", default))
 
 
 def _load() -> str:

@@ -49,7 +49,8 @@ PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout
     const int b = o / block, lane = o % block;
     for (int i = 0; i < cin; ++i)
       for (int t = 0; t < taps; ++t) {
-        const uint32_t half = bf16_round(weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t]);
+        const size_t at = (static_cast<size_t>(o) * cin + i) * taps + t;
+        const uint32_t half = bf16_round(weight_oihw[at]);
         p.pairs[((static_cast<size_t>(b) * n_pairs + i / 2) * taps + t) * block + lane] |=
             half << (16 * (i % 2));
       }
@@ -84,7 +85,8 @@ PackedConv pack_dense_amx(const float* weight_oihw, const float* bias, int cout,
       for (int t = 0; t < taps; ++t) {
         const int b = o / kRows, m = o % kRows, q = i / kAmxChunkChannels;
         const int k = i % kAmxChunkChannels / 2;
-        const uint32_t half = bf16_round(weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t]);
+        const size_t at = (static_cast<size_t>(o) * cin + i) * taps + t;
+        const uint32_t half = bf16_round(weight_oihw[at]);
         p.pairs[(((static_cast<size_t>(b) * chunks + q) * taps + t) * kRows + m) * kPairs + k] |=
             half << (16 * (i % 2));
       }
@@ -257,7 +259,8 @@ PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const fl
   if (precision == "bf16") {
     if (format == "dense" && kernel.isa == Isa::kAmx)
       return pack_dense_amx(weight_oihw, bias, cout, cin, ksize);
-    if (format == "dense") return pack_dense_bf16(weight_oihw, bias, cout, cin, ksize, kernel.block);
+    if (format == "dense")
+      return pack_dense_bf16(weight_oihw, bias, cout, cin, ksize, kernel.block);
     throw std::invalid_argument("no bf16 packing for weight format '" + format + "'");
   }
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);

@@ -7,8 +7,9 @@
 // The activation operand (B, in pairs: row k = channels 2k, 2k + 1 of 16
 // pixels) is read from a buffer of the input rows converted into bf16 pairs
 // (bf16-pairs.h, as the AVX512_BF16 kernel): every tap reads its tile at a
-// column offset, and consecutive output rows share their input rows. A sum tile's row is one output channel's 16
-// pixels, so the epilogue stores it straight into the channel's plane.
+// column offset, and consecutive output rows share their input rows. A sum
+// tile's row is one output channel's 16 pixels, so the epilogue stores it
+// straight into the channel's plane.
 #include <cstring>
 #include <vector>
 
