@@ -88,6 +88,24 @@ def test_dense(benchmark, results, peak, shape):
     _record(results, peak, layer.kernel, shape, 1.0, t, H * W * cout * cin * k * k)
 
 
+def _bf16_levels():
+    return sorted({k["isa"] for k in _core.kernels()
+                   if k["precision"] == "bf16" and k["isa"] != "scalar"})
+
+
+@pytest.mark.parametrize("level", _bf16_levels())
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_dense_bf16(benchmark, results, peak, shape, level):
+    """The bf16 dense kernels of each level; GFLOP/s against the f32 FMA peak."""
+    if not _core.isa_supported(level):
+        pytest.skip(f"this CPU lacks {level}")
+    rng, (cout, cin, k), x, y = _setup(shape)
+    layer = _core.Conv2d(_weights(rng, cout, cin, k), isa=level, precision="bf16")
+    assert layer.precision == "bf16"
+    t = _time(benchmark, layer, x, y, _core.PixelSet.full(H, W))
+    _record(results, peak, layer.kernel, shape, 1.0, t, H * W * cout * cin * k * k)
+
+
 @pytest.mark.parametrize("shape", ["3x3 64->64", "1x1 256->64"])
 @pytest.mark.parametrize("sparsity", [0.35, 0.5, 0.7, 0.9])
 def test_csr(benchmark, results, peak, shape, sparsity):

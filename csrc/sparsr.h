@@ -15,13 +15,21 @@
 
 namespace sparsr {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Bf16: AVX-512 with AVX512_BF16 (vdpbf16ps); kAmx: that plus AMX-TILE
+// and AMX-BF16 (tile matrix multiplies) that the OS lets the process use. Both
+// run the f32 kernels of kAvx512 and add bf16 ones (KernelInfo::precision).
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 
 const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
 Isa detected_isa();                          // best level this CPU and OS support
 Isa active_isa();                            // detected, lowered by SPARSR_ISA
 bool isa_supported(Isa isa);                 // at or below the active level
+// The level whose f32 code runs at isa: operators without bf16 code run their
+// kAvx512 code at kAvx512Bf16 and kAmx.
+inline Isa f32_level(Isa isa) {
+  return static_cast<int>(isa) > static_cast<int>(Isa::kAvx512) ? Isa::kAvx512 : isa;
+}
 
 // A horizontal run of pixels [x0, x1) in row y (interior coordinates).
 struct Run {
@@ -78,6 +86,9 @@ struct PackedConv {
   std::vector<float> weights;
   std::vector<int32_t> index;    // sparse formats: positions / offsets
   std::vector<int32_t> counts;   // sparse formats: nonzeros per row or group
+  // bf16 formats: pairs of bf16 weights of input channels (2p, 2p + 1), 2p in
+  // the low half; dense: [cout / block][(cin + 1) / 2][ksize * ksize][block].
+  std::vector<uint32_t> pairs;
 };
 
 using ConvKernelFn = void (*)(const PackedConv& w, const ConvTask& task);
@@ -86,6 +97,9 @@ using ConvKernelFn = void (*)(const PackedConv& w, const ConvTask& task);
 struct KernelInfo {
   const char* name;
   const char* format;  // "dense", ...
+  // "f32", or "bf16": weights and activations rounded to bfloat16 (RNE),
+  // products summed in f32.
+  const char* precision;
   int ksize;
   Isa isa;
   int block;           // output channels per register block
@@ -95,7 +109,13 @@ struct KernelInfo {
 
 const std::vector<KernelInfo>& kernel_table();
 // The kernel for (format, ksize) at the given level, falling back to lower ones.
-const KernelInfo& find_kernel(const std::string& format, int ksize, Isa isa);
+const KernelInfo& find_kernel(const std::string& format, int ksize, Isa isa,
+                              const std::string& precision = "f32");
+// The kernel a layer asking for `precision` runs: a bf16 kernel of a vector
+// level needs that level (kAvx512Bf16), so below it a bf16 request runs the f32
+// kernel of the level; the scalar bf16 twin runs at the scalar level only.
+const KernelInfo& choose_kernel(const std::string& format, int ksize, Isa isa,
+                                const std::string& precision);
 
 // Options of a sparse format, as given by the caller (a checkpoint layer).
 struct FormatOptions {
@@ -108,6 +128,29 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
 // (output channel, chunk) in PackedConv::counts.
 constexpr int kNmChunkChannels = 16;
 constexpr int kNmCountStride = 9;
+// pack_dense's layout with pairs of bf16 (RNE) weights in PackedConv::pairs.
+PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout, int cin,
+                           int ksize, int block);
+// AMX tiles of bf16 weight pairs: see pack.cc.
+constexpr int kAmxChunkChannels = 32;
+PackedConv pack_dense_amx(const float* weight_oihw, const float* bias, int cout, int cin,
+                          int ksize);
+// float -> bfloat16 bits, round to nearest even; NaN stays NaN (quiet) and
+// denormals become zero of the same sign, as vcvtne2ps2bf16 does.
+inline uint16_t bf16_round(float v) {
+  uint32_t u;
+  __builtin_memcpy(&u, &v, 4);
+  if ((u & 0x7f800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float v;
+  __builtin_memcpy(&v, &u, 4);
+  return v;
+}
 PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
                    int n, int m);
 PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize);

@@ -72,7 +72,9 @@ def reference_conv(x, w, b, relu=False, residual=None, slopes=None):
 
 
 def kernels_of(fmt=None):
-    ks = [k for k in _core.kernels() if fmt is None or k["format"] == fmt]
+    """The f32 kernels (the bf16 ones: tests/test_bf16_kernels.py)."""
+    ks = [k for k in _core.kernels()
+          if (fmt is None or k["format"] == fmt) and k["precision"] == "f32"]
     return [pytest.param(k, id=k["name"]) for k in ks]
 
 
@@ -82,9 +84,9 @@ def test_every_format_has_a_weight_maker():
 
 def test_every_kernel_has_a_scalar_twin():
     table = _core.kernels()
-    scalar = {(k["format"], k["ksize"]) for k in table if k["isa"] == "scalar"}
+    scalar = {(k["format"], k["precision"], k["ksize"]) for k in table if k["isa"] == "scalar"}
     for k in table:
-        assert (k["format"], k["ksize"]) in scalar, k["name"]
+        assert (k["format"], k["precision"], k["ksize"]) in scalar, k["name"]
 
 
 def _run(layer, x, cout_total, pixels, fill=None, **kw):
@@ -225,7 +227,7 @@ def test_forced_level_is_used(level):
 
 def test_forcing_a_higher_level_cannot_exceed_the_cpu():
     r = _in_subprocess("from sparsr import _core; print(_core.active_isa(), _core.detected_isa())",
-                       SPARSR_ISA="avx512")
+                       SPARSR_ISA="amx")
     active, detected = r.stdout.split()
     assert active == detected
 

@@ -2,6 +2,7 @@
 
     python tools/evaluate.py --model smsr_x2.pt --data Set5 --data Set14 [--mode mask|dense] [--json out.json]
     python tools/evaluate.py --torch rfdn_x4.pt --data Set5      # the same graph in PyTorch
+    python tools/evaluate.py --model smsr_x2.pt --data Set5 --precision bf16
 
 Datasets use the EDSR layout: ``<dir>/HR/<name>.png`` and
 ``<dir>/LR_bicubic/X<s>/<name>x<s>.png``. A ``--data`` value that is not an
@@ -148,14 +149,17 @@ def evaluate_datasets(upscale_fn: Upscaler, data_dirs: Iterable[str | os.PathLik
     return [evaluate_dataset(upscale_fn, resolve_dataset(d), scale, **kwargs) for d in data_dirs]
 
 
-def sparsr_upscaler(model_path: str | os.PathLike, mode: str | None = None) -> tuple[Upscaler, int | None]:
+def sparsr_upscaler(model_path: str | os.PathLike, mode: str | None = None,
+                    precision: str | None = None) -> tuple[Upscaler, int | None]:
     """``(upscale_fn, scale or None)`` for a sparsr checkpoint.
 
     ``mode=None`` uses ``model.upscale``; "mask"/"dense" use ``model.forward(img, mode=...)``.
+    ``precision``: as ``sparsr.load`` (None: its default).
     """
     import sparsr
 
-    model = sparsr.load(model_path)
+    model = sparsr.load(model_path) if precision is None else sparsr.load(model_path,
+                                                                           precision=precision)
     scale = getattr(model, "scale", None)
     if mode is None:
         return model.upscale, scale
@@ -195,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["mask", "dense"],
                         help="spatial masks on (mask) or off (dense); default: the model's own upscale "
                              "(mask for --torch)")
+    parser.add_argument("--precision", choices=["f32", "bf16", "auto"],
+                        help="what a sparsr model's convolutions compute in (sparsr.load; "
+                             "default auto)")
     parser.add_argument("--scale", type=int, help="default: the model's scale")
     parser.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -206,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source_name = args.torch
     else:
         mode = args.mode
-        upscale_fn, model_scale = sparsr_upscaler(args.model, mode)
+        upscale_fn, model_scale = sparsr_upscaler(args.model, mode, args.precision)
         source_name = args.model
     scale = args.scale or model_scale
     if scale is None:
@@ -230,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_row(r.dataset, r.psnr, r.ssim, r.seconds))
     if args.json:
         report = {"model": str(source_name), "torch": bool(args.torch), "mode": mode,
+                  "precision": args.precision,
                   "scale": scale, "datasets": [r.to_dict() for r in results]}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

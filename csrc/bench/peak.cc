@@ -30,6 +30,7 @@ double fma_load_loop_scalar(long iterations, const float* data) {
 
 double measure_fma_peak(Isa isa, double seconds, bool with_loads) {
   if (!isa_supported(isa)) throw std::invalid_argument("level not available on this CPU");
+  isa = f32_level(isa);
   double (*plain)(long) = isa == Isa::kAvx512 ? fma_loop_avx512
                           : isa == Isa::kAvx2 ? fma_loop_avx2
                                               : fma_loop_scalar;

@@ -57,6 +57,7 @@ SPARSR_BINDINGS(0) {
       py::dict d;
       d["name"] = k.name;
       d["format"] = k.format;
+      d["precision"] = k.precision;
       d["ksize"] = k.ksize;
       d["isa"] = isa_name(k.isa);
       d["block"] = k.block;
@@ -65,6 +66,18 @@ SPARSR_BINDINGS(0) {
     }
     return out;
   }, "The micro-kernel table (csrc/kernels.inc).");
+  m.def("choose_kernel", [](const std::string& format, int ksize, py::object isa,
+                            const std::string& precision) {
+    const KernelInfo& k = choose_kernel(format, ksize, isa_arg(isa), precision);
+    py::dict d;
+    d["name"] = k.name;
+    d["isa"] = isa_name(k.isa);
+    d["precision"] = k.precision;
+    return d;
+  }, py::arg("format"), py::arg("ksize"), py::arg("isa") = py::none(),
+     py::arg("precision") = "f32",
+     "The kernel a layer of this format and precision runs at the ISA level (default: the "
+     "active one): name, isa, precision.");
   m.def("nm_unrolled_patterns", [] {
     std::vector<std::pair<int, int>> patterns;
 #define SPARSR_NM_PATTERN(kept, group) patterns.emplace_back(kept, group);
@@ -166,7 +179,7 @@ SPARSR_BINDINGS(0) {
 
   py::class_<Conv2d>(m, "Conv2d")
       .def(py::init([](const FloatArray& weight, py::object bias, py::object isa,
-                       const std::string& format, int n, int m) {
+                       const std::string& format, int n, int m, const std::string& precision) {
              if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
                throw std::invalid_argument("weight must be (cout, cin, k, k)");
              const int cout = static_cast<int>(weight.shape(0));
@@ -182,13 +195,17 @@ SPARSR_BINDINGS(0) {
              py::gil_scoped_release release;
              return Conv2d(weight.data(), bias.is_none() ? nullptr : b.data(), cout,
                            static_cast<int>(weight.shape(1)), static_cast<int>(weight.shape(2)),
-                           isa_arg(isa), format, options);
+                           isa_arg(isa), format, options, precision);
            }), py::arg("weight"), py::arg("bias") = py::none(), py::arg("isa") = py::none(),
            py::arg("format") = "dense", py::arg("n") = 0, py::arg("m") = 0,
-           "Packs (cout, cin, k, k) weights for the best kernel of the format at the ISA level.")
+           py::arg("precision") = "f32",
+           "Packs (cout, cin, k, k) weights for the best kernel of the format at the ISA level. "
+           "precision='bf16' runs a bf16 kernel where the level has one of the format "
+           "(avx512bf16, or the scalar twin at the scalar level), else the f32 one.")
       .def_property_readonly("format", [](const Conv2d& c) { return std::string(c.kernel().format); })
       .def_property_readonly("kernel", [](const Conv2d& c) { return std::string(c.kernel().name); })
       .def_property_readonly("isa", [](const Conv2d& c) { return std::string(isa_name(c.kernel().isa)); })
+      .def_property_readonly("precision", [](const Conv2d& c) { return std::string(c.kernel().precision); })
       .def_property_readonly("cout", &Conv2d::cout)
       .def_property_readonly("cin", &Conv2d::cin)
       .def_property_readonly("ksize", &Conv2d::ksize)

@@ -1,5 +1,7 @@
 // CPU feature detection. Built for the baseline target: no AVX code here.
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -33,7 +35,22 @@ Isa detect() {
   const bool avx512dq = ebx & bit_AVX512DQ;
   const bool avx512bw = ebx & bit_AVX512BW;
   const bool avx512vl = ebx & bit_AVX512VL;
-  if (avx512f && avx512dq && avx512bw && avx512vl && os_zmm) return Isa::kAvx512;
+  if (avx512f && avx512dq && avx512bw && avx512vl && os_zmm) {
+    // AVX512_BF16: leaf 7, sub-leaf 1, EAX bit 5 (its zmm state is checked above).
+    unsigned eax1 = 0, ebx1, ecx1, edx1;
+    if (eax >= 1) __cpuid_count(7, 1, eax1, ebx1, ecx1, edx1);
+    if (!(eax1 & (1u << 5))) return Isa::kAvx512;
+    // AMX-BF16 and AMX-TILE (leaf 7 EDX bits 22, 24), their state in XCR0
+    // (bits 17, 18), and the kernel's leave to use the 8 KB of tile data
+    // (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; granted
+    // to the whole process, once).
+    const bool amx = (edx & (1u << 22)) && (edx & (1u << 24));
+    const bool os_tiles = (xcr0 & (3u << 17)) == (3u << 17);
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (amx && os_tiles && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0)
+      return Isa::kAmx;
+    return Isa::kAvx512Bf16;
+  }
   if (avx2) return Isa::kAvx2;
   return Isa::kScalar;
 }
@@ -57,6 +74,8 @@ const char* isa_name(Isa isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Bf16: return "avx512bf16";
+    case Isa::kAmx: return "amx";
   }
   return "unknown";
 }
@@ -65,8 +84,10 @@ Isa isa_from_name(const std::string& name) {
   if (name == "scalar") return Isa::kScalar;
   if (name == "avx2") return Isa::kAvx2;
   if (name == "avx512") return Isa::kAvx512;
+  if (name == "avx512bf16") return Isa::kAvx512Bf16;
+  if (name == "amx") return Isa::kAmx;
   throw std::invalid_argument("unknown ISA level '" + name +
-                              "' (expected one of: scalar, avx2, avx512)");
+                              "' (expected one of: scalar, avx2, avx512, avx512bf16, amx)");
 }
 
 Isa detected_isa() {

@@ -59,7 +59,7 @@ double csr_work_fraction(const float* weight_oihw, int cout, int cin, int ksize)
 double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa) {
   if (ksize != 1 && ksize != 3)
     throw std::invalid_argument("CSR kernels exist for 1x1 and 3x3 convolutions only");
-  const Fit fit = kFits[static_cast<int>(isa)][ksize == 3];
+  const Fit fit = kFits[static_cast<int>(f32_level(isa))][ksize == 3];
   return fit.alpha + fit.beta * csr_work_fraction(weight_oihw, cout, cin, ksize);
 }
 

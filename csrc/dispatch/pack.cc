@@ -27,6 +27,72 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
   return p;
 }
 
+// Dense bf16: pack_dense's layout over pairs of input channels, each weight
+// rounded to bf16 (RNE), channel 2p in the low half of pair p; an odd last
+// channel pairs with a zero weight. The kernels read the activations of the
+// same two channels as one pair per pixel (vdpbf16ps).
+PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout, int cin,
+                           int ksize, int block) {
+  PackedConv p;
+  p.cout = cout;
+  p.cin = cin;
+  p.ksize = ksize;
+  p.block = block;
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
+  const int n_pairs = (cin + 1) / 2;
+  p.bias.assign(static_cast<size_t>(blocks) * block, 0.0f);
+  if (bias)
+    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  p.pairs.assign(static_cast<size_t>(blocks) * n_pairs * taps * block, 0u);
+  for (int o = 0; o < cout; ++o) {
+    const int b = o / block, lane = o % block;
+    for (int i = 0; i < cin; ++i)
+      for (int t = 0; t < taps; ++t) {
+        const size_t at = (static_cast<size_t>(o) * cin + i) * taps + t;
+        const uint32_t half = bf16_round(weight_oihw[at]);
+        p.pairs[((static_cast<size_t>(b) * n_pairs + i / 2) * taps + t) * block + lane] |=
+            half << (16 * (i % 2));
+      }
+  }
+  return p;
+}
+
+// Dense bf16 for AMX: one 16 x 16 tile of weight pairs per (block of 16
+// output channels, chunk of kAmxChunkChannels input channels, tap), row m
+// the block's output channel m, column k the pair of channels (2k, 2k + 1) of
+// the chunk, 2k in the low half (the A operand of tdpbf16ps):
+//   pairs: [blocks][chunks][ksize * ksize][16][16], blocks a multiple of 2
+//          (the kernel runs two at a time), missing channels zero;
+//   bias:  cout, zero padded to the blocks.
+PackedConv pack_dense_amx(const float* weight_oihw, const float* bias, int cout, int cin,
+                          int ksize) {
+  constexpr int kRows = 16, kPairs = kAmxChunkChannels / 2;
+  PackedConv p;
+  p.cout = cout;
+  p.cin = cin;
+  p.ksize = ksize;
+  p.block = 2 * kRows;
+  const int taps = ksize * ksize;
+  const int blocks = (cout + 2 * kRows - 1) / (2 * kRows) * 2;
+  const int chunks = (cin + kAmxChunkChannels - 1) / kAmxChunkChannels;
+  p.bias.assign(static_cast<size_t>(blocks) * kRows, 0.0f);
+  if (bias)
+    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  p.pairs.assign(static_cast<size_t>(blocks) * chunks * taps * kRows * kPairs, 0u);
+  for (int o = 0; o < cout; ++o)
+    for (int i = 0; i < cin; ++i)
+      for (int t = 0; t < taps; ++t) {
+        const int b = o / kRows, m = o % kRows, q = i / kAmxChunkChannels;
+        const int k = i % kAmxChunkChannels / 2;
+        const size_t at = (static_cast<size_t>(o) * cin + i) * taps + t;
+        const uint32_t half = bf16_round(weight_oihw[at]);
+        p.pairs[(((static_cast<size_t>(b) * chunks + q) * taps + t) * kRows + m) * kPairs + k] |=
+            half << (16 * (i % 2));
+      }
+  return p;
+}
+
 // N:M format ("nm"): at most N nonzeros in every group of M consecutive input
 // channels at one (output channel, ky, kx). When M does not divide cin, the
 // last group is short (cin mod M channels) and still keeps at most N (RFDN's
@@ -195,7 +261,14 @@ PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int c
 
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
                     int cout, int cin, int ksize, const FormatOptions& options) {
-  const std::string format = kernel.format;
+  const std::string format = kernel.format, precision = kernel.precision;
+  if (precision == "bf16") {
+    if (format == "dense" && kernel.isa == Isa::kAmx)
+      return pack_dense_amx(weight_oihw, bias, cout, cin, ksize);
+    if (format == "dense")
+      return pack_dense_bf16(weight_oihw, bias, cout, cin, ksize, kernel.block);
+    throw std::invalid_argument("no bf16 packing for weight format '" + format + "'");
+  }
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
   if (format == "csr") return pack_csr(weight_oihw, bias, cout, cin, ksize);
   if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);

@@ -89,7 +89,7 @@ int conv_general_block(Isa isa, int cout_per_group) {
   // Register tiles (the ISA files instantiate exactly these): AVX-512 8x3,
   // 4x6 or 1x8 vectors, AVX2 4x3 or 1x8, scalar 4x2 or 1x8 floats. One
   // output channel per block (depthwise) loads once per FMA.
-  if (isa == Isa::kAvx512 && cout_per_group >= 8) return 8;
+  if (f32_level(isa) == Isa::kAvx512 && cout_per_group >= 8) return 8;
   return cout_per_group >= 4 ? 4 : 1;
 }
 
@@ -137,7 +137,7 @@ void ConvGeneral::run(const Channels& src, const Channels& dst, bool relu, const
                                   std::to_string(residual->size()) + " channels, the output " +
                                   std::to_string(packed_.cout));
   }
-  switch (isa_) {
+  switch (f32_level(isa_)) {
     case Isa::kAvx512: conv_general_avx512(packed_, src, dst, relu, slopes, residual); break;
     case Isa::kAvx2: conv_general_avx2(packed_, src, dst, relu, slopes, residual); break;
     default: conv_general_scalar(packed_, src, dst, relu, slopes, residual); break;
@@ -187,7 +187,7 @@ std::pair<int, int> ConvTranspose::out_size(int height, int width) const {
 void ConvTranspose::run(const Channels& src, const Channels& dst) const {
   check_sizes("conv_transpose", src, dst, packed_.cin, packed_.cout,
               out_size(src.height, src.width));
-  switch (isa_) {
+  switch (f32_level(isa_)) {
     case Isa::kAvx512: conv_transpose_avx512(packed_, src, dst); break;
     case Isa::kAvx2: conv_transpose_avx2(packed_, src, dst); break;
     default: conv_transpose_scalar(packed_, src, dst); break;

@@ -16,7 +16,8 @@ namespace {
 const ElementwiseRows& rows_for(Isa isa) {
   // At most the active level, as Conv2d's kernel choice.
   if (static_cast<int>(isa) > static_cast<int>(active_isa())) isa = active_isa();
-  switch (isa) {
+  switch (f32_level(isa)) {
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512: return elementwise_rows_avx512();
     case Isa::kAvx2: return elementwise_rows_avx2();
     case Isa::kScalar: break;

@@ -213,7 +213,8 @@ struct RowTapTable {
 const ResizeRows& resize_rows_for(Isa isa) {
   // At most the active level, as Conv2d's kernel choice.
   if (static_cast<int>(isa) > static_cast<int>(active_isa())) isa = active_isa();
-  switch (isa) {
+  switch (f32_level(isa)) {
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512: return resize_rows_avx512();
     case Isa::kAvx2: return resize_rows_avx2();
     case Isa::kScalar: break;

@@ -30,7 +30,9 @@ def cpu_info() -> dict:
     chosen = {}
     for k in _core.kernels():
         key = f"conv{k['ksize']}x{k['ksize']}-{k['format']}"
-        levels = ["scalar", "avx2", "avx512"]
+        if k["precision"] != "f32":
+            key += "-" + k["precision"]
+        levels = list(_env.ISA_LEVELS)
         if levels.index(k["isa"]) <= levels.index(active):
             best = chosen.get(key)
             if best is None or levels.index(k["isa"]) > levels.index(best["isa"]):

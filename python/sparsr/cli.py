@@ -220,12 +220,17 @@ def _list_models(directory) -> list[tuple[str, int, str]]:
             if p.is_file() and not p.name.startswith(".")]
 
 
+PRECISION_HELP = ("what the convolutions compute in: f32, bf16 (on CPUs with AVX512_BF16, "
+                  "else f32), or auto: each layer's choice in the checkpoint (default; f32 "
+                  "where none, tools/precision.py writes it)")
+
+
 def _load_model(args) -> Any:
     """The model the upscale command runs (tests replace this function)."""
     from . import load
 
-    return load(_resolve_model(args.model), max_memory=args.max_memory,
-                tile=args.tile).with_mode(args.mode or "mask")
+    return load(_resolve_model(args.model), max_memory=args.max_memory, tile=args.tile,
+                precision=args.precision or "auto").with_mode(args.mode or "mask")
 
 
 def _release_buffers() -> None:
@@ -427,14 +432,17 @@ def _upscale(args) -> int:
 def _info(args) -> int:
     from . import load
 
-    model = load(_resolve_model(args.model))
+    model = load(_resolve_model(args.model), precision=args.precision or "auto")
     img = image.read(args.image) if args.image else None
     info = model.info(input_size=tuple(args.size) if args.size else None, image=img)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['path']}: {info['architecture']} x{info['scale']}, kernels {info['isa']}, "
-          f"{info['threads']} threads")
+          f"{info['threads']} threads, precision {info['precision']} "
+          f"({info['bf16_layers']} layers bf16)")
+    if "precision_note" in info:
+        print(info["precision_note"])
     print(f"conv weights: {info['conv_params']:,} parameters, {info['conv_nonzeros']:,} nonzero")
     print(f"{'layer':<28} {'shape':<18} {'format':<7} {'sparsity':>8}  kernel")
     for r in info["layers"]:
@@ -562,6 +570,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                     help="feature memory budget, e.g. 2G or 512M (default 512M plus the "
                          "output, at most what is available): larger images run in bands")
+    up.add_argument("--precision", choices=["f32", "bf16", "auto"],
+                    help=PRECISION_HELP)
     up.add_argument("-f", "--force", action="store_true", help="overwrite outputs that exist")
     up.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     up.add_argument("--json", action="store_true",
@@ -571,6 +581,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model")
     info.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     info.add_argument("--image", help="count the MACs executed on this image")
+    info.add_argument("--precision", choices=["f32", "bf16", "auto"], help=PRECISION_HELP)
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_info)
     models = sub.add_parser("models", help="list the models in SPARSR_MODELS (~/.cache/sparsr)")

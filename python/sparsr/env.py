@@ -1,7 +1,8 @@
 """The environment variables sparsr reads, checked in one place.
 
     SPARSR_NUM_THREADS  threads the kernels use (a whole number >= 1)
-    SPARSR_ISA          lowers the instruction set: scalar, avx2 or avx512
+    SPARSR_ISA          lowers the instruction set: scalar, avx2, avx512, avx512bf16 or
+                        amx (below avx512bf16, bf16 layers run f32 kernels)
     SPARSR_MODELS       where `--model NAME` looks (default ~/.cache/sparsr)
 
 The native side reads the first two on its own and ignores a bad thread
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from .errors import SparsrError
 
-ISA_LEVELS = ("scalar", "avx2", "avx512")
+ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16", "amx")
 
 
 def num_threads() -> int | None:

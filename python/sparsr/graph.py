@@ -16,14 +16,16 @@ twice, a dangling output and an unknown op, naming the node.
 The model description around the graph (``model["io"]``) says how images
 enter and leave it: the pixel range the network expects, the colour layout
 and the scale. ``model["layers"]`` optionally chooses a weight format per
-convolution, by the name of its weight tensor without ``.weight``.
+convolution, by the name of its weight tensor without ``.weight``, and the
+precision its kernel computes in ("f32" or "bf16", used when the model is
+loaded with precision="auto"; tools/precision.py writes it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .errors import CheckpointError
 
@@ -34,6 +36,10 @@ COLORS = ("rgb", "y", "grey")
 FORMATS = ("dense", "csr", "nm", "sparse")
 FORMAT_OPTIONS = ("n", "m")
 NM_GROUPS = (4, 8, 16, 32)     # the M of N:M formats the kernels have
+# What a layer computes in (model["layers"][name]["precision"]), and what
+# sparsr.load(precision=...) takes: "auto" is each layer's own, f32 if none.
+PRECISIONS = ("f32", "bf16")
+LOAD_PRECISIONS = PRECISIONS + ("auto",)
 
 
 @dataclass
@@ -207,7 +213,8 @@ class Graph:
 
 def check_layers(layers: Any) -> dict:
     """model["layers"]: {layer: {"format": one of FORMATS, "options": {"n": N,
-    "m": M}}}, every entry typed (other keys are ignored)."""
+    "m": M}, "precision": one of PRECISIONS}}, every entry typed (other keys
+    are ignored)."""
     if not isinstance(layers, dict):
         raise CheckpointError("model 'layers' must be an object")
     for name, info in layers.items():
@@ -217,6 +224,10 @@ def check_layers(layers: Any) -> dict:
         fmt = info.get("format", "dense")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise CheckpointError(f"{where}.format must be one of {FORMATS}, got {fmt!r:.40}")
+        precision = info.get("precision", "f32")
+        if not isinstance(precision, str) or precision not in PRECISIONS:
+            raise CheckpointError(f"{where}.precision must be one of {PRECISIONS}, got "
+                                  f"{precision!r:.40}")
         options = info.get("options", {})
         if not isinstance(options, dict):
             raise CheckpointError(f"{where}.options must be an object")
@@ -233,6 +244,38 @@ def check_layers(layers: Any) -> dict:
                 raise CheckpointError(f"{where}: the nm format needs options n and m with m in "
                                       f"{NM_GROUPS} and 1 <= n <= m, got n={n!r}, m={m!r}")
     return layers
+
+
+class LayerChoices(Mapping):
+    """model["layers"] as the ops read it, with the precision of the load
+    applied: "f32" or "bf16" for every layer, or "auto" for each layer's own
+    (f32 if it has none). A live view: a format a tool sets later in `layers`
+    is seen."""
+
+    def __init__(self, layers: dict, precision: str):
+        if precision not in LOAD_PRECISIONS:
+            raise ValueError(f"precision must be one of {LOAD_PRECISIONS}, got {precision!r}")
+        self.layers = layers
+        self.precision = precision
+
+    def precision_of(self, name: str) -> str:
+        if self.precision != "auto":
+            return self.precision
+        info = self.layers.get(name)
+        return info.get("precision", "f32") if isinstance(info, dict) else "f32"
+
+    def __getitem__(self, name: str) -> dict:
+        info = self.layers.get(name, {})
+        return {**(info if isinstance(info, dict) else {}), "precision": self.precision_of(name)}
+
+    def get(self, name: str, default: Any = None) -> dict:
+        return self[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
 
 
 def _str_list(x: Any) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 from . import _core, checkpoint, env
 from .errors import CheckpointError, ImageError
 from .executor import PROBE, Executor, Result, check_input_size, choose_execution
-from .graph import IO, Graph, check_layers
+from .graph import IO, LOAD_PRECISIONS, Graph, LayerChoices, check_layers
 from .image import prepare
 
 MODES = ("mask", "dense")
@@ -57,7 +57,8 @@ class Model:
 
     def __init__(self, description: dict, tensors: dict[str, np.ndarray], metadata: dict,
                  path: str, isa: str | None = None, max_memory: int | None = None, *,
-                 allow_nonfinite: bool = False, tile: int | None = None):
+                 allow_nonfinite: bool = False, tile: int | None = None,
+                 precision: str = "auto"):
         self.description = description
         self.metadata = metadata
         self.path = path
@@ -68,6 +69,8 @@ class Model:
         self.isa = isa
         self.max_memory = max_memory
         self.tile = tile
+        self.precision = precision
+        layers = LayerChoices(layers, precision)
         self._executor = Executor(self.graph, tensors, layers, isa, self.io.channels,
                                   allow_nonfinite=allow_nonfinite)
         _check_probe_shapes(self._executor, self.io)
@@ -330,6 +333,8 @@ class Model:
             "scale": self.scale,
             "io": self.io.to_dict(),
             "isa": self.isa or _core.active_isa(),
+            "precision": self.precision,
+            **_precision_report(layers, self.isa or _core.active_isa()),
             "threads": _core.num_threads(),
             "nodes": len(self.graph.nodes),
             "conv_params": sum(r["params"] for r in layers),
@@ -349,6 +354,22 @@ class Model:
             result["mask_density"] = [float(m.mean()) for m in fwd.masks]
             result["executed_macs_per_layer"] = {k: v.macs for k, v in fwd.layers.items()}
         return result
+
+
+def _precision_report(layers: list[dict], isa: str) -> dict:
+    """How many layers run bf16, and a note when bf16 was asked for layers
+    that run f32 kernels (no AVX512_BF16 at the level in use, or a format
+    without a bf16 kernel)."""
+    asked = [r for r in layers if r.get("requested_precision") == "bf16"]
+    report = {"bf16_layers": sum(r.get("precision") == "bf16" for r in layers)}
+    fell_back = [r["name"] for r in asked if r.get("precision") != "bf16"]
+    if fell_back:
+        why = (f"level {isa} has no AVX512_BF16 (CPU, SPARSR_ISA or isa=)"
+               if isa not in ("avx512bf16", "amx") else "no bf16 kernel for their format")
+        report["precision_note"] = (f"bf16 asked for {len(asked)} layers; {len(fell_back)} run "
+                                    f"f32 kernels ({why}): {', '.join(fell_back[:4])}"
+                                    + (", ..." if len(fell_back) > 4 else ""))
+    return report
 
 
 class ModeBound:
@@ -393,7 +414,8 @@ def _check_probe_shapes(executor: Executor, io: IO) -> None:
 
 
 def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None = None, *,
-         allow_nonfinite: bool = False, tile: int | None = None) -> Model:
+         allow_nonfinite: bool = False, tile: int | None = None,
+         precision: str = "auto") -> Model:
     """Loads a sparsr checkpoint. isa forces a kernel level ("scalar", "avx2",
     "avx512") for this model; by default the best this CPU supports (lowered by
     the SPARSR_ISA environment variable). allow_nonfinite accepts NaN and
@@ -403,7 +425,11 @@ def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None
     runs in bands of rows that fit it (default budget: executor.DEFAULT_BUDGET,
     at most the memory available), and an image that does not fit even so is
     refused before anything is allocated. tile forces bands of that many input
-    rows on every image."""
+    rows on every image.
+    precision: "f32" everywhere; "bf16" everywhere (bfloat16 weights and
+    activations, f32 sums) where the kernels have it, on CPUs with
+    AVX512_BF16, f32 elsewhere (info() says so); "auto" (default) each
+    layer's choice in the checkpoint (tools/precision.py), f32 where none."""
     env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)
@@ -416,10 +442,12 @@ def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None
         raise CheckpointError(f"{path}: not a graph checkpoint (architecture {arch!r} in an "
                               "older layout); convert the PyTorch weights again with "
                               "tools/convert.py")
+    if precision not in LOAD_PRECISIONS:
+        raise ValueError(f"precision must be one of {LOAD_PRECISIONS}, got {precision!r}")
     if isa is not None and not _core.isa_supported(isa):
         raise ValueError(f"this CPU does not support {isa!r} (best: {_core.detected_isa()})")
     try:
         return Model(description, tensors, metadata, path, isa, max_memory,
-                     allow_nonfinite=allow_nonfinite, tile=tile)
+                     allow_nonfinite=allow_nonfinite, tile=tile, precision=precision)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

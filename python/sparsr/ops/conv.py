@@ -58,16 +58,32 @@ def available_formats() -> set[str]:
     return {k["format"] for k in _core.kernels()}
 
 
-def choose_format(requested: str, weight: np.ndarray, isa: str | None) -> str:
+# Time of the AMX bf16 dense kernels over the f32 dense ones, by kernel size
+# (measured at 640x360, 2 threads: 3x3 64->64 2.98x faster, 1x1 256->64 2.10x,
+# 1x1 64->64 1.46x). There is no bf16 CSR kernel: a "sparse" bf16 layer runs
+# CSR (in f32) only where it beats these.
+AMX_DENSE_RELATIVE_COST = {3: 0.34, 1: 0.5}
+
+
+def choose_format(requested: str, weight: np.ndarray, isa: str | None,
+                  precision: str = "f32") -> str:
     """The kernel format a layer runs with. "sparse" leaves the choice to the
     engine: the zero-skip (CSR) kernel where its cost model, fitted to measured
     CSR and dense kernel times, expects it to beat dense by a margin; so a
-    lightly sparse layer stays dense."""
+    lightly sparse layer stays dense. In bf16 on AMX, dense is measured against
+    the AMX kernel's time instead."""
     if requested != "sparse":
         return requested
     if "csr" not in available_formats():
         return "dense"
-    return "csr" if _core.csr_beneficial(np.ascontiguousarray(weight), isa) else "dense"
+    w = np.ascontiguousarray(weight)
+    k = w.shape[2] if w.ndim == 4 and w.shape[2] == w.shape[3] else 0
+    if precision == "bf16" and k in AMX_DENSE_RELATIVE_COST and \
+            _core.choose_kernel("dense", k, isa, "bf16")["isa"] == "amx":
+        margin = 0.05
+        return "csr" if _core.csr_relative_cost(w, isa) < \
+            AMX_DENSE_RELATIVE_COST[k] * (1 - margin) else "dense"
+    return "csr" if _core.csr_beneficial(w, isa) else "dense"
 
 
 class PackedConv:
@@ -75,13 +91,17 @@ class PackedConv:
 
     def __init__(self, name: str, weight: np.ndarray, bias: np.ndarray | None, isa: str | None,
                  format: str = "dense", options: dict | None = None,
-                 dense_cin: int | None = None):
+                 dense_cin: int | None = None, precision: str = "f32"):
         w = np.ascontiguousarray(weight, dtype=np.float32)
         self.name = name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
         self.nonzeros = int(np.count_nonzero(w))
-        self.format = choose_format(format, w, isa)
-        self.native = _core.Conv2d(w, bias, isa=isa, format=self.format, **(options or {}))
+        self.format = choose_format(format, w, isa, precision)
+        # bf16 where the level has a bf16 kernel of the format, else f32
+        # (native.precision says which).
+        self.requested_precision = precision
+        self.native = _core.Conv2d(w, bias, isa=isa, format=self.format, precision=precision,
+                                   **(options or {}))
         self.weight = w
         # Input channels of the whole layer this conv computes part of: dense
         # MACs are counted as for the whole layer.
@@ -112,8 +132,16 @@ class PackedConv:
         """A row of Model.info()'s layer table."""
         params = int(self.weight.size)
         return {"name": self.name, "shape": list(self.weight.shape), "format": self.format,
-                "kernel": self.native.kernel, "params": params, "nonzeros": self.nonzeros,
+                "kernel": self.native.kernel, "precision": self.native.precision,
+                "requested_precision": self.requested_precision,
+                "params": params, "nonzeros": self.nonzeros,
                 "sparsity": 1.0 - self.nonzeros / params if params else 0.0}
+
+
+def layer_precision(ctx: BuildContext, layer: str) -> str:
+    """The precision the load gives layer `layer` (graph.LayerChoices): "f32" or "bf16"."""
+    info = ctx.layers.get(layer, {})
+    return info.get("precision", "f32") if isinstance(info, dict) else "f32"
 
 
 def layer_format(ctx: BuildContext, layer: str) -> tuple[str, dict]:
@@ -148,6 +176,7 @@ class Conv2d(Op):
         self.bias = self.tensor(ctx, "bias", (cout,), required=False)
         self.layer = node.params["weight"].removesuffix(".weight")
         fmt, options = layer_format(ctx, self.layer)
+        precision = layer_precision(ctx, self.layer)
         fast = (kh == kw and kh in (1, 3) and self.stride == (1, 1)
                 and self.dilation == (1, 1) and self.padding == (kh // 2, kw // 2))
         self.parts: list[PackedConv] = []
@@ -158,7 +187,7 @@ class Conv2d(Op):
                 name = self.layer if self.groups == 1 else f"{self.layer}[{g}]"
                 b = None if self.bias is None else self.bias[g * og:(g + 1) * og]
                 self.parts.append(PackedConv(name, w[g * og:(g + 1) * og], b, ctx.isa, fmt,
-                                             options))
+                                             options, precision=precision))
         else:
             if fmt not in ("dense", "sparse"):
                 self.fail(f"format {fmt!r} needs a 1x1 or 3x3 stride-1 convolution")
@@ -166,7 +195,7 @@ class Conv2d(Op):
                                              padding=self.padding, dilation=self.dilation,
                                              groups=self.groups, isa=ctx.isa)
         self.weight = w
-        self._format = (fmt, options)
+        self._format = (fmt, options, precision)
         self._slices: dict[tuple[int, int, bool], PackedConv] = {}
 
     def splittable(self) -> bool:
@@ -178,10 +207,11 @@ class Conv2d(Op):
         """The conv over input channels [c0, c1) only, packed once."""
         key = (c0, c1, with_bias)
         if key not in self._slices:
-            fmt, options = self._format
+            fmt, options, precision = self._format
             self._slices[key] = PackedConv(self.layer, self.weight[:, c0:c1],
                                            self.bias if with_bias else None,
-                                           self.parts[0].native.isa, fmt, options)
+                                           self.parts[0].native.isa, fmt, options,
+                                           precision=precision)
         return self._slices[key]
 
     def infer(self, shapes):
@@ -241,6 +271,8 @@ class Conv2d(Op):
         if self.general is not None:
             n = int(np.count_nonzero(self.weight))
             return [{"name": self.layer, "shape": list(self.weight.shape), "format": "dense",
-                     "kernel": "conv-general", "params": int(self.weight.size), "nonzeros": n,
+                     "kernel": "conv-general", "precision": "f32",
+                     "requested_precision": self._format[2],
+                     "params": int(self.weight.size), "nonzeros": n,
                      "sparsity": 1.0 - n / self.weight.size}]
         return [p.row() for p in self.parts]

@@ -30,7 +30,7 @@ import numpy as np
 from .. import _core
 from ..errors import CheckpointError
 from . import BuildContext, Op, RowMap, register
-from .conv import MacCounter, PackedConv, layer_format
+from .conv import MacCounter, PackedConv, layer_format, layer_precision
 
 
 @dataclass
@@ -41,6 +41,7 @@ class ConvSpec:
     bias: np.ndarray | None
     format: str = "dense"
     options: dict = field(default_factory=dict)
+    precision: str = "f32"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -84,7 +85,8 @@ def module_shapes(n_feats: int, n_layers: int) -> dict[str, tuple]:
 def _conv(spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None,
           with_bias: bool = True, dense_cin: int | None = None) -> PackedConv:
     return PackedConv(spec.name, spec.weight if weight is None else weight,
-                      spec.bias if with_bias else None, isa, spec.format, spec.options, dense_cin)
+                      spec.bias if with_bias else None, isa, spec.format, spec.options, dense_cin,
+                      precision=spec.precision)
 
 
 class SmsrModule:
@@ -347,7 +349,8 @@ class SmsrModuleOp(Op):
                     if bias_role in self.shapes else None
                 layer = node.params[role][:-len(".weight")]
                 fmt, options = layer_format(ctx, layer)
-                specs[f"{prefix}.{conv}"] = ConvSpec(layer, t, bias, fmt, options)
+                specs[f"{prefix}.{conv}"] = ConvSpec(layer, t, bias, fmt, options,
+                                                     layer_precision(ctx, layer))
         self.module = SmsrModule(prefix, specs, ch_mask, ctx.isa, input_skip)
         self.module.dense_planes = max(self.module.dense_planes,
                                        self.attr("dense_planes", 0, int, 0, 1 << 16))
