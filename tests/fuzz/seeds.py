@@ -117,7 +117,13 @@ def _y_std(rng):
     return b.finish(b.sub(b.input, b.conv(y, "b"))), {}
 
 
-GRAPH_SEEDS = {"tiny": _tiny, "rich": _rich, "sparse": _sparse, "grey": _grey_transposed,
+def _smsr(rng):
+    from sparsr.importers.archs import smsr
+    sd = smsr_state_dict()
+    return smsr.build(sd, smsr.detect(sd), 2), {}
+
+
+GRAPH_SEEDS = {"smsr": _smsr, "tiny": _tiny, "rich": _rich, "sparse": _sparse, "grey": _grey_transposed,
                "y": _y_std}
 
 
@@ -241,11 +247,35 @@ def torch_bytes(obj, legacy: bool = False) -> bytes:
     return f.getvalue()
 
 
+def smsr_state_dict(n_feats: int = 16, n_layers: int = 2, n_blocks: int = 2, scale: int = 2):
+    """Random SMSR weights of the official layout, small (numpy arrays)."""
+    from sparsr.ops.smsr import module_shapes
+
+    rng = np.random.default_rng(1)
+    shapes = {"sub_mean.weight": (3, 3, 1, 1), "sub_mean.bias": (3,),
+              "head.0.weight": (n_feats, 3, 3, 3), "head.0.bias": (n_feats,),
+              "head.2.weight": (n_feats, n_feats, 3, 3), "head.2.bias": (n_feats,),
+              "collect.0.weight": (n_feats, n_feats * n_blocks, 1, 1),
+              "collect.0.bias": (n_feats,),
+              "collect.2.weight": (n_feats, n_feats, 3, 3), "collect.2.bias": (n_feats,),
+              "tail.0.weight": (3 * scale * scale, n_feats, 3, 3),
+              "tail.0.bias": (3 * scale * scale,),
+              "add_mean.weight": (3, 3, 1, 1), "add_mean.bias": (3,)}
+    for k in range(n_blocks):
+        shapes.update({f"body.{k}.{n}": s for n, s in module_shapes(n_feats, n_layers).items()})
+    sd = {k: _w(rng, *s, gain=0.1) for k, s in shapes.items()}
+    for name in ("sub_mean", "add_mean"):
+        sd[name + ".weight"] = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    return sd
+
+
 def pth_state_dicts() -> dict[str, dict]:
     import torch
     torch.manual_seed(0)
-    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
-            for name, m in torch_modules().items()}
+    out = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+           for name, m in torch_modules().items()}
+    out["smsr"] = {k: torch.from_numpy(v) for k, v in smsr_state_dict().items()}
+    return out
 
 
 def pth_seeds() -> dict[str, bytes]:
