@@ -27,10 +27,15 @@ def main(argv=None) -> int:
     p.add_argument("--findings", type=Path, default=Path("artifacts/fuzz-findings"),
                    help="where inputs that misbehave are saved")
     p.add_argument("--add-to-corpus", action="store_true",
-                   help="copy this run's findings (up to 64 kB each) into tests/fuzz/corpus")
+                   help="copy this run's findings (up to 128 kB each) into tests/fuzz/corpus")
+    p.add_argument("--collect", nargs="+", type=Path, metavar="FILE",
+                   help="add these saved findings to tests/fuzz/corpus and exit")
     p.add_argument("--replay", nargs="+", type=Path, metavar="FILE",
                    help="run these saved inputs in this process and report")
     args = p.parse_args(argv)
+    if args.collect:
+        print(f"{add_to_corpus(args.collect)} inputs added to {CORPUS}")
+        return 0
     if args.replay:
         return 1 if engine.replay(args.replay) else 0
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -46,16 +51,35 @@ def main(argv=None) -> int:
                         progress=lambda s: print(s, flush=True))
     report(stats, args.timeout)
     if args.add_to_corpus:
-        for f in stats.findings:
-            if "path" in f:
-                src = Path(f["path"])
-            else:
-                continue
-            if src.stat().st_size <= 64 << 10:
-                dst = CORPUS / f["target"] / src.name.split("-", 1)[1]
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+        added = add_to_corpus(Path(f["path"]) for f in stats.findings if "path" in f)
+        print(f"{added} inputs added to {CORPUS}")
     return 1 if stats.findings else 0
+
+
+def add_to_corpus(paths) -> int:
+    """Copies saved findings (up to 128 kB each) into the corpus under their
+    digest, with a line in corpus/index.txt: file, strategy, what went wrong."""
+    added = 0
+    index = CORPUS / "index.txt"
+    known = index.read_text().splitlines() if index.exists() else []
+    for src in paths:
+        src = Path(src)
+        if src.stat().st_size > 128 << 10:
+            continue
+        target = engine.target_of(src)
+        dst = CORPUS / target / src.name.split("-", 1)[-1]
+        if dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        note = Path(str(src) + ".txt")
+        lines = note.read_text().splitlines() if note.exists() else ["?", "?"]
+        why = lines[1] if len(lines) > 1 else "?"
+        known.append(f"{target}/{dst.name}  {src.name.split('-', 1)[0]}  {lines[0]}  "
+                     f"{why[:160]}")
+        added += 1
+    index.write_text("\n".join(sorted(set(known))) + "\n")
+    return added
 
 
 def report(stats: engine.Stats, timeout: float) -> None:
@@ -65,14 +89,14 @@ def report(stats: engine.Stats, timeout: float) -> None:
     for t, counts in sorted(stats.by_target.items()):
         print(f"  {t}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"  exceptions other than sparsr's own errors: {kinds['exception']}")
-    print(f"  runs over {timeout:g} s: {kinds['slow'] + kinds['timeout']} "
+    print(f"  runs over {timeout:g} s (CPU time): {kinds['slow'] + kinds['timeout']} "
           f"(killed by the watchdog: {kinds['timeout']})")
     print(f"  crashes: {kinds['crash']}")
     print(f"  peak RSS over 4x the file size + 200 MB: {kinds['memory']} "
           f"(largest growth {stats.max_rss_growth / engine.MB:.1f} MB, "
           f"{100 * stats.max_rss_ratio:.0f} % of its limit)")
-    print(f"  slowest input {stats.max_seconds:.3f} s, mean "
-          f"{1000 * stats.total_seconds / max(stats.inputs, 1):.1f} ms")
+    print(f"  slowest input {stats.max_seconds:.3f} s of CPU time (longest wall time "
+          f"{stats.max_wall:.3f} s), mean {1000 * stats.total_seconds / max(stats.inputs, 1):.1f} ms")
     sys.stdout.flush()
 
 

@@ -49,6 +49,17 @@ def _status_kb(key: str) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system time of a process (all its threads), as time.process_time
+    gives it inside."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("inf")
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -63,7 +74,8 @@ class Stats:
     inputs: int = 0
     by_target: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)
-    max_seconds: float = 0.0
+    max_seconds: float = 0.0      # CPU time of one input
+    max_wall: float = 0.0
     max_rss_growth: int = 0
     max_rss_ratio: float = 0.0   # growth / limit
     total_seconds: float = 0.0
@@ -123,10 +135,12 @@ def _worker(wfd: int, workdir: Path, findings: Path, seed: str, seeds: dict,
         strategy, data = mutators.mutate(target, seeds[target], rng)
         path = workdir / targets.FILE_NAMES[target]
         path.write_bytes(data)
-        out.write(json.dumps({"begin": target, "strategy": strategy, "size": len(data)}) + "\n")
         if can_reset:
             _reset_peak()
         rss0 = _status_kb("VmRSS:") * 1024
+        cpu0 = time.process_time()
+        out.write(json.dumps({"begin": target, "strategy": strategy, "size": len(data),
+                              "cpu": cpu0}) + "\n")
         start = time.perf_counter()
         detail = None
         try:
@@ -135,19 +149,21 @@ def _worker(wfd: int, workdir: Path, findings: Path, seed: str, seeds: dict,
             outcome = "exception"
             cause = e.__cause__ or e
             detail = str(e) + "\n" + "".join(traceback.format_exception(cause)[-12:])
-        seconds = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        seconds = time.process_time() - cpu0
         growth = _status_kb("VmHWM:") * 1024 - rss0 if can_reset else 0
         kind = None
         if outcome == "exception":
             kind = "exception"
         elif seconds > timeout:
-            kind, detail = "slow", f"{seconds:.2f} s"
+            kind, detail = "slow", f"{seconds:.2f} s of CPU time ({wall:.2f} s wall)"
         elif growth > rss_limit(len(data)):
             kind, detail = "memory", (f"peak RSS grew {growth / MB:.0f} MB for a "
                                       f"{len(data)}-byte file")
         if kind:
             save_finding(findings, target, kind, data, f"{strategy}\n{detail}")
-        out.write(json.dumps({"end": outcome, "kind": kind, "seconds": seconds, "rss": growth,
+        out.write(json.dumps({"end": outcome, "kind": kind, "seconds": seconds, "wall": wall,
+                              "rss": growth,
                               "detail": (detail or "")[:300]}) + "\n")
     out.close()
 
@@ -264,6 +280,7 @@ def fuzz(seconds: float, seed: int, *, max_inputs: int | None = None, workers: i
                         stats.count(cur["begin"], msg["kind"] or msg["end"])
                         stats.total_seconds += msg["seconds"]
                         stats.max_seconds = max(stats.max_seconds, msg["seconds"])
+                        stats.max_wall = max(stats.max_wall, msg["wall"])
                         stats.max_rss_growth = max(stats.max_rss_growth, msg["rss"])
                         stats.max_rss_ratio = max(stats.max_rss_ratio,
                                                   msg["rss"] / rss_limit(size))
@@ -274,11 +291,17 @@ def fuzz(seconds: float, seed: int, *, max_inputs: int | None = None, workers: i
                             progress(f"  finding: {msg['kind']} ({cur['begin']}, "
                                      f"{cur['strategy']}): {msg['detail'][:200]}")
                 elif wk.current is not None and now - wk.since > timeout:
-                    os.kill(wk.pid, signal.SIGKILL)
-                    os.waitpid(wk.pid, 0)
-                    os.close(wk.rfd)
-                    lost(wk, "timeout", f"still running after {timeout:.1f} s: killed")
-                    pool[i] = spawn(i)
+                    # Over the limit in CPU time (the machine may be shared:
+                    # wall time alone would blame an input for others' load),
+                    # or in wall time 5 times over (a hang that uses no CPU).
+                    cpu = _cpu_seconds(wk.pid) - wk.current["cpu"]
+                    if cpu > timeout or now - wk.since > 5 * timeout:
+                        os.kill(wk.pid, signal.SIGKILL)
+                        os.waitpid(wk.pid, 0)
+                        os.close(wk.rfd)
+                        lost(wk, "timeout", f"still running after {cpu:.1f} s of CPU time, "
+                                            f"{now - wk.since:.1f} s wall: killed")
+                        pool[i] = spawn(i)
             if now - last_report > 30:
                 last_report = now
                 rate = stats.inputs / max(now - started, 1e-9)

@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..graph import IO, Graph, Node
+from ..graph import IO, MIN_RANGE, Graph, Node
 from .builder import GraphBuilder
 
 # The graph ops this importer writes (HELPERS "Op semantics"; smsr_module aside).
@@ -119,7 +119,7 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
                               f"input; {name!r} has {channels}")
     rng = 1.0 if input_range is None else input_range
     if (isinstance(rng, bool) or not isinstance(rng, (int, float)) or not math.isfinite(rng)
-            or not 0 < rng <= 65535):
+            or not MIN_RANGE <= rng <= 65535):
         raise CheckpointError(f"input_range must be a positive number (1.0 or 255.0), "
                               f"got {input_range!r}")
 
