@@ -130,6 +130,17 @@ def test_onnx_nodes_are_refused_naming_the_attribute_or_value(nodes, match):
         graph_from_onnx(_onnx(nodes, inits))
 
 
+def test_names_that_are_not_utf8_are_refused():
+    # protobuf gives a string field that is not UTF-8 as bytes, which the
+    # checkpoint's JSON header could not hold
+    m = _onnx([CONV, _d2s(blocksize=2)], [("w", W)])
+    m.graph.name = b"\x80".decode("latin-1")      # a valid str first
+    raw = m.SerializeToString().replace(b"\xc2\x80", b"\x80\x80")
+    m = onnx.load_from_string(raw)
+    with pytest.raises(CheckpointError, match=r"the graph's name is not UTF-8 text"):
+        graph_from_onnx(m)
+
+
 @pytest.mark.parametrize("shape_node, match", [
     (helper.make_node("ConstantOfShape", ["big"], ["k"]), "more than 4194304 elements"),
     (helper.make_node("Range", ["zero", "huge", "one"], ["k"]), "more than 4194304 elements"),

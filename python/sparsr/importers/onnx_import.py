@@ -104,6 +104,7 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise CheckpointError(f"ONNX opset {opset} is not supported "
                               f"(this importer reads opsets {MIN_OPSET} to {MAX_OPSET})")
+    _check_text(model_proto)
     _check_op_types(graph)
     _check_shape_inference(model_proto)
     name, channels, fixed = _graph_input(graph)
@@ -184,6 +185,27 @@ def _default_opset(proto: Any) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     raise CheckpointError("the ONNX model imports no default-domain opset")
+
+
+def _check_text(proto: Any) -> None:
+    """Every name the importer reads is text: protobuf hands a string field
+    that is not UTF-8 over as bytes."""
+    g = proto.graph
+    fields = [("the model's producer_name", proto.producer_name),
+              ("the model's producer_version", proto.producer_version),
+              ("the graph's name", g.name)]
+    fields += [(f"the name of graph input {i}", v.name) for i, v in enumerate(g.input)]
+    fields += [(f"the name of graph output {i}", v.name) for i, v in enumerate(g.output)]
+    fields += [(f"the name of initializer {i}", t.name) for i, t in enumerate(g.initializer)]
+    for i, n in enumerate(g.node):
+        fields += [(f"ONNX node #{i}: its {what}", v) for what, v in
+                   [("name", n.name), ("op_type", n.op_type), ("domain", n.domain)]
+                   + [(f"input {j}", v) for j, v in enumerate(n.input)]
+                   + [(f"output {j}", v) for j, v in enumerate(n.output)]
+                   + [(f"attribute {j}'s name", a.name) for j, a in enumerate(n.attribute)]]
+    for what, value in fields:
+        if not isinstance(value, str):
+            raise CheckpointError(f"{what} is not UTF-8 text ({bytes(value)[:40]!r})")
 
 
 def _check_op_types(graph: Any) -> None:
