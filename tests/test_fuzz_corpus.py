@@ -47,3 +47,30 @@ def test_corpus_input(path, tmp_path, warm):
         raise AssertionError(f"{path.name}: {e}") from e.__cause__
     assert outcome in ("ok", "refused")
     assert time.process_time() - start < 2.0
+
+
+def test_the_hostile_pickles_run_code_when_unpickled_but_not_when_converted(tmp_path, warm):
+    """The fuzzer's code-running pickles are real: a plain pickle.loads runs
+    them (the canary is set); converting them as .pth refuses them unrun."""
+    import os
+    import pickle
+    import random
+
+    from fuzz import mutators
+
+    if not _has("torch"):
+        pytest.skip("converting .pth needs torch")
+    for kind in range(6):
+        rng = random.Random(kind)
+        while True:        # the seed whose first draw is this kind
+            state = rng.getstate()
+            if rng.randrange(6) == kind:
+                rng.setstate(state)
+                break
+        data = mutators.hostile_pickle(rng)
+        os.environ.pop(mutators.CANARY_ENV, None)
+        pickle.loads(data)
+        assert os.environ.pop(mutators.CANARY_ENV) == "1"
+        path = tmp_path / targets.FILE_NAMES["pth"]
+        path.write_bytes(data)
+        assert targets.run("pth", path, tmp_path) == "refused"
