@@ -119,6 +119,8 @@ def _d2s(src="c", out="y", **attrs):
     ([CONV, _d2s(blocksize=2, mode=b"\xec\x80")], "attribute 'mode' is not UTF-8 text"),
     ([CONV, _d2s(blocksize=2, colour=1)], "an attribute 'colour' that DepthToSpace does not take"),
     ([CONV, _d2s(out="z", blocksize=2)], "the graph output 'y' is written by no node"),
+    ([CONV, helper.make_node("Mul", ["c", ""], ["m"]), _d2s("m", blocksize=2)],
+     r"node '#1' \(Mul\): lacks its input 1 \(B\)"),
     ([CONV, helper.make_node("Resize", ["c", "", "s"], ["r"], mode="nearest",
                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
       _d2s("r", blocksize=2, mode="DCR")], r"rearranges a \(12, 2048, 3072\) feature"),

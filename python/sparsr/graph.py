@@ -29,7 +29,8 @@ from .errors import CheckpointError
 
 # How images enter and leave a network: io["color"].
 COLORS = ("rgb", "y", "grey")
-# The smallest io.range: images are scaled by range / 65535 in float32.
+# The smallest io.range: an image enters the network scaled by range / its peak
+# (1 or 255) in float32, and its output is divided by that again.
 MIN_RANGE = 1e-3
 # Weight formats a layer may ask for (model["layers"][name]["format"]), and the
 # options of the N:M one.

@@ -381,6 +381,22 @@ class _Lowering:
             out[a.name] = value
         return out
 
+    def check_inputs(self) -> None:
+        """The node has every input its op's schema requires (an input named ""
+        is absent), and no more than it takes."""
+        schema = _schema(self.node.op_type, self.opset)
+        if schema is None:
+            return
+        n = len(self.node.input)
+        if n < schema.min_input or n > schema.max_input:
+            self.fail(f"has {n} inputs; {self.node.op_type} takes {schema.min_input}"
+                      + (f" to {schema.max_input}" if schema.max_input != schema.min_input
+                         else ""))
+        single = self.onnx.defs.OpSchema.FormalParameterOption.Single
+        for i, formal in enumerate(schema.inputs[:n]):
+            if formal.option == single and not self.node.input[i]:
+                self.fail(f"lacks its input {i} ({formal.name})")
+
     def inp(self, i: int) -> Value | None:
         """Input i, or None when absent (past the end or named "")."""
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -425,6 +441,7 @@ class _Lowering:
             for name in self.node.input:
                 if name and name not in self.env:
                     self.fail(f"reads {name!r}, which no earlier node writes")
+            self.check_inputs()
             values = [self.inp(i) for i in range(len(self.node.input))]
             op = self.node.op_type
             if all(v is None or isinstance(v, Known) for v in values) and op in _FOLD_OPS:
