@@ -95,6 +95,9 @@ def report(stats: engine.Stats, timeout: float) -> None:
     print(f"  peak RSS over 4x the file size + 200 MB: {kinds['memory']} "
           f"(largest growth {stats.max_rss_growth / engine.MB:.1f} MB, "
           f"{100 * stats.max_rss_ratio:.0f} % of its limit)")
+    if stats.mutator_timeouts:
+        print(f"  workers replaced while making an input (the fuzzer's own time): "
+              f"{stats.mutator_timeouts}")
     print(f"  slowest input {stats.max_seconds:.3f} s of CPU time (longest wall time "
           f"{stats.max_wall:.3f} s), mean {1000 * stats.total_seconds / max(stats.inputs, 1):.1f} ms")
     sys.stdout.flush()

@@ -35,6 +35,7 @@ from . import mutators, targets
 MB = 1 << 20
 RSS_SLACK = 200 * MB
 RSS_FACTOR = 4
+MUTATION_TIMEOUT = 20.0
 
 
 def rss_limit(file_size: int) -> int:
@@ -80,6 +81,7 @@ class Stats:
     max_rss_ratio: float = 0.0   # growth / limit
     total_seconds: float = 0.0
     elapsed: float = 0.0
+    mutator_timeouts: int = 0     # workers replaced while making an input
 
     def count(self, target: str, outcome: str) -> None:
         self.inputs += 1
@@ -131,6 +133,7 @@ def _worker(wfd: int, workdir: Path, findings: Path, seed: str, seeds: dict,
     can_reset = _reset_peak()
     out = os.fdopen(wfd, "w", buffering=1)
     for _ in range(count):
+        out.write(json.dumps({"mutating": True}) + "\n")
         target = rng.choices(names, [weights[n] for n in names])[0]
         strategy, data = mutators.mutate(target, seeds[target], rng)
         path = workdir / targets.FILE_NAMES[target]
@@ -188,6 +191,7 @@ class _Worker:
     buf: bytes = b""
     current: dict | None = None
     since: float = 0.0
+    mutating_since: float | None = None
 
 
 def fuzz(seconds: float, seed: int, *, max_inputs: int | None = None, workers: int = 2,
@@ -272,8 +276,11 @@ def fuzz(seconds: float, seed: int, *, max_inputs: int | None = None, workers: i
                     while b"\n" in wk.buf:
                         line, wk.buf = wk.buf.split(b"\n", 1)
                         msg = json.loads(line)
+                        if "mutating" in msg:
+                            wk.mutating_since = now
+                            continue
                         if "begin" in msg:
-                            wk.current, wk.since = msg, now
+                            wk.current, wk.since, wk.mutating_since = msg, now, None
                             continue
                         cur, wk.current = wk.current, None
                         size = cur["size"]
@@ -290,6 +297,15 @@ def fuzz(seconds: float, seed: int, *, max_inputs: int | None = None, workers: i
                                                    "strategy": cur["strategy"]})
                             progress(f"  finding: {msg['kind']} ({cur['begin']}, "
                                      f"{cur['strategy']}): {msg['detail'][:200]}")
+                elif (wk.current is None and wk.mutating_since is not None
+                      and now - wk.mutating_since > MUTATION_TIMEOUT):
+                    # The fuzzer's own fault (a mutation that takes long), not
+                    # sparsr's: the worker is replaced, nothing is counted.
+                    os.kill(wk.pid, signal.SIGKILL)
+                    os.waitpid(wk.pid, 0)
+                    os.close(wk.rfd)
+                    stats.mutator_timeouts += 1
+                    pool[i] = spawn(i)
                 elif wk.current is not None and now - wk.since > timeout:
                     # Over the limit in CPU time (the machine may be shared:
                     # wall time alone would blame an input for others' load),

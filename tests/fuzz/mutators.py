@@ -15,8 +15,13 @@ import pickle
 import random
 import struct
 import zipfile
+import warnings
 import zlib
 from typing import Any, Callable
+
+# No input larger than this (the seeds are kilobytes; the long-header
+# mutations reach 9 MB).
+MAX_INPUT = 12 << 20
 
 # -- generic bytes ----------------------------------------------------------------------
 
@@ -158,7 +163,7 @@ def mutate_json_tree(tree: Any, rng: random.Random, hints: dict | None = None) -
             node.append(rng.choice(node))
         elif op == 1:
             rng.shuffle(node)
-        elif op == 2:
+        elif op == 2 and len(json.dumps(node[0])) < 64:
             node.extend([node[0]] * rng.choice((10, 1000, 20000)))
         else:
             node.pop(rng.randrange(len(node)))
@@ -870,11 +875,17 @@ def mutate(target: str, seeds: dict[str, bytes], rng: random.Random) -> tuple[st
     for _ in range(1 if rng.random() < 0.75 else 2):
         fn = rng.choices([f for f, _ in strategies], [w for _, w in strategies])[0]
         try:
-            data = fn(data, rng)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")      # numpy casts, zip duplicate names
+                new = fn(data, rng)
+            if len(new) > MAX_INPUT:
+                raise OverflowError("too large an input")
+            data = new
             names.append(fn.__name__)
         except Exception:
-            # a structured strategy on input an earlier one already broke:
-            # fall back to bytes (the mutator's failure is not a finding)
+            # a structured strategy on input an earlier one already broke,
+            # or one that made too large an input: fall back to bytes (the
+            # mutator's failure is not a finding)
             data = flip_bytes(data, rng)
             names.append("flip_bytes")
     return f"{name}:{'+'.join(names)}", data
