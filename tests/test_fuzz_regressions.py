@@ -213,3 +213,16 @@ def test_a_smsr_state_dict_with_a_missing_block_is_refused_by_key(tmp_path):
     sd["head.0.weight"] = sd["head.0.weight"][0]
     with pytest.raises(CheckpointError, match="'head.0.weight' has shape"):
         smsr.detect(sd)
+
+
+def test_a_smsr_channel_mask_with_infinite_logits_is_refused_by_key():
+    from fuzz.seeds import smsr_state_dict
+    from sparsr.importers.archs import smsr
+
+    sd = smsr_state_dict()
+    sd["body.1.body.ch_mask"][0, 0, 0, 0] = np.inf
+    with pytest.raises(CheckpointError, match="'body.1.body.ch_mask': ch_mask holds NaN or "
+                                              "infinite logits"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            smsr.build(sd, smsr.detect(sd), 2)

@@ -44,8 +44,7 @@ def build(sd, hyper: dict, scale: int):
     b = GraphBuilder(sd, IO(scale=scale, color="rgb", range=255.0), NAME, hyper)
     n_blocks, n_layers, n_feats = hyper["n_blocks"], hyper["n_layers"], hyper["n_feats"]
     # One size for every module's feature of dense channels (see ops/smsr.py).
-    dense_planes = max(int(channel_masks(np.asarray(sd[f"body.{k}.body.ch_mask"])).sum())
-                       for k in range(n_blocks))
+    dense_planes = max(int(_masks(sd, f"body.{k}.body.ch_mask").sum()) for k in range(n_blocks))
     x0 = b.conv(b.input, "sub_mean")
     head = b.conv(b.relu(b.conv(x0, "head.0")), "head.2")
     fea, outs = head, []
@@ -59,3 +58,12 @@ def build(sd, hyper: dict, scale: int):
     up = b.pixel_shuffle(b.conv(body, "tail.0"), scale)
     out = b.conv(b.add(up, b.resize(x0, "bicubic", scale=scale)), "add_mean")
     return b.finish(out)
+
+
+def _masks(sd, key: str) -> np.ndarray:
+    if key not in sd:
+        raise CheckpointError(f"{NAME}: the state_dict is missing {key!r}")
+    try:
+        return channel_masks(np.asarray(sd[key]))
+    except CheckpointError as e:
+        raise CheckpointError(f"{NAME}: {key!r}: {e}") from None
