@@ -250,7 +250,7 @@ def parse_json(text: bytes, what: str) -> Any:
     before parsing; NaN, Infinity, numbers that overflow a double and integers
     outside int64 are refused; a key given twice in one object is refused."""
     try:
-        text.decode("utf-8")
+        decoded = text.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CheckpointError(f"corrupted {what} (not UTF-8 at byte {e.start})") from None
     depth, values = _json_extent(text)
@@ -286,7 +286,9 @@ def parse_json(text: bytes, what: str) -> Any:
         return refuse(f"key {dup!r:.60} appears twice in one object")
 
     try:
-        tree = json.loads(text, parse_constant=lambda c: refuse(f"{c} is not a number"),
+        # The decoded text: json.loads of bytes would guess UTF-16 or UTF-32
+        # from leading zero bytes.
+        tree = json.loads(decoded, parse_constant=lambda c: refuse(f"{c} is not a number"),
                           parse_float=lambda t: number(t, float),
                           parse_int=lambda t: number(t, int), object_pairs_hook=unique)
     except json.JSONDecodeError as e:

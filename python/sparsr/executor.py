@@ -364,11 +364,18 @@ class Executor:
         # Values that share planes (views) stand or fall together: a value's
         # buffer is its roots' buffers.
         roots: dict[str, frozenset] = {self.graph.inputs[0]: frozenset(["<input>"])}
+        # Views that may list one plane twice (a concat of x with x, or with a
+        # slice of x): an op writing over them in place would apply twice.
+        repeats: set[str] = set()
         for s in steps:
             if s.op.node.op in VIEW_OPS:
-                r = frozenset().union(*(roots[v] for v in s.inputs))
+                parts = [roots[v] for v in s.inputs]
+                r = frozenset().union(*parts)
+                twice = sum(map(len, parts)) > len(r) or any(v in repeats for v in s.inputs)
                 for v in s.outputs:
                     roots[v] = r
+                    if twice:
+                        repeats.add(v)
             else:
                 for v in s.outputs:
                     roots[v] = frozenset([v])
@@ -380,7 +387,7 @@ class Executor:
                 shared = any(roots.get(v, frozenset()) & roots[x] for v in live_after
                              if v != x and v in roots)
                 s.inplace = (last.get(x) == i and x != out and "<input>" not in roots[x]
-                             and not shared and s.inputs.count(x) == 1)
+                             and not shared and s.inputs.count(x) == 1 and x not in repeats)
 
     def _peak_bytes(self, steps: list[Step], shapes: dict[str, Shape]) -> int:
         """The largest sum of live feature buffers over the steps, plus each

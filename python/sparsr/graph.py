@@ -31,6 +31,9 @@ from .errors import CheckpointError
 
 # How images enter and leave a network: io["color"].
 COLORS = ("rgb", "y", "grey")
+# The smallest io.range: an image enters the network scaled by range / its peak
+# (1 or 255) in float32, and its output is divided by that again.
+MIN_RANGE = 1e-3
 # Weight formats a layer may ask for (model["layers"][name]["format"]), and the
 # options of the N:M one.
 FORMATS = ("dense", "csr", "nm", "sparse")
@@ -97,8 +100,9 @@ class IO:
         if color not in COLORS:
             raise CheckpointError(f"io.color must be one of {COLORS}, got {color!r}")
         if (not isinstance(rng, (int, float)) or isinstance(rng, bool)
-                or not math.isfinite(rng) or not 0 < rng <= 65535):
-            raise CheckpointError(f"io.range must be a positive number, got {rng!r}")
+                or not math.isfinite(rng) or not MIN_RANGE <= rng <= 65535):
+            raise CheckpointError(f"io.range must be a number in [{MIN_RANGE}, 65535], got "
+                                  f"{rng!r:.40}")
         if order not in ("rgb", "bgr"):
             raise CheckpointError(f"io.channel_order must be 'rgb' or 'bgr', got {order!r}")
         return cls(scale, color, float(rng), order)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -46,6 +47,17 @@ class Forward:
     @property
     def dense_macs(self) -> int:
         return sum(s.dense_macs for s in self.layers.values())
+
+
+def _ieee_arithmetic(fn):
+    """fn without numpy's floating-point warnings: NaN and overflow in a
+    network's values (NaN weights loaded with allow_nonfinite, activations
+    that overflow float32) follow IEEE arithmetic, as in the kernels."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return run
 
 
 class Model:
@@ -164,6 +176,7 @@ class Model:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         return ModeBound(self, mode, tile)
 
+    @_ieee_arithmetic
     def _run(self, rgb: np.ndarray, peak: float, mode: str, keep: Iterable[str] = (),
              cache: Forward | None = None, start: str | None = None,
              tile: int | None = None, progress=None) -> Forward:

@@ -194,7 +194,17 @@ def _run(model: Any, rgb: np.ndarray, fraction: Callable[[float], None]) -> np.n
         got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"model.process gave {got} for a {h}x{w} input; expected "
                          f"({s * h}, {s * w}, 3) at scale {s}")
-    return out.astype(np.float32, copy=False)
+    out = out.astype(np.float32, copy=False)
+    # A network whose output is NaN or huge (NaN weights loaded with
+    # allow_nonfinite, or activations that overflow) still gives a defined
+    # image, without overflow warnings below: NaN -> 0, the rest bounded far
+    # outside 0..1 (the final clip to the pixel range is unchanged).
+    out = np.clip(out, -_FAR, _FAR)
+    np.nan_to_num(out, copy=False, nan=0.0)
+    return out
+
+
+_FAR = np.float32(1e6)
 
 
 def _resize(plane: np.ndarray, size: tuple[int, int], kind: str) -> np.ndarray:

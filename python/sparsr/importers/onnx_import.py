@@ -35,6 +35,7 @@ shapes are propagated, never data. The ONNX graph carries no pixel range, so
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..graph import IO, Graph, Node
+from ..graph import IO, MIN_RANGE, Graph, Node
 from .builder import GraphBuilder
 
 # The graph ops this importer writes (HELPERS "Op semantics"; smsr_module aside).
@@ -58,6 +59,13 @@ MIN_OPSET, MAX_OPSET = 9, 21
 # The two input sizes (H, W) the graph is lowered at when its input size is
 # dynamic: multiples of 32 (so strided and unshuffled paths divide), H != W.
 PROBES = ((64, 96), (96, 160))
+# Rearranging a feature (Reshape/Transpose, DepthToSpace DCR) takes an int64
+# index per element at the probe size: bounded, so a hostile graph costs at
+# most 64 MB there.
+MAX_VIEW_ELEMENTS = 1 << 23
+# A constant folded from inputs smaller than this (ConstantOfShape, Expand,
+# Range, Tile) has at most this many elements.
+MAX_FOLD_ELEMENTS = 1 << 22
 
 
 # -- public ------------------------------------------------------------------
@@ -96,6 +104,7 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise CheckpointError(f"ONNX opset {opset} is not supported "
                               f"(this importer reads opsets {MIN_OPSET} to {MAX_OPSET})")
+    _check_text(model_proto)
     _check_op_types(graph)
     _check_shape_inference(model_proto)
     name, channels, fixed = _graph_input(graph)
@@ -111,7 +120,7 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
                               f"input; {name!r} has {channels}")
     rng = 1.0 if input_range is None else input_range
     if (isinstance(rng, bool) or not isinstance(rng, (int, float)) or not math.isfinite(rng)
-            or not 0 < rng <= 65535):
+            or not MIN_RANGE <= rng <= 65535):
         raise CheckpointError(f"input_range must be a positive number (1.0 or 255.0), "
                               f"got {input_range!r}")
 
@@ -161,11 +170,42 @@ def graph_from_onnx(model_proto: Any, *, scale: int | None = None,
 
 # -- model checks ---------------------------------------------------------------
 
+@functools.lru_cache(maxsize=512)
+def _schema(op_type: str, opset: int) -> Any:
+    """The default-domain schema of op_type at opset, or None."""
+    import onnx
+    try:
+        return onnx.defs.get_schema(op_type, max_inclusive_version=opset, domain="")
+    except Exception:
+        return None
+
+
 def _default_opset(proto: Any) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     raise CheckpointError("the ONNX model imports no default-domain opset")
+
+
+def _check_text(proto: Any) -> None:
+    """Every name the importer reads is text: protobuf hands a string field
+    that is not UTF-8 over as bytes."""
+    g = proto.graph
+    fields = [("the model's producer_name", proto.producer_name),
+              ("the model's producer_version", proto.producer_version),
+              ("the graph's name", g.name)]
+    fields += [(f"the name of graph input {i}", v.name) for i, v in enumerate(g.input)]
+    fields += [(f"the name of graph output {i}", v.name) for i, v in enumerate(g.output)]
+    fields += [(f"the name of initializer {i}", t.name) for i, t in enumerate(g.initializer)]
+    for i, n in enumerate(g.node):
+        fields += [(f"ONNX node #{i}: its {what}", v) for what, v in
+                   [("name", n.name), ("op_type", n.op_type), ("domain", n.domain)]
+                   + [(f"input {j}", v) for j, v in enumerate(n.input)]
+                   + [(f"output {j}", v) for j, v in enumerate(n.output)]
+                   + [(f"attribute {j}'s name", a.name) for j, a in enumerate(n.attribute)]]
+    for what, value in fields:
+        if not isinstance(value, str):
+            raise CheckpointError(f"{what} is not UTF-8 text ({bytes(value)[:40]!r})")
 
 
 def _check_op_types(graph: Any) -> None:
@@ -315,7 +355,47 @@ class _Lowering:
         return f"{self.node.name or self.node.op_type}.{role}"
 
     def attrs(self) -> dict[str, Any]:
-        return {a.name: self.onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+        """The node's attributes, each of the type its op's ONNX schema gives it
+        (an INT where an INT belongs, ...), strings decoded; anything else is
+        refused naming the attribute."""
+        schema = _schema(self.node.op_type, self.opset)
+        out = {}
+        for a in self.node.attribute:
+            spec = None if schema is None else schema.attributes.get(a.name)
+            if schema is not None and spec is None:
+                self.fail(f"has an attribute {a.name!r:.60} that {self.node.op_type} does "
+                          "not take")
+            if spec is not None and int(spec.type) != a.type:
+                got = self.onnx.AttributeProto.AttributeType.Name(a.type) \
+                    if a.type in self.onnx.AttributeProto.AttributeType.values() else a.type
+                self.fail(f"attribute {a.name!r} must be {spec.type.name}, got {got}")
+            try:
+                value = self.onnx.helper.get_attribute_value(a)
+            except Exception as e:      # an undefined attribute type
+                self.fail(f"attribute {a.name!r:.60} cannot be read ({e})")
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.fail(f"attribute {a.name!r} is not UTF-8 text")
+            out[a.name] = value
+        return out
+
+    def check_inputs(self) -> None:
+        """The node has every input its op's schema requires (an input named ""
+        is absent), and no more than it takes."""
+        schema = _schema(self.node.op_type, self.opset)
+        if schema is None:
+            return
+        n = len(self.node.input)
+        if n < schema.min_input or n > schema.max_input:
+            self.fail(f"has {n} inputs; {self.node.op_type} takes {schema.min_input}"
+                      + (f" to {schema.max_input}" if schema.max_input != schema.min_input
+                         else ""))
+        single = self.onnx.defs.OpSchema.FormalParameterOption.Single
+        for i, formal in enumerate(schema.inputs[:n]):
+            if formal.option == single and not self.node.input[i]:
+                self.fail(f"lacks its input {i} ({formal.name})")
 
     def inp(self, i: int) -> Value | None:
         """Input i, or None when absent (past the end or named "")."""
@@ -361,14 +441,24 @@ class _Lowering:
             for name in self.node.input:
                 if name and name not in self.env:
                     self.fail(f"reads {name!r}, which no earlier node writes")
+            self.check_inputs()
             values = [self.inp(i) for i in range(len(self.node.input))]
             op = self.node.op_type
             if all(v is None or isinstance(v, Known) for v in values) and op in _FOLD_OPS:
                 self._fold(values)
             elif op in _FEATURE_OPS:
-                _FEATURE_OPS[op](self)
+                try:
+                    _FEATURE_OPS[op](self)
+                except CheckpointError:
+                    raise
+                except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+                    # an input or attribute of a shape the handler does not expect
+                    self.fail(f"cannot be converted ({type(e).__name__}: {e})"[:400])
             else:
                 self.fail("works on image data, which sparsr cannot run this op on")
+        if g.output[0].name not in self.env:
+            raise CheckpointError(f"the graph output {g.output[0].name!r:.80} is written by "
+                                  "no node")
         out = self.env[g.output[0].name]
         if isinstance(out, View):
             self.index = max(live)
@@ -442,7 +532,15 @@ class _Lowering:
         if isinstance(v, View):
             return v
         c, h, w = v.shape
-        return View(v, np.arange(c * h * w, dtype=np.int64).reshape(1, c, h, w))
+        return View(v, self.indices(c, h, w).reshape(1, c, h, w))
+
+    def indices(self, c: int, h: int, w: int) -> np.ndarray:
+        """0 .. c*h*w - 1 as int64, the element numbers of a (c, h, w) feature;
+        a feature too large for them (a Resize by 1000, say) is refused."""
+        if c * h * w > MAX_VIEW_ELEMENTS:
+            self.fail(f"rearranges a ({c}, {h}, {w}) feature at a {self.probe[0]}x"
+                      f"{self.probe[1]} input: more than {MAX_VIEW_ELEMENTS} elements")
+        return np.arange(c * h * w, dtype=np.int64)
 
     def resolve(self, v: View) -> Feat:
         """A view that is an image feature again, as sparsr ops; else refused."""
@@ -459,7 +557,7 @@ class _Lowering:
             return None
         c, h, w = v.feat.shape
         _, c2, h2, w2 = idx.shape
-        planes = np.arange(c * h * w, dtype=np.int64).reshape(c, h, w)
+        planes = self.indices(c, h, w).reshape(c, h, w)
         if (h2, w2) == (h, w):
             perm = _channel_permutation(idx[0], planes)
             return None if perm is None else self.permute(v.feat, perm)
@@ -910,7 +1008,7 @@ def _depth_to_space(lo: "_Lowering") -> None:
         return
     # DCR, by its definition in the ONNX spec: a Reshape/Transpose that is a
     # channel permutation followed by PyTorch's pixel shuffle.
-    idx = np.arange(c * h * w, dtype=np.int64).reshape(1, r, r, c // (r * r), h, w)
+    idx = lo.indices(c, h, w).reshape(1, r, r, c // (r * r), h, w)
     idx = idx.transpose(0, 3, 4, 1, 5, 2).reshape(1, c // (r * r), h * r, w * r)
     lo.put(lo.resolve(View(x, idx)))
 
@@ -923,7 +1021,7 @@ def _space_to_depth(lo: "_Lowering") -> None:
         lo.fail(f"a {h}x{w} input does not divide into blocks of {r}x{r}")
     # ONNX's order puts the block offset before the channel; PyTorch's
     # pixel_unshuffle puts it after: the same pixels, channels permuted.
-    idx = np.arange(c * h * w, dtype=np.int64).reshape(1, c, h // r, r, w // r, r)
+    idx = lo.indices(c, h, w).reshape(1, c, h // r, r, w // r, r)
     idx = idx.transpose(0, 3, 5, 1, 2, 4).reshape(1, c * r * r, h // r, w // r)
     lo.put(lo.resolve(View(x, idx)))
 
@@ -1321,9 +1419,19 @@ def _f_constant_of_shape(lo, ins, a):
     import onnx
     value = onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
     shape = [int(s) for s in ins[0].reshape(-1)]
-    if int(np.prod(shape)) > 1 << 26:
-        lo.fail(f"makes a constant of shape {shape}, too large")
+    _check_fold_size(lo, shape, ins)
     return [np.full(shape, value.reshape(-1)[0], value.dtype)]
+
+
+def _check_fold_size(lo, shape, ins) -> None:
+    """A folded constant's shape: sizes >= 0 and no more elements than
+    MAX_FOLD_ELEMENTS or the largest input has (a constant made from nothing,
+    ConstantOfShape([1e9]) say, is refused before it is allocated)."""
+    if any(d < 0 for d in shape):
+        lo.fail(f"makes a constant of shape {shape[:8]}, with a negative size")
+    bound = max([MAX_FOLD_ELEMENTS] + [x.size for x in ins if x is not None])
+    if math.prod(shape) > bound:
+        lo.fail(f"makes a constant of shape {shape[:8]}, more than {bound} elements")
 
 
 def _f_gather(lo, ins, a):
@@ -1420,7 +1528,18 @@ def _f_unary(fn):
 
 def _f_range(lo, ins, a):
     start, limit, delta = (x.reshape(()) for x in ins)
+    if delta == 0 or not all(np.isfinite(v) for v in (start, limit, delta)):
+        lo.fail(f"a Range from {start} to {limit} by {delta}")
+    _check_fold_size(lo, [max(0, math.ceil((float(limit) - float(start)) / float(delta)))], [])
     return [np.arange(start, limit, delta, dtype=np.result_type(start, limit, delta))]
+
+
+def _f_tile(lo, ins):
+    reps = [int(r) for r in ins[1].reshape(-1)]
+    if len(reps) != ins[0].ndim or any(r < 0 for r in reps):
+        lo.fail(f"Tile repeats {reps[:8]} do not fit a rank-{ins[0].ndim} input")
+    _check_fold_size(lo, [d * r for d, r in zip(ins[0].shape, reps)], ins[:1])
+    return [np.tile(ins[0], reps)]
 
 
 def _f_where(lo, ins, a):
@@ -1429,6 +1548,7 @@ def _f_where(lo, ins, a):
 
 def _f_expand(lo, ins, a):
     shape = [int(s) for s in ins[1].reshape(-1)]
+    _check_fold_size(lo, list(np.broadcast_shapes(ins[0].shape, tuple(shape))), ins[:1])
     return [ins[0] * np.ones(shape, ins[0].dtype) if not a.get("_tags")
             else np.broadcast_to(ins[0], np.broadcast_shapes(ins[0].shape, tuple(shape)))]
 
@@ -1573,7 +1693,7 @@ _FOLD_OPS: dict[str, Callable] = {
     "ReduceL1": _f_reduce(lambda x, **k: np.sum(np.abs(x), **k)),
     "ReduceL2": _f_reduce(lambda x, **k: np.sqrt(np.sum(np.square(x), **k))),
     "ReduceSumSquare": _f_reduce(lambda x, **k: np.sum(np.square(x), **k)),
-    "Tile": lambda lo, ins, a: [np.tile(ins[0], [int(r) for r in ins[1].reshape(-1)])],
+    "Tile": lambda lo, ins, a: _f_tile(lo, ins),
 }
 
 # Ops that only move elements: which inputs' elements move (the rest are

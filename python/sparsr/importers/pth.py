@@ -66,11 +66,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if key in out:
             raise CheckpointError(f"{path}: key {key!r} appears both with and without the "
                                   "'module.' prefix")
-        value = value.detach().cpu()
-        out[key] = (value.float() if value.is_floating_point() else value).numpy()
+        out[key] = _as_numpy(value, key, path)
     if not out:
         raise CheckpointError(f"{path}: the state_dict holds no tensors")
     return out
+
+
+def _as_numpy(value: Any, key: str, path: Path) -> np.ndarray:
+    """A plain tensor as a numpy array (floating ones as float32); a sparse,
+    quantized, complex or meta tensor is refused naming its key."""
+    import torch
+
+    where = f"{path}: tensor {key!r:.80}"
+    if value.layout != torch.strided:
+        raise CheckpointError(f"{where} is a {str(value.layout).removeprefix('torch.')} tensor; "
+                              "sparsr reads dense (strided) weights")
+    if value.is_quantized or value.is_complex() or value.device.type == "meta":
+        kind = ("quantized" if value.is_quantized else "complex" if value.is_complex()
+                else "meta (no data)")
+        raise CheckpointError(f"{where} is a {kind} tensor ({value.dtype}); sparsr reads real "
+                              "floating or integer weights")
+    value = value.detach().cpu()
+    if value.is_floating_point():
+        value = value.float()
+    elif value.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+                             torch.int64):
+        # uint16/32/64 and the like: numpy has them, torch cannot always
+        # hand them over; a weight never is one.
+        raise CheckpointError(f"{where} has dtype {value.dtype}, not a weight type")
+    try:
+        return value.numpy()
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{where} cannot be read as an array ({e})") from None
 
 
 def _why_refused(e: Exception) -> str:

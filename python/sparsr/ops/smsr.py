@@ -59,6 +59,9 @@ def channel_masks(ch_mask: np.ndarray) -> np.ndarray:
     if ch_mask.ndim != 4 or ch_mask.shape[0] != 1 or ch_mask.shape[3] != 2:
         raise CheckpointError(f"ch_mask has shape {ch_mask.shape}, expected (1, C, L, 2)")
     logits = ch_mask[0].astype(np.float32)          # (C, L, 2)
+    if not np.isfinite(logits).all():
+        # a softmax over infinite logits has no value (inf - inf)
+        raise CheckpointError("ch_mask holds NaN or infinite logits")
     e = np.exp(logits - logits.max(axis=2, keepdims=True))
     soft = e / e.sum(axis=2, keepdims=True)
     dense = np.rint(soft[:, :, 0]) == 1.0           # softmax -> round, column 0 = dense

@@ -30,8 +30,8 @@ def detect(sd: StateDict) -> dict | None:
     if not has_all(sd, "entry.weight", "b1.b1.body.4.weight", "b1.c3.body.0.weight") \
             or "b1.b2.body.0.weight" in sd:
         return None
-    feat = shape(sd, "entry.weight", NAME)[0]
-    per_group = shape(sd, "b1.b1.body.0.weight", NAME)[1]
+    feat = shape(sd, "entry.weight", NAME, 4)[0]
+    per_group = shape(sd, "b1.b1.body.0.weight", NAME, 4)[1]
     if per_group < 1 or feat % per_group:
         raise CheckpointError(f"{NAME}: b1.b1.body.0.weight takes {per_group} channels per "
                               f"group, which does not divide {feat}")

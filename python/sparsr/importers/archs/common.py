@@ -96,7 +96,7 @@ def stacked_upsampler_scale(sd: StateDict, prefix: str, step: int, feat: int,
     or k convs to 4F (x2^k) at prefix.0, prefix.<step>, prefix.<2 step>, ...
     (each followed by the step's activation / pixel shuffle modules)."""
     key = f"{prefix}.0.weight"
-    out = shape(sd, key, arch)[0]
+    out = shape(sd, key, arch, 4)[0]
     if out == 9 * feat:
         return 3
     if out != 4 * feat:
@@ -175,9 +175,12 @@ def range_of_mean_shift(sd: StateDict, prefix: str, default: float) -> float:
     key_w, key_b = prefix + ".weight", prefix + ".bias"
     if key_w not in sd or key_b not in sd:
         return default
+    if np.size(sd[key_w]) != 9 or np.size(sd[key_b]) != 3:
+        return default          # not a mean shift: the shape check names it
     w = np.asarray(sd[key_w], dtype=np.float64).reshape(3, 3)
     bias = np.asarray(sd[key_b], dtype=np.float64).reshape(3)
-    ratio = -bias / (np.asarray(DIV2K_RGB_MEAN) * np.diagonal(w))
+    with np.errstate(all="ignore"):     # a zero or non-finite weight is no mean shift
+        ratio = -bias / (np.asarray(DIV2K_RGB_MEAN) * np.diagonal(w))
     for rgb_range in (255.0, 1.0):
         if np.allclose(ratio, rgb_range, rtol=1e-3):
             return rgb_range

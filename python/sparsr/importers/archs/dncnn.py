@@ -31,8 +31,8 @@ def detect(sd: StateDict) -> dict | None:
         return None
     # Counted from the last conv's index, so that a missing key is reported as such.
     last = max(int(k.split(".")[1]) for k in sd)
-    nc, in_nc = shape(sd, "model.0.weight", NAME)[:2]
-    out_nc = shape(sd, f"model.{last}.weight", NAME)[0]
+    nc, in_nc = shape(sd, "model.0.weight", NAME, 4)[:2]
+    out_nc = shape(sd, f"model.{last}.weight", NAME, 4)[0]
     hyper = {"in_nc": in_nc, "out_nc": out_nc, "nc": nc, "nb": last // 2 + 1, "scale": 1}
     if in_nc != out_nc:
         raise CheckpointError(f"{NAME}: {in_nc} input and {out_nc} output channels (FDnCNN "

@@ -30,7 +30,7 @@ def detect(sd: StateDict) -> dict | None:
     if not has_all(sd, "head.0.weight", "body.0.body.0.weight", "body.0.body.2.weight",
                    "tail.0.0.weight", "tail.1.weight"):
         return None
-    feat, colors, k = shape(sd, "head.0.weight", NAME)[:3]
+    feat, colors, k = shape(sd, "head.0.weight", NAME, 4)[:3]
     blocks = count(sd, r"body\.(\d+)\.body\.0\.weight", NAME)
     hyper = {"n_colors": colors, "n_feats": feat, "n_resblocks": blocks, "kernel_size": k,
              "scale": stacked_upsampler_scale(sd, "tail.0", 2, feat, NAME),

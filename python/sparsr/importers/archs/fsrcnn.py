@@ -23,12 +23,12 @@ SCALES = [2, 3, 4]
 def detect(sd: StateDict) -> dict | None:
     if not has_all(sd, "first_part.0.weight", "mid_part.0.weight", "last_part.weight"):
         return None
-    d, channels, k_first, _ = shape(sd, "first_part.0.weight", NAME)
-    s = shape(sd, "mid_part.0.weight", NAME)[0]
+    d, channels, k_first, _ = shape(sd, "first_part.0.weight", NAME, 4)
+    s = shape(sd, "mid_part.0.weight", NAME, 4)[0]
     # The last 1x1 conv is mid_part.<2m + 2>: m counted from its index, so that a
     # missing key in the middle is reported as missing.
     last = max(indices(sd, r"mid_part\.(\d+)\.(?:weight|bias)")) // 2 * 2
-    k_last = shape(sd, "last_part.weight", NAME)[2]
+    k_last = shape(sd, "last_part.weight", NAME, 4)[2]
     hyper = {"num_channels": channels, "d": d, "s": s, "m": (last - 2) // 2,
              "first_kernel": k_first, "last_kernel": k_last, "scale": None}
     if channels not in (1, 3):

@@ -22,7 +22,7 @@ def detect(sd: StateDict) -> dict | None:
     if not has_all(sd, "conv_first.weight", "body.0.conv1.weight", "upconv1.weight",
                    "conv_hr.weight", "conv_last.weight"):
         return None
-    feat, in_ch = shape(sd, "conv_first.weight", NAME)[:2]
+    feat, in_ch = shape(sd, "conv_first.weight", NAME, 4)[:2]
     if "upconv2.weight" in sd:
         scale = 4
     else:
@@ -30,7 +30,7 @@ def detect(sd: StateDict) -> dict | None:
         if scale not in (2, 3):
             raise CheckpointError(f"{NAME}: upconv1 upsamples x{scale}; MSRResNet has x2, x3 "
                                   "or (with upconv2) x4")
-    hyper = {"num_in_ch": in_ch, "num_out_ch": shape(sd, "conv_last.weight", NAME)[0],
+    hyper = {"num_in_ch": in_ch, "num_out_ch": shape(sd, "conv_last.weight", NAME, 4)[0],
              "num_feat": feat, "num_block": count(sd, r"body\.(\d+)\.conv1\.weight", NAME),
              "scale": scale}
     if in_ch not in (1, 3) or hyper["num_out_ch"] != in_ch:

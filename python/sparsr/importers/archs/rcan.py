@@ -24,10 +24,10 @@ def detect(sd: StateDict) -> dict | None:
     if not has_all(sd, "head.0.weight", "tail.1.weight", "body.0.body.0.body.0.weight",
                    "body.0.body.0.body.3.conv_du.0.weight"):
         return None
-    feat, colors, k = shape(sd, "head.0.weight", NAME)[:3]
+    feat, colors, k = shape(sd, "head.0.weight", NAME, 4)[:3]
     groups = count(sd, r"body\.(\d+)\.body\.0\.body\.0\.weight", NAME)
     blocks = count(sd, r"body\.0\.body\.(\d+)\.body\.0\.weight", NAME)
-    squeezed = shape(sd, "body.0.body.0.body.3.conv_du.0.weight", NAME)[0]
+    squeezed = shape(sd, "body.0.body.0.body.3.conv_du.0.weight", NAME, 4)[0]
     if squeezed < 1 or feat % squeezed:
         raise CheckpointError(f"{NAME}: body.0.body.0.body.3.conv_du.0.weight squeezes {feat} "
                               f"channels to {squeezed}, not F / reduction")

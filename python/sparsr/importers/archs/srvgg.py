@@ -34,7 +34,7 @@ def detect(sd: StateDict) -> dict | None:
         raise CheckpointError(f"{NAME}: SRVGGNetCompact without PReLU weights (act_type relu "
                               "or leakyrelu): the two cannot be told apart from the weights; "
                               "export the model to ONNX instead")
-    feat, in_ch = shape(sd, "body.0.weight", NAME)[:2]
+    feat, in_ch = shape(sd, "body.0.weight", NAME, 4)[:2]
     hyper = {"num_in_ch": in_ch, "num_out_ch": in_ch, "num_feat": feat,
              "num_conv": (last - 2) // 2,
              "scale": shuffle_factor(sd, f"body.{last}.weight", in_ch, NAME)}
