@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .ops import POINTWISE, RowMap
+from .ops import RowMap
 from .ops.reduce import GlobalStat
 
 INF = 1 << 62
@@ -238,8 +238,6 @@ class BandPlan:
                 # A fused residual is added at every output row of the window.
                 oh = s.op.infer([(self.shapes[x][0], hi - lo, self.shapes[x][2])])[0][1]
                 windows.append((o0, min(self.shapes[v][1], o0 + oh)))
-            elif k == 0 or rm == POINTWISE:
-                windows.append((lo, hi))
             else:
                 windows.append((lo, hi))
         return Work(i, a, b, o0, windows)
