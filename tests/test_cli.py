@@ -394,9 +394,12 @@ def test_version_and_closed_pipe(tmp_path):
 # --- interrupts ---------------------------------------------------------------
 
 INTERRUPTIBLE = textwrap.dedent("""
-    import hashlib, sys, time, numpy as np
+    import hashlib, signal, sys, time, numpy as np
     from pathlib import Path
     from sparsr import cli, image
+    # Ctrl-C as on a terminal, even when this test runs from a background job
+    # (which starts its children with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     marker = Path(sys.argv[1])
     phase = sys.argv[2]
 
@@ -447,7 +450,12 @@ def test_interrupt_leaves_no_output(tmp_path, phase, sig, code):
         assert any(out.iterdir())   # the temporary file is there
     sent = time.monotonic()
     p.send_signal(sig)
-    _, err = p.communicate(timeout=10)
+    try:
+        _, err = p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        pytest.fail(f"still running 10 s after signal {sig}")
     err = err.decode()
     rc = p.returncode
     assert time.monotonic() - sent < 1.5
