@@ -4,18 +4,30 @@
 
 namespace sparsr {
 
-PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
-                      int block) {
+namespace {
+
+// The fields every dense packing shares: shape, block and the bias padded to
+// whole blocks.
+PackedConv dense_header(const float* bias, int cout, int cin, int ksize, int block) {
   PackedConv p;
   p.cout = cout;
   p.cin = cin;
   p.ksize = ksize;
   p.block = block;
-  const int taps = ksize * ksize;
   const int blocks = (cout + block - 1) / block;
   p.bias.assign(static_cast<size_t>(blocks) * block, 0.0f);
   if (bias)
     for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
+  return p;
+}
+
+}  // namespace
+
+PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                      int block) {
+  PackedConv p = dense_header(bias, cout, cin, ksize, block);
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
   p.weights.assign(static_cast<size_t>(blocks) * cin * taps * block, 0.0f);
   for (int o = 0; o < cout; ++o) {
     const int b = o / block, lane = o % block;
@@ -33,17 +45,10 @@ PackedConv pack_dense(const float* weight_oihw, const float* bias, int cout, int
 // same two channels as one pair per pixel (vdpbf16ps).
 PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout, int cin,
                            int ksize, int block) {
-  PackedConv p;
-  p.cout = cout;
-  p.cin = cin;
-  p.ksize = ksize;
-  p.block = block;
+  PackedConv p = dense_header(bias, cout, cin, ksize, block);
   const int taps = ksize * ksize;
   const int blocks = (cout + block - 1) / block;
   const int n_pairs = (cin + 1) / 2;
-  p.bias.assign(static_cast<size_t>(blocks) * block, 0.0f);
-  if (bias)
-    for (int o = 0; o < cout; ++o) p.bias[o] = bias[o];
   p.pairs.assign(static_cast<size_t>(blocks) * n_pairs * taps * block, 0u);
   for (int o = 0; o < cout; ++o) {
     const int b = o / block, lane = o % block;

@@ -104,9 +104,7 @@ class BandPlan:
                     self.shapes[name] = self.shapes[v]
                 current[v] = name
                 outputs.append(name)
-            residual = current.get(s.residual, s.residual) if s.residual else None
-            if s.residual:
-                residual = inputs[-1]
+            residual = inputs[-1] if s.residual else None     # a fused residual is the last input
             row_map = s.op.row_map() if hasattr(s.op, "row_map") else None
             out.append(BandStep(s.op, inputs, outputs, s.act, residual, "", 0, row_map))
         return out, current.get(graph.outputs[0], graph.outputs[0])
