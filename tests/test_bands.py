@@ -374,3 +374,41 @@ def test_a_tiny_budget_spills_the_values_kept_across_passes(converted):
     ex = small.execution(40, 36)
     assert ex.band_rows is not None and ex.band_rows < 40 and ex.spill
     assert np.abs(small.process(rgb) - whole).max() <= TOL_255 / 255
+
+
+
+def test_a_feature_file_gives_back_rows_with_the_rows_beside_as_borders(tmp_path):
+    data = np.random.default_rng(3).random((3, 11, 21), dtype=np.float32) + 1.0
+    with open(tmp_path / "f", "w+b") as file:
+        file.truncate(_core.feature_file_bytes(3, 11, 21))
+        src = _core.Feature.from_numpy(data).view()
+        _core.write_feature_rows(file.fileno(), src.rows(0, 4), 11, 0)
+        _core.write_feature_rows(file.fileno(), src.rows(4, 11), 11, 4)
+        np.testing.assert_array_equal(_core.read_feature_rows(file.fileno(), 3, 11, 21, 0, 11)
+                                      .numpy(), data)
+        # A 3x3 over rows [3, 7) read back reads rows 2 and 7 as its padding,
+        # as over a view of those rows in memory; at the ends, zeros.
+        w = np.random.default_rng(4).standard_normal((5, 3, 3, 3)).astype(np.float32)
+        conv = _core.Conv2d(w, np.zeros(5, np.float32))
+        for r0, r1 in ((3, 7), (0, 2), (9, 11), (0, 11)):
+            got = _core.Feature(5, r1 - r0, 21)
+            conv(_core.read_feature_rows(file.fileno(), 3, 11, 21, r0, r1), got.view(),
+                 _core.PixelSet.full(r1 - r0, 21))
+            want = _core.Feature(5, r1 - r0, 21)
+            conv(src.rows(r0, r1), want.view(), _core.PixelSet.full(r1 - r0, 21))
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+        with pytest.raises(IndexError, match="rows"):
+            _core.read_feature_rows(file.fileno(), 3, 11, 21, 5, 12)
+        with pytest.raises(IndexError, match="rows"):
+            _core.write_feature_rows(file.fileno(), src.rows(4, 11), 11, 5)
+
+
+def test_a_full_disk_or_a_short_feature_file_is_an_os_error(tmp_path):
+    src = _core.Feature.from_numpy(np.ones((2, 4, 4), np.float32)).view()
+    with open("/dev/full", "wb") as full:
+        with pytest.raises(OSError) as err:
+            _core.write_feature_rows(full.fileno(), src, 4, 0)
+    assert err.value.errno == 28 and "writing a feature file" in str(err.value)
+    with open(tmp_path / "short", "w+b") as file:          # not truncated to its size
+        with pytest.raises(OSError, match="reading a feature file"):
+            _core.read_feature_rows(file.fileno(), 2, 4, 4, 0, 4)

@@ -2,6 +2,7 @@
 #include "module.h"
 
 #include <algorithm>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -25,4 +26,15 @@ PYBIND11_MODULE(_core, m) {
   std::stable_sort(list.begin(), list.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   for (const auto& [order, fn] : list) fn(m);
+  // System call failures (a full disk, a bad descriptor) reach Python as
+  // OSError with their errno, as Python's own file calls raise them.
+  pybind11::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::system_error& e) {
+      pybind11::object err = pybind11::module_::import("builtins").attr("OSError")(
+          e.code().value(), e.what());
+      PyErr_SetObject(PyExc_OSError, err.ptr());
+    }
+  });
 }

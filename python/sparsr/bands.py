@@ -241,45 +241,69 @@ class BandPlan:
         return Work(i, a, b, o0, windows)
 
 
-class Store:
-    """A whole value kept between passes: a feature in memory, or planes in a
-    temporary file (unlinked at once: removed when closed, on error too)."""
+class Files:
+    """Temporary files of stored values, unlinked at once (removed when
+    closed, on error too), reused by values of the same size: writing over
+    pages the page cache already holds is several times faster than into new
+    ones (measured: 10 against 2.6 GB/s)."""
 
-    def __init__(self, channels: int, height: int, width: int, spill: bool):
+    def __init__(self):
+        self.free: dict[int, list] = {}
+
+    def take(self, size: int):
+        if self.free.get(size):
+            return self.free[size].pop()
+        f = tempfile.TemporaryFile(prefix="sparsr-")
+        try:
+            f.truncate(size)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def give(self, f, size: int) -> None:
+        self.free.setdefault(size, []).append(f)
+
+    def close(self) -> None:
+        for files in self.free.values():
+            for f in files:
+                f.close()
+        self.free.clear()
+
+
+class Store:
+    """A whole value kept between passes: a feature in memory, or its planes
+    in a temporary file of `files`, read back a window at a time
+    (_core.read_feature_rows). Every row is written before any is read."""
+
+    def __init__(self, channels: int, height: int, width: int, files: Files | None):
         self.shape = (channels, height, width)
-        self.spill = spill
-        if spill:
-            self.file = tempfile.TemporaryFile(prefix="sparsr-")
-            self.file.truncate(channels * height * width * 4)
+        self.spill = files is not None
+        self.files = files
+        if files is not None:
+            self.size = _core.feature_file_bytes(channels, height, width)
+            self.file = files.take(self.size)
             self.feature = None
         else:
             self.file = None
             self.feature = _core.Feature(channels, height, width, written=channels)
 
     def write(self, rows, r0: int) -> None:
-        if not self.spill:
+        if self.spill:
+            _core.write_feature_rows(self.file.fileno(), rows, self.shape[1], r0)
+        else:
             _core.copy(rows, self.feature.view().rows(r0, r0 + rows.height))
-            return
-        c, h, w = self.shape
-        data = rows.numpy()
-        fd = self.file.fileno()
-        for ch in range(c):
-            os.pwrite(fd, memoryview(data[ch]).cast("B"), (ch * h + r0) * w * 4)
 
     def read(self, r0: int, r1: int):
-        """Rows [r0, r1) as Channels (a view when in memory)."""
-        if not self.spill:
-            return self.feature.view().rows(r0, r1)
-        c, h, w = self.shape
-        data = np.empty((c, r1 - r0, w), np.float32)
-        fd = self.file.fileno()
-        for ch in range(c):
-            os.preadv(fd, [memoryview(data[ch]).cast("B")], (ch * h + r0) * w * 4)
-        return _core.Feature.from_numpy(data).view()
+        """Rows [r0, r1) as Channels (a view when in memory); a 3x3 over them
+        reads the rows beside as its padding either way."""
+        if self.spill:
+            return _core.read_feature_rows(self.file.fileno(), *self.shape, r0, r1)
+        return self.feature.view().rows(r0, r1)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            self.files.give(self.file, self.size)
             self.file = None
         self.feature = None
 
@@ -287,8 +311,6 @@ class Store:
 class OutputArray:
     """The graph output, written band by band into an (H, W, C) float32 array:
     the layout images take, with no whole feature beside it."""
-
-    spill = True      # read back only as the result
 
     def __init__(self, channels: int, height: int, width: int):
         self.shape = (channels, height, width)
@@ -343,11 +365,12 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
             progress(count[0] / total)
 
     stores: dict[str, Store] = {}
+    files = Files() if spill else None
     masks: dict[int, list[np.ndarray]] = {}
     done = False
     try:
         for level, p in enumerate(bplan.passes):
-            _run_whole_steps(bplan, level, values, stores, rt, spill, masks)
+            _run_whole_steps(bplan, level, values, stores, rt, files, masks)
             stats = {i: Statistic(bplan.shapes[s.inputs[0]][0], rt.isa)
                      for i, s in enumerate(bplan.steps)
                      if s.kind == "reduce" and s.level - 1 == level}
@@ -355,7 +378,7 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
                 v = bplan.steps[i].inputs[0]
                 if bplan.level[v] < level or v == bplan.input:
                     _reduce_whole(bplan, v, values, stores, stat)
-            _run_pass(bplan, level, p, values, stores, stats, rt, spill, masks, band_done)
+            _run_pass(bplan, level, p, values, stores, stats, rt, files, masks, band_done)
             for i, stat in stats.items():
                 s = bplan.steps[i]
                 values[s.outputs[0]] = stat.value(s.op.stat)
@@ -372,6 +395,8 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
         for v, st in stores.items():
             if v != bplan.output or not done:
                 st.close()
+        if files is not None:
+            files.close()
 
 
 def _whole(bplan, v, values, stores):
@@ -381,7 +406,7 @@ def _whole(bplan, v, values, stores):
     return st.read(0, st.shape[1])
 
 
-def _run_whole_steps(bplan, level, values, stores, rt, spill, masks):
+def _run_whole_steps(bplan, level, values, stores, rt, files, masks):
     for i, s in enumerate(bplan.steps):
         if s.level != level or s.kind not in ("global", "whole"):
             continue
@@ -391,7 +416,7 @@ def _run_whole_steps(bplan, level, values, stores, rt, spill, masks):
             if bplan.is_global[v]:
                 values[v] = o
             else:
-                st = stores[v] = Store(*bplan.shapes[v], spill=spill and v != bplan.output)
+                st = stores[v] = Store(*bplan.shapes[v], files if v != bplan.output else None)
                 st.write(o, 0)
 
 
@@ -424,7 +449,7 @@ def _call(s: BandStep, rt, inputs, masks, i, crop):
     return outs
 
 
-def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks, band_done):
+def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, band_done):
     steps = bplan.steps
     buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
     for i in bplan.band_steps(level):
@@ -432,7 +457,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks, ba
             if v == bplan.output and v not in bplan.read_in:
                 stores[v] = OutputArray(*bplan.shapes[v])
             elif v in bplan.stored:
-                stores[v] = Store(*bplan.shapes[v], spill=spill and v != bplan.output)
+                stores[v] = Store(*bplan.shapes[v], files if v != bplan.output else None)
     reducers = {}
     for i in stats:
         reducers.setdefault(steps[i].inputs[0], []).append(stats[i])
@@ -443,12 +468,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks, ba
         if v in buffers:
             ch, first = buffers[v]
             return ch.rows(lo - first, hi - first)
-        st = stores[v]
-        if not st.spill:
-            return st.read(lo, hi)
-        # Read with the rows beside: a 3x3 convolution reads them as its padding.
-        first, last = max(0, lo - 1), min(st.shape[1], hi + 1)
-        return st.read(first, last).rows(lo - first, hi - first)
+        return stores[v].read(lo, hi)
 
     for k, works in enumerate(p.bands):
         keep = p.keep[k]
@@ -475,7 +495,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, spill, masks, ba
                 st = stores.get(v)
                 if st is not None:
                     st.write(o, w.a)
-                    if not st.spill:
+                    if isinstance(st, Store) and not st.spill:
                         buffers[v] = (st.feature.view(), 0)
                         continue
                 first = keep.get(v, INF)
@@ -506,7 +526,7 @@ def _trim(buffers, stores, later, v):
     """Lets go of the rows of v's buffer that no later band reads: a copy of
     the rest replaces it (a view would hold the whole buffer)."""
     ch, first = buffers[v]
-    if v in stores and not stores[v].spill:
+    if isinstance(stores.get(v), Store) and not stores[v].spill:
         return
     end = first + ch.height
     if v not in later or later[v] >= end:
