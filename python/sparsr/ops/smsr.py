@@ -204,6 +204,82 @@ class SmsrModule:
 
     # -- forward --------------------------------------------------------------
 
+    def pixel_sets(self, counter: MacCounter, x, mode: str):
+        """(mask, important, unimportant) for the module input x."""
+        h, w = x.height, x.width
+        if mode == "dense":
+            mask = np.ones((h, w), dtype=bool)
+            important = _core.PixelSet.full(h, w)
+        else:
+            mask = self.spatial_mask(counter, x, h, w)
+            important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
+        return mask, important, important.complement()
+
+    def layer_inputs(self, stored, layer_before: int, natural: bool, zero):
+        """(input at important pixels, input at unimportant pixels, channels
+        read there) for a conv reading `stored`, layer layer_before's output.
+
+        Storage order puts dense channels first: reading a prefix skips the
+        sparse ones, which are zero at unimportant pixels (input skip). An
+        input in the original order, or a network without input skip,
+        reads every channel, the sparse ones replaced by a zero plane."""
+        c = self.channels
+        if layer_before < 0:
+            return stored, stored, c
+        order = self.perm[layer_before]
+        nd = self.n_dense[layer_before]
+        src = stored.select(np.argsort(order).tolist()) if natural else stored
+        if self.input_skip and not natural:
+            return src, src, nd
+        return src, self._sparse_as_zeros(stored, layer_before, natural, zero), c
+
+    def run_layer(self, counter: MacCounter, i: int, src, dst, important, unimportant,
+                  zero) -> None:
+        """Layer i from src (layer i - 1's output in storage order, or the
+        module input) into dst (its outputs in storage order; the sparse ones
+        zero and left so at unimportant pixels)."""
+        nd = self.n_dense[i]
+        at_i, at_u, cin_u = self.layer_inputs(src, i - 1, self.natural_input[i], zero)
+        if self.unimportant_layers[i] is not None:
+            self.unimportant_layers[i](counter, src, dst, unimportant, relu=True, cout=nd,
+                                       dense_pixels=unimportant.count)
+        else:
+            self.layers[i](counter, at_u, dst, unimportant, relu=True, cin=cin_u, cout=nd,
+                           dense_pixels=unimportant.count)
+        self.layers[i](counter, at_i, dst, important, relu=True, dense_pixels=important.count)
+
+    def run_collect(self, counter: MacCounter, g: int, outputs, y, important, zero,
+                    residual=None) -> None:
+        """The collect of layer group g (collect_pairs[g], whose outputs are
+        given) at important pixels into y, plus residual."""
+        reads = [self.layer_inputs(v, j, self.collect_natural, zero)[0]
+                 for v, j in zip(outputs, self.collect_pairs[g])]
+        self.collect_convs[g](counter, _core.Channels.cat(reads), y, important,
+                              residual=residual, dense_pixels=important.count)
+
+    def run_unimportant_collect(self, counter: MacCounter, dense_views, y, unimportant,
+                                zero) -> None:
+        """The collect at unimportant pixels into y, from every layer's dense
+        channels (dense_views[i]: layer i's, None when it has none)."""
+        if self.input_skip:
+            views = _core.Channels.cat([d for d in dense_views if d is not None])
+        else:
+            views = _core.Channels.cat([self._sparse_as_zeros(d, i, self.collect_natural, zero)
+                                        for i, d in enumerate(dense_views)])
+        # No dense channel at all: the bias alone (a conv reading 0 inputs).
+        self.unimportant_collect(counter, views if len(views) else zero.view([0]), y,
+                                 unimportant, cin=len(views), dense_pixels=unimportant.count)
+
+    def attend(self, counter: MacCounter, y, x) -> None:
+        """y = y * attention(y) + x, in place."""
+        means = np.asarray(_core.channel_means(y), dtype=np.float32)
+        w1, w2 = self.ca
+        z = np.maximum(w1.weight[:, :, 0, 0] @ means + w1.bias, 0.0)
+        s = _sigmoid(w2.weight[:, :, 0, 0] @ z + w2.bias).astype(np.float32)
+        counter.add(f"{self.prefix}.ca", w1.weight.size + w2.weight.size,
+                    w1.weight.size + w2.weight.size)
+        _core.scale_add(y, s.tolist(), x, y)
+
     def forward(self, counter: MacCounter, x, mode: str):
         """x: the module input (Channels); returns (output Channels, spatial mask)."""
         h, w = x.height, x.width
@@ -211,31 +287,8 @@ class SmsrModule:
         # written=...: planes every interior pixel of which is written below
         # need no zeroing (the sparse channels of a layer's output do).
         y = _core.Feature(c, h, w, written=c)
-        if mode == "dense":
-            mask = np.ones((h, w), dtype=bool)
-            important = _core.PixelSet.full(h, w)
-        else:
-            mask = self.spatial_mask(counter, x, h, w)
-            important = _core.PixelSet.from_mask(mask.view(np.uint8), h, w)
-        unimportant = important.complement()
+        mask, important, unimportant = self.pixel_sets(counter, x, mode)
         zero = _core.Feature(1, h, w)
-
-        def inputs(stored, layer_before, natural):
-            """(input at important pixels, input at unimportant pixels, channels
-            read there) for a conv reading `stored`, layer layer_before's output.
-
-            Storage order puts dense channels first: reading a prefix skips the
-            sparse ones, which are zero at unimportant pixels (input skip). An
-            input in the original order, or a network without input skip,
-            reads every channel, the sparse ones replaced by a zero plane."""
-            if layer_before < 0:
-                return stored, stored, c
-            order = self.perm[layer_before]
-            nd = self.n_dense[layer_before]
-            src = stored.select(np.argsort(order).tolist()) if natural else stored
-            if self.input_skip and not natural:
-                return src, src, nd
-            return src, self._sparse_as_zeros(stored, layer_before, natural, zero), c
 
         # Every layer's dense channels, in layer order, in one feature: the
         # collect reads them at unimportant pixels after the last layer. Its
@@ -251,7 +304,7 @@ class SmsrModule:
                        for i, nd in enumerate(self.n_dense)]
         src = x
         pending, sparse = [], None
-        for i, layer in enumerate(self.layers):
+        for i in range(self.n_layers):
             nd = self.n_dense[i]
             parts = [dense_views[i]] if nd else []
             if nd < c:
@@ -260,48 +313,23 @@ class SmsrModule:
                 sparse = _core.Feature(c, h, w, written=nd)
                 parts.append(sparse.view(list(range(nd, c))))
             dst = _core.Channels.cat(parts)
-            at_i, at_u, cin_u = inputs(src, i - 1, self.natural_input[i])
             # Dense outputs at unimportant pixels; sparse outputs stay zero
             # there (`sparse` is fresh).
-            if self.unimportant_layers[i] is not None:
-                self.unimportant_layers[i](counter, src, dst, unimportant, relu=True, cout=nd,
-                                           dense_pixels=unimportant.count)
-            else:
-                layer(counter, at_u, dst, unimportant, relu=True, cin=cin_u, cout=nd,
-                      dense_pixels=unimportant.count)
-            layer(counter, at_i, dst, important, relu=True, dense_pixels=important.count)
+            self.run_layer(counter, i, src, dst, important, unimportant, zero)
             # Views hold their features: drop the previous layer's before the
             # next allocation, or three layers' features would be alive at once.
-            at_i = at_u = None
             pending.append(dst)
             src = dst
             g = i // 2
             if i == self.collect_pairs[g][-1]:
-                reads = [inputs(v, j, self.collect_natural)[0]
-                         for v, j in zip(pending, self.collect_pairs[g])]
-                self.collect_convs[g](counter, _core.Channels.cat(reads), y.view(), important,
-                                      residual=y.view() if g else None,
-                                      dense_pixels=important.count)
-                pending, reads = [], None
-        del src, dst, parts, pending, sparse, at_i, at_u
-        if self.input_skip:
-            views = _core.Channels.cat([d for d in dense_views if d is not None])
-        else:
-            views = _core.Channels.cat([self._sparse_as_zeros(d, i, self.collect_natural, zero)
-                                        for i, d in enumerate(dense_views)])
-        # No dense channel at all: the bias alone (a conv reading 0 inputs).
-        self.unimportant_collect(counter, views if len(views) else zero.view([0]), y.view(),
-                                 unimportant, cin=len(views), dense_pixels=unimportant.count)
-        if self.ca is None:
-            return y.view(), mask
-        # Channel attention and the residual connection of the module.
-        means = np.asarray(_core.channel_means(y.view()), dtype=np.float32)
-        w1, w2 = self.ca
-        z = np.maximum(w1.weight[:, :, 0, 0] @ means + w1.bias, 0.0)
-        s = _sigmoid(w2.weight[:, :, 0, 0] @ z + w2.bias).astype(np.float32)
-        counter.add(f"{self.prefix}.ca", w1.weight.size + w2.weight.size,
-                    w1.weight.size + w2.weight.size)
-        _core.scale_add(y.view(), s.tolist(), x, y.view())
+                self.run_collect(counter, g, pending, y.view(), important, zero,
+                                 residual=y.view() if g else None)
+                pending = []
+        del src, dst, parts, pending, sparse
+        self.run_unimportant_collect(counter, dense_views, y.view(), unimportant, zero)
+        if self.ca is not None:
+            # Channel attention and the residual connection of the module.
+            self.attend(counter, y.view(), x)
         return y.view(), mask
 
     def _sparse_as_zeros(self, dense, layer: int, natural: bool,
