@@ -106,6 +106,14 @@ class BandPlan:
                 outputs.append(name)
             residual = inputs[-1] if s.residual else None     # a fused residual is the last input
             row_map = s.op.row_map() if hasattr(s.op, "row_map") else None
+            expand = getattr(s.op, "band_steps", None)
+            if row_map is not None and expand is not None and s.act is None and residual is None:
+                # An op that is a chain of steps of its own (an SMSR module).
+                for op, ins, outs, shapes in expand(inputs[0], outputs[0],
+                                                    self.shapes[outputs[0]]):
+                    self.shapes.update(zip(outs, shapes))
+                    out.append(BandStep(op, ins, outs, None, None, "", 0, op.row_map()))
+                continue
             out.append(BandStep(s.op, inputs, outputs, s.act, residual, "", 0, row_map))
         return out, current.get(graph.outputs[0], graph.outputs[0])
 
@@ -195,7 +203,7 @@ class BandPlan:
                     if win is None:
                         continue
                     lo, hi = win
-                    if s.row_map.border and v == s.inputs[0]:
+                    if s.row_map.border and v != s.residual:
                         lo, hi = max(0, lo - 1), min(self.shapes[v][1], hi + 1)
                     need_lo[v] = min(need_lo.get(v, INF), lo)
                     need_hi[v] = max(need_hi.get(v, 0), hi)
@@ -385,7 +393,6 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
             for v in [v for v in stores if bplan.last_pass.get(v, -1) <= level
                       and v != bplan.output]:
                 stores.pop(v).close()
-            _core.release_buffers()
         st = stores[bplan.output]
         out = st.array if isinstance(st, OutputArray) else \
             st.read(0, st.shape[1]).numpy().transpose(1, 2, 0)
@@ -512,10 +519,11 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
             for v in dict.fromkeys(list(s.inputs) + list(s.outputs)):
                 if last_read.get(v, -1) <= j and v in buffers:
                     _trim(buffers, stores, later, v)
-        # Buffers are pooled by size: the first and the last band have sizes
-        # of their own, which the pool would otherwise keep (the middle bands
-        # reuse one another's).
-        if k == 0 or k == len(p.bands) - 2:
+        # Buffers are pooled by size (within the run's pool limit): the first
+        # and the last band have sizes of their own, which the pool would
+        # otherwise keep in place of the middle bands' (which reuse one
+        # another's). With two bands there is no middle.
+        if len(p.bands) > 2 and k in (0, len(p.bands) - 2):
             _core.release_buffers()
         for v in list(buffers):
             _trim(buffers, stores, later, v)

@@ -61,7 +61,8 @@ class RowMap:
     exact except within the halo of a window edge that is not an image edge.
 
     border: the halo is one row, which the op reads from the rows beside its
-    input view (a 3x3 convolution reading its padding from memory): run on
+    input views, a fused residual's aside (a 3x3 convolution reading its
+    padding from memory): run on
     exactly the rows it is to give, with the rows beside them real, it is exact
     everywhere."""
     up: int = 1

@@ -410,6 +410,11 @@ class SmsrModuleOp(Op):
             return None
         return RowMap(halo=self.n_layers + 4, align=2)
 
+    def band_steps(self, x: str, y: str, shape):
+        """The module as steps of band execution (smsr_steps.py)."""
+        from .smsr_steps import band_steps
+        return band_steps(self.module, x, y, shape)
+
     def workspace(self, shapes):
         # The dense channels of every layer, two layers' sparse channels, the
         # mask branch (a quarter of the channels) and its logits.
