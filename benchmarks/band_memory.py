@@ -1,13 +1,19 @@
 """Peak memory and speed of band execution, as a user sees them.
 
     python benchmarks/band_memory.py MODELS_DIR [--cases smsr_x2:3840x2160 rfdn_x4:1920x1080 ...]
-        [--speed smsr_x2 ...] [--rounds 5]
+        [--torch] [--speed smsr_x2 ...] [--rounds 5] [--large-rounds 1]
 
 Memory: each case is one `sparsr upscale` process under /usr/bin/time -v; its
-peak RSS (the whole process) is printed beside the goal. The input is a Set14
-image resized to the case's size. Speed: at 640x360 the whole-image run and
-band runs (tile = 1/2 and 1/4 of the height) interleaved, medians; then
-pixels per second at 640x360, 1920x1080 and 3840x2160 with the default choice.
+peak RSS (the whole process) is printed beside the goal and, with --torch,
+beside PyTorch's whole-image run of the same graph (tools/torch_graph.py, 2
+threads, inference mode; "does not fit" when it fails or runs out of time).
+The input is a Set14 image resized to the case's size.
+
+Speed, per model, in one process after a warm-up run: at 640x360 the
+whole-image run and band runs (tile = 1/2 and 1/4 of the height)
+interleaved, medians of CPU time (the machine is shared: wall time is printed
+too); then pixels per CPU-second at 640x360, 1920x1080 and 3840x2160 with the
+default execution, interleaved, medians, each against 640x360's.
 MODELS_DIR holds converted checkpoints named <name>.pt (sparsr convert).
 """
 
@@ -55,30 +61,89 @@ def peak_rss(model: Path, image: Path, out: Path, extra: list[str]) -> tuple[int
     return kb * 1024, seconds
 
 
-def speed(model_path: Path, rounds: int) -> None:
+def _timed(fn) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path) -> None:
     import sparsr
+    from PIL import Image
 
     m = sparsr.load(model_path)
-    rng = np.random.default_rng(0)
-    rgb = rng.random((360, 640, 3), dtype=np.float32)
+    image = lambda w, h: np.asarray(Image.open(test_image((w, h), folder)), np.float32)
+    rgb = image(640, 360)
     variants = {"whole": None, "tile 180": 180, "tile 90": 90}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    m.process(rgb)
+    times: dict[str, list] = {k: [] for k in variants}
     for _ in range(rounds):
         for name, tile in variants.items():
-            t = time.perf_counter()
-            m.process(rgb, tile=tile)
-            times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["whole"])
+            times[name].append(_timed(lambda: m.process(rgb, tile=tile)))
+    base = _medians(times["whole"])[0]
     for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  640x360 {name:9s} {med:7.3f} s  x{med / base:5.2f} of whole")
-    for h, w in ((360, 640), (1080, 1920), (2160, 3840)):
-        x = rng.random((h, w, 3), dtype=np.float32)
-        t = time.perf_counter()
-        m.process(x)
-        dt = time.perf_counter() - t
+        cpu, wall = _medians(ts)
+        print(f"  640x360 {name:9s} cpu {cpu:7.2f} s  x{cpu / base:5.2f} of whole   "
+              f"(wall {wall:6.2f} s)", flush=True)
+    sizes = ((640, 360), (1920, 1080), (3840, 2160))
+    inputs = {s: image(*s) for s in sizes}
+    for s in sizes[1:]:
+        m.process(inputs[s])                      # warm: first touches of this much memory
+    px: dict[tuple, list] = {s: [] for s in sizes}
+    for _ in range(large_rounds):
+        for s in sizes:
+            px[s].append(_timed(lambda: m.process(inputs[s])))
+    small = None
+    for (w, h), ts in px.items():
+        cpu, wall = _medians(ts)
+        rate = h * w / cpu / 1e6
+        small = small or rate
         ex = m.execution(h, w)
-        print(f"  {w}x{h}: {h * w / dt / 1e6:6.3f} Mpx/s (bands of {ex.band_rows or h} rows)")
+        print(f"  {w}x{h}: {rate:6.3f} Mpx per CPU-s, x{rate / small:5.2f} of 640x360's "
+              f"(wall {h * w / wall / 1e6:6.3f} Mpx/s; bands of {ex.band_rows or h} rows"
+              f"{', stored in files' if ex.spill else ''})", flush=True)
+
+
+TORCH_CHILD = """
+import sys, numpy as np, torch
+from PIL import Image
+sys.path.insert(0, sys.argv[3])
+from torch_graph import GraphModule
+torch.set_num_threads(2)
+net = GraphModule.from_checkpoint(sys.argv[1]).eval()
+x = torch.from_numpy(np.asarray(Image.open(sys.argv[2]).convert("RGB"), np.float32))
+with torch.inference_mode():
+    y = net.upscale_batch(x.permute(2, 0, 1)[None].contiguous())
+print(tuple(y.shape))
+"""
+
+
+def torch_rss(model: Path, image: Path, timeout: float) -> int | None:
+    """Peak RSS of PyTorch's whole-image run, None when it does not finish."""
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", TORCH_CHILD, str(model), str(image),
+           str(tools)]
+    # At most 60 % of the memory available, as address space: a run that
+    # needs more "does not fit" (and leaves the rest of the machine alone).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from sparsr.executor import available_memory
+    limit = int(0.6 * (available_memory() or 8 << 30))
+
+    def cap():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
+    except subprocess.TimeoutExpired:
+        return None
+    if r.returncode:
+        return None
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) * 1024
 
 
 def main() -> None:
@@ -90,6 +155,9 @@ def main() -> None:
         "realesr_animevideov3_x4:1920x1080"])
     p.add_argument("--speed", nargs="*", default=[])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--large-rounds", type=int, default=1)
+    p.add_argument("--torch", action="store_true", help="PyTorch's whole-image peak RSS too")
+    p.add_argument("--torch-timeout", type=float, default=900)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -97,14 +165,18 @@ def main() -> None:
             name, size = case.split(":")
             w, h = (int(v) for v in size.split("x"))
             goal = GOALS["x2_8k" if name.endswith("x2") else "x4_4k"]
-            rss, seconds = peak_rss(args.models / f"{name}.pt", test_image((w, h), folder),
-                                    folder / "out.png", [])
-            print(f"{name:24s} {w}x{h}: peak RSS {rss / 2**30:5.2f} GiB (goal "
-                  f"{goal / 2**30:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s",
-                  flush=True)
-    for name in args.speed:
-        print(name)
-        speed(args.models / f"{name}.pt", args.rounds)
+            model, image = args.models / f"{name}.pt", test_image((w, h), folder)
+            rss, seconds = peak_rss(model, image, folder / "out.png", [])
+            line = (f"{name:24s} {w}x{h}: peak RSS {rss / 2**30:5.2f} GiB (goal "
+                    f"{goal / 2**30:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
+            if args.torch:
+                t = torch_rss(model, image, args.torch_timeout)
+                line += ("; PyTorch whole image: does not fit" if t is None else
+                         f"; PyTorch whole image {t / 2**30:5.2f} GiB (x{t / rss:.1f})")
+            print(line, flush=True)
+        for name in args.speed:
+            print(name, flush=True)
+            speed(args.models / f"{name}.pt", args.rounds, args.large_rounds, folder)
 
 
 if __name__ == "__main__":
