@@ -1,0 +1,167 @@
+// Dense convolution in int8, AVX512_VNNI (part of the kAvx512Bf16 level): 8
+// output channels x 48 pixels per register tile (24 int32 accumulators),
+// vpdpbusd summing four u8 x s8 products per int32 lane and instruction: four
+// times the MACs of an f32 FMA, twice those of vdpbf16ps.
+//
+// The structure of the bf16 kernel (conv-dense-bf16-avx512bf16.cc):
+// activations stay f32 planes in memory; each band of a run is first
+// quantized into a per-thread buffer of u8 quads (int8-quads.h), one 32-bit
+// word per pixel and four input channels, for every input row the band reads,
+// and reused by every output block and kx; a weight quad is broadcast. The
+// int32 sums are exact (pack_dense_int8: no overflow); the epilogue subtracts
+// the zero point's share, dequantizes, adds the bias, then does the f32
+// kernels' activation and residual.
+#include <vector>
+
+#include "conv-dense-tile.h"
+#include "int8-quads.h"
+#include "simd.h"
+
+namespace sparsr {
+namespace {
+
+using V = VecAvx512;
+constexpr int W = V::kWidth;
+
+// One tile: BLOCK output channels x NV vectors of pixels; quads points at the
+// band buffer's column of the tile's first pixel (quad 0, row 0). zs[c] is
+// zero_point * the s8 weight sum of output c over the channels read.
+template <int K, int BLOCK, int NV>
+__attribute__((noinline)) void int8_tile(const uint32_t* wblock, const float* bias,
+                                         const float* scales, const int32_t* zs,
+                                         const ConvTask& t, const uint32_t* quads,
+                                         int64_t row_stride, int used_quads, int y, int x, int lo,
+                                         int hi, int n_out, float* const* out,
+                                         const float* const* residual, const float* slopes) {
+  using T = V::T;
+  __m512i acc[BLOCK][NV];
+#pragma GCC unroll 16
+  for (int c = 0; c < BLOCK; ++c)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_si512();
+  const uint32_t* wp = wblock;
+  for (int q = 0; q < used_quads; ++q) {
+    const uint32_t* rows = quads + static_cast<int64_t>(q) * K * row_stride;
+#pragma GCC unroll 3
+    for (int ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 3
+      for (int kx = 0; kx < K; ++kx) {
+        __m512i in[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) in[v] = _mm512_loadu_si512(rows + ky * row_stride + kx + v * W);
+#pragma GCC unroll 16
+        for (int c = 0; c < BLOCK; ++c) {
+          const __m512i wv = _mm512_set1_epi32(static_cast<int>(wp[c]));
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_dpbusd_epi32(acc[c][v], in[v], wv);
+        }
+        wp += BLOCK;
+      }
+    }
+  }
+  const T zero = V::zero();
+  const int64_t ld = t.ld;
+  const int64_t offset = (y + 1) * ld + x + 1;
+  for (int c = 0; c < n_out; ++c) {
+    float* dst = out[c] + offset;
+    const float* res = residual ? residual[c] + offset : nullptr;
+    const T slope = slopes ? V::set1(slopes[c]) : zero;
+    const __m512i z = _mm512_set1_epi32(zs[c]);
+    const T scale = V::set1(scales[c]), b = V::set1(bias[c]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      T r = V::fmadd(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[c][v], z)), scale, b);
+      if (slopes)
+        r = negative_slope<V>(r, slope);
+      else if (t.relu)
+        r = V::max(r, zero);
+      const int first = lo - v * W, end = hi - v * W;  // stored lanes [first, end)
+      if (first <= 0 && end >= W) {
+        if (res) r = V::add(r, V::load(res + v * W));
+        V::store(dst + v * W, r);
+      } else if (end > 0 && first < W) {
+        const V::Mask lanes = V::range(first, end);
+        if (res) r = V::add(r, V::load(res + v * W, lanes));
+        V::store(dst + v * W, r, lanes);
+      }
+    }
+  }
+}
+
+template <int K, int BLOCK, int NV>
+void conv_dense_int8(const PackedConv& w, const ConvTask& t) {
+  constexpr int taps = K * K;
+  constexpr int shift = K == 3 ? 0 : 1;  // a 1x1 reads the interior pixel itself
+  constexpr int band = kDenseBandTiles * NV * W;
+  const int n_quads = (w.cin + 3) / 4, used_quads = (t.cin + 3) / 4;
+  const size_t block_stride = static_cast<size_t>(n_quads) * taps * BLOCK;
+  const int blocks = (t.cout + BLOCK - 1) / BLOCK;
+  const int64_t ld = t.ld;
+  constexpr int64_t row_stride = (band + K - 1 + W - 1) / W * W;
+  thread_local std::vector<uint32_t> buffer;
+  buffer.resize(static_cast<size_t>(used_quads) * K * row_stride);
+  // The zero point's share of each output's sum over the channels read.
+  thread_local std::vector<int32_t> zs;
+  zs.resize(static_cast<size_t>(blocks) * BLOCK);
+  for (int o = 0; o < blocks * BLOCK; ++o)
+    zs[o] = o < t.cout ? w.in_zero * w.counts[static_cast<size_t>(o) * (w.cin + 1) + t.cin] : 0;
+  const Quantizer quantize(w.in_inv, w.in_zero);
+  for (size_t r = 0; r < t.n_runs; ++r) {
+    const Run run = t.runs[r];
+    int x = run.x0, lo = 0;
+    if (K == 1) {  // aligned padded columns, as the f32 kernel (its comment)
+      lo = (run.x0 + 1) % W;
+      x = run.x0 - lo;
+    }
+    const int end = run.x1 - x;  // stored lanes of the run: [lo, end) from x
+    for (int b0 = 0; b0 < end; b0 += band) {
+      const int b1 = end - b0 < band ? end : b0 + band;
+      const int cols = (b1 - b0 + W - 1) / W * W + K - 1;
+      for (int q = 0; q < used_quads; ++q)
+        for (int ky = 0; ky < K; ++ky) {
+          const int64_t at = (run.y + shift + ky) * ld + x + b0 + shift;
+          const float* src[4];
+          for (int j = 0; j < 4; ++j) src[j] = 4 * q + j < t.cin ? t.in[4 * q + j] + at : nullptr;
+          convert_quads(buffer.data() + (static_cast<int64_t>(q) * K + ky) * row_stride, src, cols,
+                        quantize);
+        }
+      for (int b = 0; b < blocks; ++b) {
+        const uint32_t* wb = w.pairs.data() + b * block_stride;
+        const float* bias = w.bias.data() + b * BLOCK;
+        const float* scales = w.scales.data() + b * BLOCK;
+        const int32_t* z = zs.data() + b * BLOCK;
+        const int n_out = t.cout - b * BLOCK < BLOCK ? t.cout - b * BLOCK : BLOCK;
+        float* const* out = t.out + b * BLOCK;
+        const float* const* res = t.residual ? t.residual + b * BLOCK : nullptr;
+        const float* slopes = t.slopes ? t.slopes + b * BLOCK : nullptr;
+        int done = b0, first = b0 == 0 ? lo : 0;
+        auto tile = [&](auto nv, int hi) {
+          int8_tile<K, BLOCK, decltype(nv)::value>(wb, bias, scales, z, t,
+                                                   buffer.data() + (done - b0), row_stride,
+                                                   used_quads, run.y, x + done, first, hi, n_out,
+                                                   out, res, slopes);
+        };
+        for (; done + NV * W <= b1; done += NV * W, first = 0)
+          tile(std::integral_constant<int, NV>(), NV * W);
+        const int left = b1 - done;
+        if (left > 2 * W && NV >= 3)
+          tile(std::integral_constant<int, (NV >= 3 ? 3 : NV)>(), left);
+        else if (left > W && NV >= 2)
+          tile(std::integral_constant<int, (NV >= 2 ? 2 : NV)>(), left);
+        else if (left > 0)
+          tile(std::integral_constant<int, 1>(), left);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void conv3x3_dense_int8_8x48_avx512bf16(const PackedConv& w, const ConvTask& t) {
+  conv_dense_int8<3, 8, 3>(w, t);
+}
+void conv1x1_dense_int8_8x48_avx512bf16(const PackedConv& w, const ConvTask& t) {
+  conv_dense_int8<1, 8, 3>(w, t);
+}
+
+}  // namespace sparsr
