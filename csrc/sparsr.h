@@ -104,7 +104,7 @@ struct PackedConv {
 using ConvKernelFn = void (*)(const PackedConv& w, const ConvTask& task);
 
 // Quantization of a layer's input for int8 kernels (checkpoint calibration):
-// u8 q = clamp(round(x / scale) + zero_point, 0, 255), zero_point 0 (ReLU
+// u8 q = clamp(round(x / scale + zero_point), 0, 255), zero_point 0 (ReLU
 // outputs, never negative) or 128.
 struct Int8Input {
   float scale = 0.0f;

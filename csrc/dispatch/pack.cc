@@ -72,7 +72,7 @@ PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout
 //   scales: quant.scale * weight scale of o, zero padded to the blocks;
 //   counts: [cout rounded to blocks][cin + 1], counts[o * (cin + 1) + c] the sum
 //           of w_q of output o over input channels < c and every tap.
-// An input x is the u8 q = clamp(round(x / quant.scale) + zero_point, 0, 255)
+// An input x is the u8 q = clamp(round(x / quant.scale + zero_point), 0, 255)
 // (so the zero border is zero_point, exactly 0), and output o is
 //   (sum w_q q - zero_point * counts[o][cin]) * scales[o] + bias[o].
 // No int32 sum can overflow: vpdpbusd adds its four u8 x s8 products (each

@@ -1,10 +1,10 @@
 // Scalar twins of the int8 dense convolution kernels: every input quantized to
-// u8 as the vector kernels do (int8-quads.h: x * in_inv clamped to
-// [-zero, 255 - zero] as vmaxps/vminps do, rounded to nearest even, plus the
-// zero point), s8 weights (pack_dense_int8), exact int32 sums and the same
+// u8 as the vector kernels do (int8-quads.h: fma(x, in_inv, zero), at most
+// 255, rounded to nearest even, negatives 0), s8 weights (pack_dense_int8), exact int32 sums and the same
 // dequantization (one fma of the corrected sum): bit-identical to the AVX512
 // kernels. The reference of the vector kernels, and the int8 path at the
 // scalar level.
+#include <algorithm>
 #include <cmath>
 
 #include "sparsr.h"
@@ -13,11 +13,10 @@ namespace sparsr {
 namespace {
 
 inline int32_t quantize_u8(float x, float inv, int zero) {
-  float v = x * inv;
-  const float lo = static_cast<float>(-zero), hi = static_cast<float>(255 - zero);
-  v = v > lo ? v : lo;  // vmaxps(v, lo): lo when v is NaN
-  v = v < hi ? v : hi;  // vminps(v, hi)
-  return static_cast<int32_t>(std::nearbyint(v)) + zero;
+  float v = std::fma(x, inv, static_cast<float>(zero));
+  v = v < 255.0f ? v : 255.0f;  // vminps(v, 255): 255 when v is NaN
+  if (!(v > -1.0f)) return 0;   // the packs saturate negatives (and -inf)
+  return std::max(0, static_cast<int32_t>(std::nearbyint(v)));
 }
 
 template <int K>
