@@ -331,3 +331,41 @@ def test_int8_threads_give_identical_results(kernel):
     finally:
         _core.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("kernel", int8_kernels())
+@pytest.mark.parametrize("case", ["rows", "chunks"])
+def test_int8_rows_quantized_once_per_chunk(kernel, case):
+    """Each input row of a chunk of runs is quantized once for every run that
+    reads it: runs of equal columns in consecutive rows, after a skipped row,
+    of other columns, two in one row; and tasks of more rows than one chunk
+    holds."""
+    skip_unless_supported(kernel)
+    rng = np.random.default_rng(13)
+    # chunks: one input row of 256 channels x 1100 columns is 64 quads x 1152
+    # words, so a chunk (1 MiB) holds 3 rows, fewer than a task's.
+    cout, cin, h, w = (24, 40, 12, 300) if case == "rows" else (8, 256, 12, 1100)
+    k = kernel["ksize"]
+    weights = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    mask = np.zeros((h, w), bool)
+    if case == "rows":
+        mask[0:4, 5:290] = True      # four rows of the same columns
+        mask[5:7, 5:290] = True      # after a skipped row
+        mask[7, 0:300] = True        # other columns
+        mask[8, 3:40] = mask[8, 100:280] = True   # two runs in one row
+        mask[9:12, 100:280] = True
+    else:
+        mask[:] = True
+        mask[7, 400:900] = False
+    pixels = _core.PixelSet.from_mask(mask.astype(np.uint8), h, w)
+    assert not _core.Conv2d.use_gather(pixels)
+    layer, twin = _layers(kernel, weights, None, input_quant(x, 128), 128)
+    old = _core.num_threads()
+    try:
+        _core.set_num_threads(1)       # one task: every row after the other
+        got = _run(layer, x, cout, pixels)
+    finally:
+        _core.set_num_threads(old)
+    np.testing.assert_array_equal(got, _run(twin, x, cout, pixels))
+    assert not got[:, ~mask].any()
