@@ -190,3 +190,56 @@ def test_quantize_tool_writes_a_checkpoint(smsr_checkpoint, tmp_path):
         assert rows[name] == p
     assert m.metadata["int8"]["int8_layers"] == sum(p == "int8" for p in report["layers"].values())
     assert m.metadata["int8"]["calibration"] == "B100"
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def layer_table(self):
+        return self.rows
+
+
+class FakeScorer:
+    """Layer losses that add up (dB) on two datasets, scaled by the clip's
+    factor; "c" is a 1x1 and "d" has no int8 kernel."""
+    mode = "mask"
+    data = {"A": [0], "B": [0, 0]}
+    losses = {"a": (0.004, 0.001), "b": (0.0, 0.002), "c": (0.001, 0.001), "d": (0.5, 0.5),
+              "e": (0.03, 0.03), "f": (0.02, 0.0)}
+
+    def __init__(self):
+        self.evaluations = 0
+        self.quant = {}
+
+    def model(self, chosen, names):
+        return _Rows([{"name": n, "shape": [8, 8, 1 if n == "c" else 3, 3],
+                       "precision": "int8" if n in chosen and n != "d" else "f32"}
+                      for n in self.losses])
+
+    def score(self, chosen, names):
+        self.evaluations += 1
+        factor = {n: q["scale"] for n, q in self.quant.items()}
+        return {d: 30.0 - sum(self.losses[n][i] * factor.get(n, 1.0) for n in chosen)
+                for i, d in enumerate(self.data)}
+
+
+class FakeObserver:
+    low = {n: 0.0 for n in FakeScorer.losses}
+
+    def quant(self, name, clip):
+        return {"scale": {"max": 2.0, "p99.99": 1.0}[clip], "zero_point": 0}
+
+
+def test_quantize_choice_drops_the_most_sensitive_layers_first():
+    report = quantize_tool.choose(FakeScorer(), FakeObserver(), ["max", "p99.99"], 0.01,
+                                  log=lambda *_: None)
+    assert report["clip"] == "p99.99"          # half the loss of "max"
+    # Candidates a, b, e, f (c is a 1x1, d has no int8 kernel). Alone: b 0.002,
+    # a 0.004, f 0.02, e 0.03: e and f fall back (a + b lose 0.004 and 0.003).
+    assert report["layers"] == {"a": "int8", "b": "int8", "e": "f32", "f": "f32"}
+    assert report["loss_db"] == pytest.approx(0.004)
+    with_1x1 = quantize_tool.choose(FakeScorer(), FakeObserver(), ["max"], 1.0, ksizes=(1, 3),
+                                    log=lambda *_: None)
+    assert set(with_1x1["layers"]) == {"a", "b", "c", "e", "f"}
+    assert set(with_1x1["layers"].values()) == {"int8"}

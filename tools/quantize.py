@@ -6,7 +6,7 @@ carry their input quantization (``layers[name]["int8"] = {"scale",
 ``sparsr.load(path, precision="int8")`` every calibrated one.
 
     python tools/quantize.py smsr_x2.pt -o smsr_x2_int8.pt [--calib B100] [--patches 100]
-        [--patch 96] [--clip max|p99.99|...|best] [--data Set5 --data Set14]
+        [--patch 96] [--clip max|p99.99|...|best] [--ksizes 3] [--data Set5 --data Set14]
         [--tolerance 0.05] [--mode mask|dense] [--images N] [--json report.json]
 
 1. Calibration: the model runs in f32 on LR patches of --calib (the centre
@@ -16,7 +16,10 @@ carry their input quantization (``layers[name]["int8"] = {"scale",
    the one with the best PSNR with every layer int8). An input never negative
    (a ReLU output) gets zero point 0 and scale clip / 255, any other zero
    point 128 and scale clip / 127.
-2. Choice, as tools/precision.py does for bf16 (its Scorer and loss): every
+2. Candidates: the layers that run an int8 kernel, of the kernel sizes
+   --ksizes (default 3: the 1x1 int8 kernel, whose quantization of every
+   input costs as much as its MACs, measured 0.9-1.25x the f32 1x1's time).
+3. Choice, as tools/precision.py does for bf16 (its Scorer and loss): every
    layer int8 if that keeps the tolerance on every dataset (mean Y-PSNR,
    tools/evaluate.py's metric); otherwise each layer alone in int8 gives its
    loss, and the most sensitive layers fall back to f32 first (binary search
@@ -113,7 +116,7 @@ def patches(data: str, count: int, side: int, scale: int) -> list[np.ndarray]:
 
 class Int8Scorer(Scorer):
     """tools/precision.py's Scorer with int8 as the other precision: every
-    candidate layer carries its "int8" entry, the chosen ones precision int8."""
+    observed layer carries its "int8" entry, the chosen ones precision int8."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -122,29 +125,30 @@ class Int8Scorer(Scorer):
     def with_choice(self, chosen: set[str], names: Sequence[str]) -> dict:
         d = dict(self.description)
         layers = {k: dict(v) for k, v in d.get("layers", {}).items()}
+        for name, quant in self.quant.items():   # every observed layer: precision="int8"
+            layers.setdefault(name, {})["int8"] = quant
         for name in names:
-            entry = layers.setdefault(name, {})
-            entry.pop("int8", None)
-            if name in self.quant:
-                entry["int8"] = self.quant[name]
-            entry["precision"] = "int8" if name in chosen else "f32"
+            layers.setdefault(name, {})["precision"] = "int8" if name in chosen else "f32"
         d["layers"] = layers
         return d
 
 
-def candidates(scorer: Int8Scorer, names: Sequence[str]) -> list[str]:
-    """The layers that run an int8 kernel when asked to (graph order)."""
+def candidates(scorer: Int8Scorer, names: Sequence[str],
+               ksizes: Sequence[int] = (1, 3)) -> list[str]:
+    """The layers of these kernel sizes that run an int8 kernel when asked to (graph order)."""
     model = scorer.model(set(names), names)
-    found = [r["name"].split("[")[0] for r in model.layer_table() if r["precision"] == "int8"]
+    found = [r["name"].split("[")[0] for r in model.layer_table()
+             if r["precision"] == "int8" and r["shape"][2] in ksizes]
     return list(dict.fromkeys(found))
 
 
 def choose(scorer: Int8Scorer, observer: Observer, clips: Sequence[str], tolerance: float,
-           log=print) -> dict:
+           ksizes: Sequence[int] = (3,), log=print) -> dict:
     layers = [r["name"].split("[")[0] for r in scorer.model(set(), []).layer_table()]
     layers = [n for n in dict.fromkeys(layers) if n in observer.low]
     scorer.quant = {n: observer.quant(n, clips[0]) for n in layers}
-    names = candidates(scorer, layers)
+    names = candidates(scorer, layers, ksizes)
+    scorer.quant = {}
     if not names:
         raise SystemExit("quantize.py: no layer runs an int8 kernel at this ISA level (the CPU "
                          "lacks AVX512_VNNI, or SPARSR_ISA lowers it); run it where int8 runs, "
@@ -206,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--patches", type=int, default=100, help="calibration images (default 100)")
     p.add_argument("--patch", type=int, default=96, help="side of a calibration patch (LR)")
     p.add_argument("--clip", choices=CLIPS + ("best",), default="best")
+    p.add_argument("--ksizes", default="3", help="kernel sizes to quantize: 3, 1 or 1,3")
     p.add_argument("--data", action="append", help="dataset (default: Set5 and Set14)")
     p.add_argument("--tolerance", type=float, default=0.05, help="dB of PSNR (default 0.05)")
     p.add_argument("--mode", choices=["mask", "dense"], default="mask")
@@ -218,8 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     observer = calibrate(scorer.model(set(), []), patches(args.calib, args.patches, args.patch, scorer.scale),
                          args.mode)
     clips = CLIPS if args.clip == "best" else (args.clip,)
-    report = choose(scorer, observer, clips, args.tolerance)
-    calibration = {"calibration": args.calib, "patches": args.patches, "patch": args.patch}
+    ksizes = tuple(int(k) for k in args.ksizes.split(","))
+    if not set(ksizes) <= {1, 3}:
+        p.error("--ksizes takes 1, 3 or 1,3")
+    report = choose(scorer, observer, clips, args.tolerance, ksizes)
+    calibration = {"calibration": args.calib, "patches": args.patches, "patch": args.patch,
+                   "ksizes": list(ksizes)}
     write(scorer, report, args.output, calibration)
     n = sum(v == "int8" for v in report["layers"].values())
     print(f"wrote {args.output}: {n} of {len(report['layers'])} layers int8 (clip "
