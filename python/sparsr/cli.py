@@ -441,7 +441,8 @@ def _info(args) -> int:
         return 0
     print(f"{info['path']}: {info['architecture']} x{info['scale']}, kernels {info['isa']}, "
           f"{info['threads']} threads, precision {info['precision']} "
-          f"({info['bf16_layers']} layers bf16, {info['int8_layers']} int8)")
+          f"({info['bf16_layers']} layers bf16"
+          + (f", {info['int8_layers']} int8)" if info["int8_layers"] else ")"))
     if "precision_note" in info:
         print(info["precision_note"])
     print(f"conv weights: {info['conv_params']:,} parameters, {info['conv_nonzeros']:,} nonzero")
