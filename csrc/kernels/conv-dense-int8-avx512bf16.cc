@@ -7,14 +7,12 @@
 // activations stay f32 planes in memory and are quantized into a per-thread
 // buffer of u8 quads (int8-quads.h), one 32-bit word per pixel and four input
 // channels, reused by every output block and tap; a weight quad is broadcast.
-// Unlike bf16, whose conversion is cheap against its MACs, the buffer holds
-// the input rows of a chunk of runs (conv_dense_int8), not of one band of one
-// run: quantizing once per input row instead of once per output row that
-// reads it made a 3x3 64->64 at 640x360 0.31x the f32 time instead of 0.43x
-// (SMSR's unimportant pixels, runs of 30: 0.4x instead of 0.7x). The
-// int32 sums are exact (pack_dense_int8: no overflow); the epilogue subtracts
-// the zero point's share, dequantizes, adds the bias, then does the f32
-// kernels' activation and residual.
+// Unlike bf16's, the buffer holds the input rows of a chunk of runs
+// (conv_dense_int8), not of one band of one run: each input row is quantized
+// once, not once for every output row that reads it (a 3x3 64->64 at 640x360,
+// 2 threads: 0.43x the f32 kernel's time per band, 0.37x per chunk). A 1x1
+// gains nothing: quantizing an input costs about what its MACs do (256->64:
+// 0.94x the f32 time, 64->64: 1.2x).
 #include <vector>
 
 #include "conv-dense-tile.h"
