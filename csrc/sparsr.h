@@ -15,9 +15,11 @@
 
 namespace sparsr {
 
-// kAvx512Bf16: AVX-512 with AVX512_BF16 (vdpbf16ps); kAmx: that plus AMX-TILE
-// and AMX-BF16 (tile matrix multiplies) that the OS lets the process use. Both
-// run the f32 kernels of kAvx512 and add bf16 ones (KernelInfo::precision).
+// kAvx512Bf16: AVX-512 with AVX512_BF16 (vdpbf16ps) and AVX512_VNNI
+// (vpdpbusd; every CPU with AVX512_BF16 has it, so it is no level of its own);
+// kAmx: that plus AMX-TILE and AMX-BF16 (tile matrix multiplies) that the OS
+// lets the process use. Both run the f32 kernels of kAvx512 and add bf16 and
+// int8 ones (KernelInfo::precision).
 enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 
 const char* isa_name(Isa isa);
@@ -89,16 +91,33 @@ struct PackedConv {
   // bf16 formats: pairs of bf16 weights of input channels (2p, 2p + 1), 2p in
   // the low half; dense: [cout / block][(cin + 1) / 2][ksize * ksize][block].
   std::vector<uint32_t> pairs;
+  // int8 formats (pack_dense_int8): pairs holds quads of s8 weights of input
+  // channels 4q..4q + 3, channel 4q in the low byte; scales[o] turns output
+  // o's int32 sum into f32 (in_scale * its weight scale); counts the prefix
+  // sums of its s8 weights over input channels (the zero point's correction
+  // for a call reading a prefix of them); in_inv and in_zero quantize inputs.
+  std::vector<float> scales;
+  float in_inv = 0.0f;
+  int in_zero = 0;
 };
 
 using ConvKernelFn = void (*)(const PackedConv& w, const ConvTask& task);
+
+// Quantization of a layer's input for int8 kernels (checkpoint calibration):
+// u8 q = clamp(round(x / scale + zero_point), 0, 255), zero_point 0 (ReLU
+// outputs, never negative) or 128.
+struct Int8Input {
+  float scale = 0.0f;
+  int zero_point = 0;
+};
 
 // One entry per micro-kernel; the single list lives in kernels.inc.
 struct KernelInfo {
   const char* name;
   const char* format;  // "dense", ...
   // "f32", or "bf16": weights and activations rounded to bfloat16 (RNE),
-  // products summed in f32.
+  // products summed in f32; or "int8": s8 weights (per output channel) times
+  // u8 activations (Int8Input), summed in int32, dequantized to f32.
   const char* precision;
   int ksize;
   Isa isa;
@@ -111,9 +130,9 @@ const std::vector<KernelInfo>& kernel_table();
 // The kernel for (format, ksize) at the given level, falling back to lower ones.
 const KernelInfo& find_kernel(const std::string& format, int ksize, Isa isa,
                               const std::string& precision = "f32");
-// The kernel a layer asking for `precision` runs: a bf16 kernel of a vector
-// level needs that level (kAvx512Bf16), so below it a bf16 request runs the f32
-// kernel of the level; the scalar bf16 twin runs at the scalar level only.
+// The kernel a layer asking for `precision` runs: a bf16 or int8 kernel of a
+// vector level needs that level (kAvx512Bf16), so below it such a request runs
+// the f32 kernel of the level; the scalar twins run at the scalar level only.
 const KernelInfo& choose_kernel(const std::string& format, int ksize, Isa isa,
                                 const std::string& precision);
 
@@ -151,6 +170,12 @@ inline float bf16_to_float(uint16_t b) {
   __builtin_memcpy(&v, &u, 4);
   return v;
 }
+// Dense int8 (see pack.cc): pack_dense's layout over quads of input channels.
+// Throws std::invalid_argument on a bad Int8Input or a layer whose int32 sums
+// could overflow (cin * ksize^2 > kInt8MaxTerms).
+constexpr int64_t kInt8MaxTerms = (int64_t{1} << 31) / (255 * 127) - 1;
+PackedConv pack_dense_int8(const float* weight_oihw, const float* bias, int cout, int cin,
+                           int ksize, int block, const Int8Input& quant);
 PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
                    int n, int m);
 PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize);
@@ -161,6 +186,7 @@ double csr_work_fraction(const float* weight_oihw, int cout, int cin, int ksize)
 
 // Packs OIHW weights for the given kernel (dispatches on kernel.format).
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
-                    int cout, int cin, int ksize, const FormatOptions& options);
+                    int cout, int cin, int ksize, const FormatOptions& options,
+                    const Int8Input& quant = {});
 
 }  // namespace sparsr

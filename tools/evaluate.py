@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["mask", "dense"],
                         help="spatial masks on (mask) or off (dense); default: the model's own upscale "
                              "(mask for --torch)")
-    parser.add_argument("--precision", choices=["f32", "bf16", "auto"],
+    parser.add_argument("--precision", choices=["f32", "bf16", "int8", "auto"],
                         help="what a sparsr model's convolutions compute in (sparsr.load; "
                              "default auto)")
     parser.add_argument("--scale", type=int, help="default: the model's scale")

@@ -179,7 +179,8 @@ SPARSR_BINDINGS(0) {
 
   py::class_<Conv2d>(m, "Conv2d")
       .def(py::init([](const FloatArray& weight, py::object bias, py::object isa,
-                       const std::string& format, int n, int m, const std::string& precision) {
+                       const std::string& format, int n, int m, const std::string& precision,
+                       float in_scale, int in_zero_point) {
              if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
                throw std::invalid_argument("weight must be (cout, cin, k, k)");
              const int cout = static_cast<int>(weight.shape(0));
@@ -192,16 +193,20 @@ SPARSR_BINDINGS(0) {
              FormatOptions options;
              options.n = n;
              options.m = m;
+             Int8Input quant;
+             quant.scale = in_scale;
+             quant.zero_point = in_zero_point;
              py::gil_scoped_release release;
              return Conv2d(weight.data(), bias.is_none() ? nullptr : b.data(), cout,
                            static_cast<int>(weight.shape(1)), static_cast<int>(weight.shape(2)),
-                           isa_arg(isa), format, options, precision);
+                           isa_arg(isa), format, options, precision, quant);
            }), py::arg("weight"), py::arg("bias") = py::none(), py::arg("isa") = py::none(),
            py::arg("format") = "dense", py::arg("n") = 0, py::arg("m") = 0,
-           py::arg("precision") = "f32",
+           py::arg("precision") = "f32", py::arg("in_scale") = 0.0f, py::arg("in_zero_point") = 0,
            "Packs (cout, cin, k, k) weights for the best kernel of the format at the ISA level. "
-           "precision='bf16' runs a bf16 kernel where the level has one of the format "
-           "(avx512bf16, or the scalar twin at the scalar level), else the f32 one.")
+           "precision='bf16' or 'int8' runs such a kernel where the level has one of the format "
+           "(avx512bf16, or the scalar twin at the scalar level), else the f32 one. int8 "
+           "quantizes the input as u8 round(x / in_scale) + in_zero_point (0 or 128).")
       .def_property_readonly("format", [](const Conv2d& c) { return std::string(c.kernel().format); })
       .def_property_readonly("kernel", [](const Conv2d& c) { return std::string(c.kernel().name); })
       .def_property_readonly("isa", [](const Conv2d& c) { return std::string(isa_name(c.kernel().isa)); })

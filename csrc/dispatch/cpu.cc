@@ -36,10 +36,13 @@ Isa detect() {
   const bool avx512bw = ebx & bit_AVX512BW;
   const bool avx512vl = ebx & bit_AVX512VL;
   if (avx512f && avx512dq && avx512bw && avx512vl && os_zmm) {
-    // AVX512_BF16: leaf 7, sub-leaf 1, EAX bit 5 (its zmm state is checked above).
+    // AVX512_BF16: leaf 7, sub-leaf 1, EAX bit 5 (its zmm state is checked
+    // above); AVX512_VNNI (the int8 kernels): leaf 7 ECX bit 11. Every CPU with
+    // the first has the second, so both make the one level kAvx512Bf16.
+    const bool vnni = ecx & (1u << 11);
     unsigned eax1 = 0, ebx1, ecx1, edx1;
     if (eax >= 1) __cpuid_count(7, 1, eax1, ebx1, ecx1, edx1);
-    if (!(eax1 & (1u << 5))) return Isa::kAvx512;
+    if (!(eax1 & (1u << 5)) || !vnni) return Isa::kAvx512;
     // AMX-BF16 and AMX-TILE (leaf 7 EDX bits 22, 24), their state in XCR0
     // (bits 17, 18), and the kernel's leave to use the 8 KB of tile data
     // (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; granted

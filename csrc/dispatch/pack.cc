@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 
 #include "sparsr.h"
 
@@ -59,6 +60,64 @@ PackedConv pack_dense_bf16(const float* weight_oihw, const float* bias, int cout
         p.pairs[((static_cast<size_t>(b) * n_pairs + i / 2) * taps + t) * block + lane] |=
             half << (16 * (i % 2));
       }
+  }
+  return p;
+}
+
+// Dense int8: symmetric s8 weights, one scale per output channel (its largest
+// |w| / 127; 1 for an all-zero channel), w_q = round(w / scale) (ties to
+// even) in [-127, 127], in pack_dense_bf16's layout over quads of input
+// channels: channel 4q + j in byte j of quad q, missing channels zero.
+//   pairs:  [cout / block][(cin + 3) / 4][ksize * ksize][block] quads;
+//   scales: quant.scale * weight scale of o, zero padded to the blocks;
+//   counts: [cout rounded to blocks][cin + 1], counts[o * (cin + 1) + c] the sum
+//           of w_q of output o over input channels < c and every tap.
+// An input x is the u8 q = clamp(round(x / quant.scale + zero_point), 0, 255)
+// (so the zero border is zero_point, exactly 0), and output o is
+//   (sum w_q q - zero_point * counts[o][cin]) * scales[o] + bias[o].
+// No int32 sum can overflow: vpdpbusd adds its four u8 x s8 products (each
+// within 255 * 127) in int32, with no int16 intermediate and no saturation, and
+// at most kInt8MaxTerms of them make one output.
+PackedConv pack_dense_int8(const float* weight_oihw, const float* bias, int cout, int cin,
+                           int ksize, int block, const Int8Input& quant) {
+  if (!(quant.scale > 0.0f) || !std::isfinite(quant.scale) || !std::isfinite(1.0f / quant.scale))
+    throw std::invalid_argument("int8 convolution needs a positive finite input scale, got " +
+                                std::to_string(quant.scale));
+  if (quant.zero_point != 0 && quant.zero_point != 128)
+    throw std::invalid_argument("int8 convolution needs an input zero point of 0 or 128, got " +
+                                std::to_string(quant.zero_point));
+  const int taps = ksize * ksize;
+  if (static_cast<int64_t>(cin) * taps > kInt8MaxTerms)
+    throw std::invalid_argument("int8 convolution of " + std::to_string(cin) + " input channels x " +
+                                std::to_string(taps) + " taps could overflow its int32 sums");
+  PackedConv p = dense_header(bias, cout, cin, ksize, block);
+  const int blocks = (cout + block - 1) / block;
+  const int n_quads = (cin + 3) / 4;
+  p.in_inv = 1.0f / quant.scale;
+  p.in_zero = quant.zero_point;
+  p.pairs.assign(static_cast<size_t>(blocks) * n_quads * taps * block, 0u);
+  p.scales.assign(static_cast<size_t>(blocks) * block, 0.0f);
+  p.counts.assign(static_cast<size_t>(blocks) * block * (cin + 1), 0);
+  for (int o = 0; o < cout; ++o) {
+    const float* wo = weight_oihw + static_cast<size_t>(o) * cin * taps;
+    float peak = 0.0f;
+    for (int i = 0; i < cin * taps; ++i) peak = std::max(peak, std::fabs(wo[i]));
+    const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
+    p.scales[o] = quant.scale * scale;
+    const int b = o / block, lane = o % block;
+    int32_t* prefix = p.counts.data() + static_cast<size_t>(o) * (cin + 1);
+    for (int i = 0; i < cin; ++i) {
+      int32_t sum = 0;
+      for (int t = 0; t < taps; ++t) {
+        const float q = std::nearbyint(wo[i * taps + t] / scale);
+        const int32_t v = static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, q)));
+        sum += v;
+        const uint32_t byte = static_cast<uint8_t>(static_cast<int8_t>(v));
+        p.pairs[((static_cast<size_t>(b) * n_quads + i / 4) * taps + t) * block + lane] |=
+            byte << (8 * (i % 4));
+      }
+      prefix[i + 1] = prefix[i] + sum;
+    }
   }
   return p;
 }
@@ -265,8 +324,14 @@ PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int c
 }
 
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
-                    int cout, int cin, int ksize, const FormatOptions& options) {
+                    int cout, int cin, int ksize, const FormatOptions& options,
+                    const Int8Input& quant) {
   const std::string format = kernel.format, precision = kernel.precision;
+  if (precision == "int8") {
+    if (format == "dense")
+      return pack_dense_int8(weight_oihw, bias, cout, cin, ksize, kernel.block, quant);
+    throw std::invalid_argument("no int8 packing for weight format '" + format + "'");
+  }
   if (precision == "bf16") {
     if (format == "dense" && kernel.isa == Isa::kAmx)
       return pack_dense_amx(weight_oihw, bias, cout, cin, ksize);

@@ -36,10 +36,10 @@ const KernelInfo& find_kernel(const std::string& format, int ksize, Isa isa,
 
 const KernelInfo& choose_kernel(const std::string& format, int ksize, Isa isa,
                                 const std::string& precision) {
-  if (precision != "f32" && precision != "bf16")
+  if (precision != "f32" && precision != "bf16" && precision != "int8")
     throw std::invalid_argument("unknown precision '" + precision +
-                                "' (expected one of: f32, bf16)");
-  if (precision == "bf16") {
+                                "' (expected one of: f32, bf16, int8)");
+  if (precision != "f32") {
     const KernelInfo* best = nullptr;
     for (const KernelInfo& k : kernel_table())
       if (format == k.format && precision == k.precision && k.ksize == ksize &&

@@ -17,7 +17,7 @@ constexpr int64_t kStreamOutBytes = 16 << 20;
 
 Conv2d::Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, int ksize, Isa isa,
                const std::string& format, const FormatOptions& options,
-               const std::string& precision) {
+               const std::string& precision, const Int8Input& quant) {
   if (ksize != 1 && ksize != 3)
     throw std::invalid_argument("only 1x1 and 3x3 convolutions are supported, got " +
                                 std::to_string(ksize) + "x" + std::to_string(ksize));
@@ -26,7 +26,7 @@ Conv2d::Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, i
                                 " are not available: the active level is " +
                                 isa_name(active_isa()) + " (CPU or SPARSR_ISA)");
   kernel_ = &choose_kernel(format, ksize, isa, precision);
-  packed_ = pack_for(*kernel_, weight_oihw, bias, cout, cin, ksize, options);
+  packed_ = pack_for(*kernel_, weight_oihw, bias, cout, cin, ksize, options, quant);
   const size_t size = static_cast<size_t>(cout) * cin * ksize * ksize;
   for (size_t i = 0; i < size; ++i) nnz_ += weight_oihw[i] != 0.0f;
 }

@@ -73,11 +73,12 @@ class Conv2d {
  public:
   // format: "dense" or a sparse format of kernels.inc; the weights are given
   // densely (OIHW, zeros included) and packed here for the chosen kernel.
-  // precision: "f32" or "bf16"; bf16 where the level has a bf16 kernel of the
-  // format, else f32 (choose_kernel; kernel().precision says which).
+  // precision: "f32", "bf16" or "int8"; bf16 or int8 where the level has such
+  // a kernel of the format, else f32 (choose_kernel; kernel().precision says
+  // which). An int8 kernel quantizes its input by quant (pack_dense_int8).
   Conv2d(const float* weight_oihw, const float* bias, int cout, int cin, int ksize, Isa isa,
          const std::string& format = "dense", const FormatOptions& options = {},
-         const std::string& precision = "f32");
+         const std::string& precision = "f32", const Int8Input& quant = {});
   // out[0:cout] (+ residual) = act(conv(in[0:cin])) at the given pixels; cin
   // and cout default (-1) to the whole layer. act: ReLU when relu, the negative
   // slopes of output channels [0, cout) when slopes (leaky ReLU / PReLU; not

@@ -221,8 +221,9 @@ def _list_models(directory) -> list[tuple[str, int, str]]:
 
 
 PRECISION_HELP = ("what the convolutions compute in: f32, bf16 (on CPUs with AVX512_BF16, "
-                  "else f32), or auto: each layer's choice in the checkpoint (default; f32 "
-                  "where none, tools/precision.py writes it)")
+                  "else f32), int8 (layers with calibration, on CPUs with AVX512_VNNI; "
+                  "tools/quantize.py), or auto: each layer's choice in the checkpoint (default; "
+                  "f32 where none, tools/precision.py and tools/quantize.py write it)")
 
 
 def _load_model(args) -> Any:
@@ -440,7 +441,8 @@ def _info(args) -> int:
         return 0
     print(f"{info['path']}: {info['architecture']} x{info['scale']}, kernels {info['isa']}, "
           f"{info['threads']} threads, precision {info['precision']} "
-          f"({info['bf16_layers']} layers bf16)")
+          f"({info['bf16_layers']} layers bf16"
+          + (f", {info['int8_layers']} int8)" if info["int8_layers"] else ")"))
     if "precision_note" in info:
         print(info["precision_note"])
     print(f"conv weights: {info['conv_params']:,} parameters, {info['conv_nonzeros']:,} nonzero")
@@ -570,7 +572,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                     help="feature memory budget, e.g. 2G or 512M (default 512M plus the "
                          "output, at most what is available): larger images run in bands")
-    up.add_argument("--precision", choices=["f32", "bf16", "auto"],
+    up.add_argument("--precision", choices=["f32", "bf16", "int8", "auto"],
                     help=PRECISION_HELP)
     up.add_argument("-f", "--force", action="store_true", help="overwrite outputs that exist")
     up.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -581,7 +583,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model")
     info.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     info.add_argument("--image", help="count the MACs executed on this image")
-    info.add_argument("--precision", choices=["f32", "bf16", "auto"], help=PRECISION_HELP)
+    info.add_argument("--precision", choices=["f32", "bf16", "int8", "auto"], help=PRECISION_HELP)
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_info)
     models = sub.add_parser("models", help="list the models in SPARSR_MODELS (~/.cache/sparsr)")

@@ -17,8 +17,10 @@ The model description around the graph (``model["io"]``) says how images
 enter and leave it: the pixel range the network expects, the colour layout
 and the scale. ``model["layers"]`` optionally chooses a weight format per
 convolution, by the name of its weight tensor without ``.weight``, and the
-precision its kernel computes in ("f32" or "bf16", used when the model is
-loaded with precision="auto"; tools/precision.py writes it).
+precision its kernel computes in ("f32", "bf16" or "int8", used when the
+model is loaded with precision="auto"; tools/precision.py writes it), and the
+quantization of its input for int8 kernels (``"int8": {"scale": s,
+"zero_point": 0 or 128}``, tools/quantize.py's calibration).
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ FORMAT_OPTIONS = ("n", "m")
 NM_GROUPS = (4, 8, 16, 32)     # the M of N:M formats the kernels have
 # What a layer computes in (model["layers"][name]["precision"]), and what
 # sparsr.load(precision=...) takes: "auto" is each layer's own, f32 if none.
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "int8")
 LOAD_PRECISIONS = PRECISIONS + ("auto",)
+# The zero points of int8 inputs: 0 for inputs that are never negative (ReLU
+# outputs), 128 for the others.
+INT8_ZERO_POINTS = (0, 128)
 
 
 @dataclass
@@ -217,8 +222,9 @@ class Graph:
 
 def check_layers(layers: Any) -> dict:
     """model["layers"]: {layer: {"format": one of FORMATS, "options": {"n": N,
-    "m": M}, "precision": one of PRECISIONS}}, every entry typed (other keys
-    are ignored)."""
+    "m": M}, "precision": one of PRECISIONS, "int8": {"scale": s, "zero_point":
+    z}}}, every entry typed (other keys are ignored); precision "int8" needs
+    the "int8" calibration."""
     if not isinstance(layers, dict):
         raise CheckpointError("model 'layers' must be an object")
     for name, info in layers.items():
@@ -232,6 +238,11 @@ def check_layers(layers: Any) -> dict:
         if not isinstance(precision, str) or precision not in PRECISIONS:
             raise CheckpointError(f"{where}.precision must be one of {PRECISIONS}, got "
                                   f"{precision!r:.40}")
+        if "int8" in info:
+            int8_input(info["int8"], where)
+        elif precision == "int8":
+            raise CheckpointError(f"{where}.precision is 'int8' but the layer has no 'int8' "
+                                  "calibration (scale, zero_point; tools/quantize.py writes it)")
         options = info.get("options", {})
         if not isinstance(options, dict):
             raise CheckpointError(f"{where}.options must be an object")
@@ -250,11 +261,28 @@ def check_layers(layers: Any) -> dict:
     return layers
 
 
+def int8_input(quant: Any, where: str = "int8") -> tuple[float, int]:
+    """A layer's "int8" entry as (scale, zero_point); CheckpointError, naming
+    `where`, unless the scale is a positive finite number whose inverse is
+    finite in float32 and the zero point one of INT8_ZERO_POINTS."""
+    if not isinstance(quant, dict):
+        raise CheckpointError(f"{where}.int8 must be an object with 'scale' and 'zero_point'")
+    scale, zero = quant.get("scale"), quant.get("zero_point")
+    if (not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale)
+            or not 1e-30 < scale < 1e30):
+        raise CheckpointError(f"{where}.int8.scale must be a positive finite number (within "
+                              f"1e-30..1e30), got {scale!r:.40}")
+    if zero not in INT8_ZERO_POINTS or isinstance(zero, bool):
+        raise CheckpointError(f"{where}.int8.zero_point must be one of {INT8_ZERO_POINTS}, got "
+                              f"{zero!r:.40}")
+    return float(scale), int(zero)
+
+
 class LayerChoices(Mapping):
     """model["layers"] as the ops read it, with the precision of the load
-    applied: "f32" or "bf16" for every layer, or "auto" for each layer's own
-    (f32 if it has none). A live view: a format a tool sets later in `layers`
-    is seen."""
+    applied: "f32" or "bf16" for every layer; "int8" for every layer with int8
+    calibration, each layer's own elsewhere (f32 if none); or "auto" for each
+    layer's own. A live view: a format a tool sets later in `layers` is seen."""
 
     def __init__(self, layers: dict, precision: str):
         if precision not in LOAD_PRECISIONS:
@@ -263,10 +291,13 @@ class LayerChoices(Mapping):
         self.precision = precision
 
     def precision_of(self, name: str) -> str:
-        if self.precision != "auto":
-            return self.precision
         info = self.layers.get(name)
-        return info.get("precision", "f32") if isinstance(info, dict) else "f32"
+        info = info if isinstance(info, dict) else {}
+        if self.precision == "int8" and "int8" in info:
+            return "int8"
+        if self.precision not in ("auto", "int8"):
+            return self.precision
+        return info.get("precision", "f32")
 
     def __getitem__(self, name: str) -> dict:
         info = self.layers.get(name, {})

@@ -347,7 +347,8 @@ class Model:
             "io": self.io.to_dict(),
             "isa": self.isa or _core.active_isa(),
             "precision": self.precision,
-            **_precision_report(layers, self.isa or _core.active_isa()),
+            **_precision_report(layers, self.isa or _core.active_isa(), self.precision,
+                                self.description.get("layers", {})),
             "threads": _core.num_threads(),
             "nodes": len(self.graph.nodes),
             "conv_params": sum(r["params"] for r in layers),
@@ -369,20 +370,42 @@ class Model:
         return result
 
 
-def _precision_report(layers: list[dict], isa: str) -> dict:
-    """How many layers run bf16, and a note when bf16 was asked for layers
-    that run f32 kernels (no AVX512_BF16 at the level in use, or a format
-    without a bf16 kernel)."""
-    asked = [r for r in layers if r.get("requested_precision") == "bf16"]
-    report = {"bf16_layers": sum(r.get("precision") == "bf16" for r in layers)}
-    fell_back = [r["name"] for r in asked if r.get("precision") != "bf16"]
-    if fell_back:
-        why = (f"level {isa} has no AVX512_BF16 (CPU, SPARSR_ISA or isa=)"
-               if isa not in ("avx512bf16", "amx") else "no bf16 kernel for their format")
-        report["precision_note"] = (f"bf16 asked for {len(asked)} layers; {len(fell_back)} run "
-                                    f"f32 kernels ({why}): {', '.join(fell_back[:4])}"
-                                    + (", ..." if len(fell_back) > 4 else ""))
+def _precision_report(layers: list[dict], isa: str, precision: str = "auto",
+                      stored: dict | None = None) -> dict:
+    """How many layers run bf16 and int8, and a note when bf16 or int8 was
+    asked for layers that run other kernels (no AVX512_BF16 / AVX512_VNNI at
+    the level in use, or a format without such a kernel), or when the load
+    asked for int8 and layers have no calibration data (those run their own
+    choice, f32 if none: int8_uncalibrated lists them)."""
+    report = {f"{p}_layers": sum(r.get("precision") == p for r in layers)
+              for p in ("bf16", "int8")}
+    notes = []
+    for p in ("bf16", "int8"):
+        asked = [r for r in layers if r.get("requested_precision") == p]
+        fell_back = [r["name"] for r in asked if r.get("precision") != p]
+        if fell_back:
+            why = (f"level {isa} has no {'AVX512_BF16' if p == 'bf16' else 'AVX512_VNNI'} "
+                   "(CPU, SPARSR_ISA or isa=)" if isa not in ("avx512bf16", "amx")
+                   else f"no {p} kernel for their format")
+            notes.append(f"{p} asked for {len(asked)} layers; {len(fell_back)} run f32 kernels "
+                         f"({why}): {_names(fell_back)}")
+    if precision == "int8":
+        stored = stored or {}
+        missing = list(dict.fromkeys(
+            r["name"].split("[")[0] for r in layers
+            if "int8" not in (stored.get(r["name"].split("[")[0]) or {})))
+        if missing:
+            report["int8_uncalibrated"] = missing
+            notes.append(f"int8 asked for; {len(missing)} of {len(layers)} layers have no int8 "
+                         f"calibration (tools/quantize.py) and run their own precision: "
+                         f"{_names(missing)}")
+    if notes:
+        report["precision_note"] = "; ".join(notes)
     return report
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 class ModeBound:
@@ -441,8 +464,12 @@ def load(path: str | os.PathLike, isa: str | None = None, max_memory: int | None
     rows on every image.
     precision: "f32" everywhere; "bf16" everywhere (bfloat16 weights and
     activations, f32 sums) where the kernels have it, on CPUs with
-    AVX512_BF16, f32 elsewhere (info() says so); "auto" (default) each
-    layer's choice in the checkpoint (tools/precision.py), f32 where none."""
+    AVX512_BF16, f32 elsewhere (info() says so); "int8" (s8 weights, u8
+    activations, int32 sums; on CPUs with AVX512_VNNI) on every layer with
+    int8 calibration in the checkpoint (tools/quantize.py), each layer's own
+    choice elsewhere (info()["precision_note"] lists them); "auto" (default)
+    each layer's choice in the checkpoint (tools/precision.py,
+    tools/quantize.py), f32 where none."""
     env.check()
     path = os.fspath(path)
     description, tensors, metadata = checkpoint.load(path)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..errors import CheckpointError
+from ..graph import int8_input
 from . import BuildContext, Op, RowMap, register
 
 
@@ -91,17 +93,24 @@ class PackedConv:
 
     def __init__(self, name: str, weight: np.ndarray, bias: np.ndarray | None, isa: str | None,
                  format: str = "dense", options: dict | None = None,
-                 dense_cin: int | None = None, precision: str = "f32"):
+                 dense_cin: int | None = None, precision: str = "f32",
+                 quant: tuple[float, int] | None = None):
         w = np.ascontiguousarray(weight, dtype=np.float32)
         self.name = name
         self.cout, self.cin, self.k = w.shape[0], w.shape[1], w.shape[2]
         self.nonzeros = int(np.count_nonzero(w))
         self.format = choose_format(format, w, isa, precision)
-        # bf16 where the level has a bf16 kernel of the format, else f32
-        # (native.precision says which).
+        # bf16 or int8 where the level has such a kernel of the format, else
+        # f32 (native.precision says which). int8 quantizes the input by quant,
+        # (scale, zero point).
         self.requested_precision = precision
+        extra = dict(options or {})
+        if precision == "int8":
+            if quant is None:
+                raise CheckpointError(f"layer {name!r}: int8 asked for without calibration data")
+            extra.update(in_scale=quant[0], in_zero_point=quant[1])
         self.native = _core.Conv2d(w, bias, isa=isa, format=self.format, precision=precision,
-                                   **(options or {}))
+                                   **extra)
         self.weight = w
         # Input channels of the whole layer this conv computes part of: dense
         # MACs are counted as for the whole layer.
@@ -139,9 +148,18 @@ class PackedConv:
 
 
 def layer_precision(ctx: BuildContext, layer: str) -> str:
-    """The precision the load gives layer `layer` (graph.LayerChoices): "f32" or "bf16"."""
+    """The precision the load gives layer `layer` (graph.LayerChoices): "f32",
+    "bf16" or "int8"."""
     info = ctx.layers.get(layer, {})
     return info.get("precision", "f32") if isinstance(info, dict) else "f32"
+
+
+def layer_quant(ctx: BuildContext, layer: str) -> tuple[float, int] | None:
+    """The int8 input quantization (scale, zero point) of layer `layer`, if
+    the checkpoint has it (graph.check_layers has checked it)."""
+    info = ctx.layers.get(layer, {})
+    quant = info.get("int8") if isinstance(info, dict) else None
+    return None if quant is None else int8_input(quant, f"layers[{layer!r:.60}]")
 
 
 def layer_format(ctx: BuildContext, layer: str) -> tuple[str, dict]:
@@ -187,7 +205,8 @@ class Conv2d(Op):
                 name = self.layer if self.groups == 1 else f"{self.layer}[{g}]"
                 b = None if self.bias is None else self.bias[g * og:(g + 1) * og]
                 self.parts.append(PackedConv(name, w[g * og:(g + 1) * og], b, ctx.isa, fmt,
-                                             options, precision=precision))
+                                             options, precision=precision,
+                                             quant=layer_quant(ctx, self.layer)))
         else:
             if fmt not in ("dense", "sparse"):
                 self.fail(f"format {fmt!r} needs a 1x1 or 3x3 stride-1 convolution")
@@ -196,6 +215,7 @@ class Conv2d(Op):
                                              groups=self.groups, isa=ctx.isa)
         self.weight = w
         self._format = (fmt, options, precision)
+        self._quant = layer_quant(ctx, self.layer)
         self._slices: dict[tuple[int, int, bool], PackedConv] = {}
 
     def splittable(self) -> bool:
@@ -211,7 +231,7 @@ class Conv2d(Op):
             self._slices[key] = PackedConv(self.layer, self.weight[:, c0:c1],
                                            self.bias if with_bias else None,
                                            self.parts[0].native.isa, fmt, options,
-                                           precision=precision)
+                                           precision=precision, quant=self._quant)
         return self._slices[key]
 
     def infer(self, shapes):

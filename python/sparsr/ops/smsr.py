@@ -30,7 +30,7 @@ import numpy as np
 from .. import _core
 from ..errors import CheckpointError
 from . import BuildContext, Op, RowMap, register
-from .conv import MacCounter, PackedConv, layer_format, layer_precision
+from .conv import MacCounter, PackedConv, layer_format, layer_precision, layer_quant
 
 
 @dataclass
@@ -42,6 +42,7 @@ class ConvSpec:
     format: str = "dense"
     options: dict = field(default_factory=dict)
     precision: str = "f32"
+    quant: tuple[float, int] | None = None   # int8 input (scale, zero point)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,7 +90,7 @@ def _conv(spec: ConvSpec, isa: str | None, weight: np.ndarray | None = None,
           with_bias: bool = True, dense_cin: int | None = None) -> PackedConv:
     return PackedConv(spec.name, spec.weight if weight is None else weight,
                       spec.bias if with_bias else None, isa, spec.format, spec.options, dense_cin,
-                      precision=spec.precision)
+                      precision=spec.precision, quant=spec.quant)
 
 
 class SmsrModule:
@@ -381,7 +382,8 @@ class SmsrModuleOp(Op):
                 layer = node.params[role][:-len(".weight")]
                 fmt, options = layer_format(ctx, layer)
                 specs[f"{prefix}.{conv}"] = ConvSpec(layer, t, bias, fmt, options,
-                                                     layer_precision(ctx, layer))
+                                                     layer_precision(ctx, layer),
+                                                     layer_quant(ctx, layer))
         self.module = SmsrModule(prefix, specs, ch_mask, ctx.isa, input_skip)
         self.module.dense_planes = max(self.module.dense_planes,
                                        self.attr("dense_planes", 0, int, 0, 1 << 16))
