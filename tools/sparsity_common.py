@@ -107,12 +107,12 @@ class ConvInfo:
     node: str                      # the node that owns it
     shape: tuple                   # (cout, cin / groups, kh, kw)
     groups: int = 1
-    packed: bool = True            # runs on the packed kernels: takes dense/csr/nm/sparse
+    packed: bool = True            # runs on the packed kernels: takes dense/csr/bcsr/nm/sparse
     core: bool = False             # a body layer (see core_layers)
 
     @property
     def formats(self) -> tuple[str, ...]:
-        return ("dense", "csr", "nm", "sparse") if self.packed else ("dense", "sparse")
+        return ("dense", "csr", "bcsr", "nm", "sparse") if self.packed else ("dense", "sparse")
 
 
 def conv_table(model) -> dict[str, ConvInfo]:
