@@ -12,10 +12,9 @@
 // tile's first column), with no branch on a weight.
 //
 // Tiles and bands as in conv-dense-tile.h: a run is cut into bands of
-// kDenseBandTiles tiles and every block runs over a band before the next
-// band starts, so the band's input rows stay in L2 while the blocks reread
-// them; a block's weights (at most cin x taps x B floats) stay in L1 over
-// the band.
+// kBcsrBandTiles tiles and every block runs over a band before the next band
+// starts, so the band's input rows stay in the caches while the blocks reread
+// them.
 #pragma once
 
 #include <algorithm>
@@ -27,8 +26,11 @@
 
 namespace sparsr {
 
-// Tiles per band (as kDenseBandTiles).
-constexpr int kBcsrBandTiles = 4;
+// Tiles per band: every block runs over a band of a run before the next band
+// starts. One tile (the band's inputs, 64 x 3 rows x 50 floats at 3x3 64->64,
+// about L1) beat the dense kernel's 4 (measured at 640x360, 2 threads, s = 0.7:
+// 3x3 64->64 1.15x, 1x1 64->64 1.8x, 1x1 256->64 1.3x faster; 2 tiles in between).
+constexpr int kBcsrBandTiles = 1;
 
 // One tile: output channels [sub, sub + SUB) of a block (n_out of them stored),
 // NV vectors from interior column x of row y, stored lanes [lo, hi) from x.
@@ -129,7 +131,7 @@ inline void conv_bcsr_simd(const PackedConv& w, const ConvTask& t) {
     // the next run reads that this one does not (the next row of a frame),
     // over the band's columns. 1x1: the next band of the run, or the first of
     // the next run (measured at 640x360, 2 threads, s = 0.7: 3x3 64->64 1.4x,
-    // 1x1 256->64 ... faster).
+    // 1x1 64->64 1.5x faster).
     const bool next_run = r + 1 < t.n_runs;
     for (int b0 = 0; b0 < span; b0 += band) {
       const int b1 = span - b0 < band ? span : b0 + band;
