@@ -83,6 +83,9 @@ constexpr Fit kBcsrFits[3][2] = {
 }  // namespace
 
 double bcsr_kept_fraction(const float* weight_oihw, int cout, int cin, int ksize, int block) {
+  if (block < 1)
+    throw std::invalid_argument("a bcsr block holds at least one output channel, got " +
+                                std::to_string(block));
   const int taps = ksize * ksize;
   const int blocks = (cout + block - 1) / block;
   const size_t positions = static_cast<size_t>(blocks) * cin * taps;

@@ -319,8 +319,12 @@ PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const fl
   }
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
   if (format == "csr") return pack_csr(weight_oihw, bias, cout, cin, ksize);
-  if (format == "bcsr")
+  if (format == "bcsr") {
+    if (options.n || options.m)
+      throw std::invalid_argument("the bcsr format takes no N:M options (its block is the "
+                                  "kernel's, " + std::to_string(kernel.block) + ")");
     return pack_bcsr(weight_oihw, bias, cout, cin, ksize, kernel.block);
+  }
   if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);
   throw std::invalid_argument("unknown weight format '" + format + "'");
 }
