@@ -72,14 +72,17 @@ double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize,
 // measured like the CSR fits: bcsr / dense times with random whole blocks
 // zero (s = 0, 0.35, 0.5, 0.7, 0.9), 2 threads at 360x640 (scalar 45x80),
 // CPU time, and lines put on the slow side of the shapes:
-//   3x3 (64->64, 32->64, 64->16, 128->64): AVX-512 and AVX2 within 0.04 of
-//       the slowest except 64->16 at s = 0.7 (0.05 / 0.04 slower than
-//       modelled); 128->64 the slowest at no zeros (AVX-512 1.16).
-//   1x1 (64->64, 256->64, 32->32, 64->256): AVX-512 fit to 256->64, which is
-//       near flat (0.73 at s = 0.7: memory); the others run up to 0.35
-//       faster than modelled. The bcsr 1x1 kernels beat the dense ones even
-//       without zeros (AVX-512 0.6-0.94 of dense, AVX2 0.6-0.95: one tile per
-//       band, where dense runs four), but the line keeps a margin at 1.
+//   3x3 (64->64, 32->64, 64->16, 128->64): AVX-512 and AVX2 within 0.03 of
+//       the slowest except 64->16, memory-bound at high sparsity (AVX-512 up
+//       to 0.16 slower than modelled at s = 0.7, still 0.58 of dense; AVX2
+//       0.02); the slowest at no zeros AVX-512 1.05 (64->16), AVX2 0.98.
+//   1x1 (64->64, 256->64, 32->32, 64->256): fit to the slowest, 256->64 on
+//       AVX-512 (near flat: 0.75 of dense at s = 0.7) and 64->256 / 32->32
+//       on AVX2; the others run up to 0.35 faster than modelled. The bcsr
+//       1x1 kernels beat the dense ones even without zeros (AVX-512 0.52-0.92
+//       of dense, AVX2 0.6-0.91: one tile per band, where dense runs four),
+//       but the lines stay above 0.95 at no zeros (AVX2 raised by 0.04), so
+//       that "sparse" keeps a layer without zeros dense.
 //   scalar: the twins, not tuned (3x3 5.6x dense at no zeros).
 namespace sparsr {
 namespace {
@@ -87,8 +90,8 @@ namespace {
 // [isa][ksize == 3]
 constexpr Fit kBcsrFits[3][2] = {
     {{0.14, 1.31}, {0.15, 5.60}},  // scalar: 1x1, 3x3
-    {{0.25, 0.72}, {0.06, 0.97}},  // avx2
-    {{0.68, 0.29}, {0.25, 0.91}},  // avx512
+    {{0.26, 0.70}, {0.05, 0.95}},  // avx2
+    {{0.68, 0.29}, {0.15, 0.90}},  // avx512
 };
 
 }  // namespace
