@@ -14,7 +14,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 from allocate import allocate_by_sensitivity, write_sparse_checkpoint  # noqa: E402
-from sparsity_common import conv_output_order, prune_blocks  # noqa: E402
+from sparsity_common import conv_output_order, prune_blocks, prune_blocks_nm  # noqa: E402
 from test_sparsity_tools import _fake_sensitivity  # noqa: E402
 from sparsr import _core  # noqa: E402
 
@@ -95,3 +95,51 @@ def test_block_pruned_smsr_checkpoint(smsr_checkpoint, tmp_path):
     rows = {r["name"]: r for r in m.info()["layers"]} if isinstance(m.info(), dict) else {}
     if rows and _core.isa_supported("avx512"):
         assert any(rows[n]["format"] == "bcsr" for n in names if n in rows)
+
+
+@pytest.mark.parametrize("cout,cin,block,n,m", [(16, 8, 8, 2, 4), (13, 10, 4, 1, 4),
+                                                (9, 16, 8, 4, 8), (8, 6, 8, 3, 4)])
+def test_prune_blocks_nm_shares_an_nm_pattern_per_block(cout, cin, block, n, m):
+    """Every (block, tap) keeps the same n of each m input channels for all its
+    channels, the ones of largest block norm; each output channel is n:m; a short
+    last group keeps min(n, width)."""
+    rng = np.random.default_rng(cout + cin)
+    w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    order = rng.permutation(cout)
+    out = prune_blocks_nm(w, n, m, block, order)
+    kept = out != 0
+    np.testing.assert_array_equal(out[kept], w[kept])
+    rows = kept[order]
+    sq = np.square(w.astype(np.float64))[order]
+    for b in range(0, cout, block):
+        g = rows[b:b + block]
+        assert (g == g[0]).all()                     # one pattern per block
+        norms = sq[b:b + block].sum(0)
+        for c0 in range(0, cin, m):
+            keep = g[0, c0:c0 + m]                   # (width, 3, 3)
+            assert (keep.sum(0) == min(n, keep.shape[0])).all()
+            part = norms[c0:c0 + m]
+            lo = np.where(keep, part, np.inf).min(0)
+            hi = np.where(~keep, part, -np.inf).max(0)
+            assert (lo >= hi).all()
+    with pytest.raises(ValueError):
+        prune_blocks_nm(w, 5, 4, block)
+    with pytest.raises(ValueError):
+        prune_blocks_nm(w, 2, 4, 0)
+
+
+def test_nm_prune_block_cli_writes_bcsr(smsr_checkpoint, tmp_path):
+    import subprocess
+    import sparsr
+    out = tmp_path / "nm_block.pt"
+    r = subprocess.run([sys.executable, str(TOOLS / "nm_prune.py"), str(smsr_checkpoint), "-o",
+                        str(out), "--n", "2", "--m", "4", "--block", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = sparsr.load(out)
+    name = "body.0.body.body.1"
+    assert m.description["layers"][name] == {"format": "bcsr"}
+    w = m.conv_weight(name)
+    assert np.count_nonzero(w) == w.size // 2
+    packed = np.ascontiguousarray(w[conv_output_order(m, name)])
+    assert _core.bcsr_kept_fraction(packed, 8) == pytest.approx(0.5)

@@ -115,6 +115,36 @@ def prune_blocks(weight: np.ndarray, k: int, block: int,
     return result.reshape(w.shape)
 
 
+def prune_blocks_nm(weight: np.ndarray, n: int, m: int, block: int,
+                    out_order: np.ndarray | None = None) -> np.ndarray:
+    """N:M shared by blocks: a copy of OIHW weight where every group of m consecutive
+    input channels at one (block, tap) keeps the n channels of largest block L2 norm
+    (ties: lower channel; a short last group keeps min(n, its width)) and zeroes the
+    others for the whole block. A block is `block` output channels consecutive in
+    out_order (default 0..cout-1), as prune_blocks. Every output channel is then N:M
+    sparse, and the block pattern is what the bcsr kernels skip."""
+    w = np.asarray(weight, dtype=np.float32)
+    cout, cin, kh, kw = w.shape
+    if not 1 <= n <= m:
+        raise ValueError(f"N:M needs 1 <= N <= M, got {n}:{m}")
+    if block < 1:
+        raise ValueError(f"a block holds at least one output channel, got {block}")
+    order = np.arange(cout) if out_order is None else np.asarray(out_order)
+    if sorted(order.tolist()) != list(range(cout)):
+        raise ValueError(f"out_order is not a permutation of the {cout} output channels")
+    rows = w[order]
+    out = rows.copy()
+    for b in range(0, cout, block):
+        norms = np.square(rows[b:b + block], dtype=np.float64).sum(0)   # (cin, kh, kw)
+        for g in range(0, cin, m):
+            part = norms[g:g + m]                                      # (width, kh, kw)
+            rank = np.argsort(np.argsort(-part, axis=0, kind="stable"), axis=0, kind="stable")
+            out[b:b + block, g:g + m][:, rank >= n] = 0.0
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
 def conv_output_order(model, name: str) -> np.ndarray:
     """The order in which the engine packs the output channels of conv `name`:
     an SMSR sparse mask conv stores its dense channels first (ops/smsr.py), every
