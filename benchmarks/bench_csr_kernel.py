@@ -1,4 +1,4 @@
-"""Quick check of the sparse convolution kernels (CSR, or block-sparse bcsr) against the dense kernel.
+"""Quick check of the sparse convolution kernels (CSR, or block-sparse bcsr) against dense.
 
 Times one layer at full-frame size with the dense kernel and with the sparse
 kernel at several sparsities, in the same process, and prints

@@ -11,7 +11,8 @@ convs multiply the zero sparse inputs at unimportant pixels); "b" = + input skip
 weights of a and b are identical, and so are their images; only the MACs differ.
 --block B prunes whole blocks (B output channels at one input channel and tap, the unit
 of the bcsr kernels; tools/allocate.py) to the same per-layer counts, into
-sparsmsr_<tag>_block<B>.pt. The base is the converted official checkpoint (made with tools/convert.py from
+sparsmsr_<tag>_block<B>.pt.
+The base is the converted official checkpoint (made with tools/convert.py from
 <shared>/models/smsr_x2_official.pt when --base does not exist).
 """
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nm_common import (GraphModule, NMError, PatchSampler, check_nm, finetune,  # noqa: E402
                        finetune_args, finetune_plan, load_checkpoint, nm_eligible, nm_mask,
                        nm_prune, regex_layers, write_nm_checkpoint)
-from sparsity_common import conv_output_order, conv_table, core_layers, prune_blocks_nm  # noqa: E402
+from sparsity_common import (conv_output_order, conv_table, core_layers,  # noqa: E402
+                             prune_blocks_nm)
 
 
 def select_layers(shapes: dict[str, tuple], m: int, pattern: str | None, all_eligible: bool,
