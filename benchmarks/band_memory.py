@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-GOALS = {"x2_8k": 2.5 * 2**30, "x4_4k": 1.5 * 2**30}
+GOALS = {"x2_8k": 2.5e9, "x4_4k": 1.5e9}     # the GB
 
 
 def shared() -> Path:
@@ -167,12 +167,12 @@ def main() -> None:
             goal = GOALS["x2_8k" if name.endswith("x2") else "x4_4k"]
             model, image = args.models / f"{name}.pt", test_image((w, h), folder)
             rss, seconds = peak_rss(model, image, folder / "out.png", [])
-            line = (f"{name:24s} {w}x{h}: peak RSS {rss / 2**30:5.2f} GiB (goal "
-                    f"{goal / 2**30:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
+            line = (f"{name:24s} {w}x{h}: peak RSS {rss / 1e9:5.2f} GB (goal "
+                    f"{goal / 1e9:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
             if args.torch:
                 t = torch_rss(model, image, args.torch_timeout)
                 line += ("; PyTorch whole image: does not fit" if t is None else
-                         f"; PyTorch whole image {t / 2**30:5.2f} GiB (x{t / rss:.1f})")
+                         f"; PyTorch whole image {t / 1e9:5.2f} GB (x{t / rss:.1f})")
             print(line, flush=True)
         for name in args.speed:
             print(name, flush=True)

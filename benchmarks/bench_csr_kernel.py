@@ -1,12 +1,16 @@
-"""Quick check of the CSR convolution kernels against the dense kernel.
+"""Quick check of the sparse convolution kernels (CSR, or block-sparse bcsr) against dense.
 
-Times one layer at full-frame size with the dense kernel and with the CSR
-kernel at several unstructured sparsities, in the same process, and prints
-csr_ms / ((1 - s) * dense_ms): the CSR kernel keeps its promise when this
+Times one layer at full-frame size with the dense kernel and with the sparse
+kernel at several sparsities, in the same process, and prints
+sparse_ms / ((1 - s) * dense_ms): the kernel keeps its promise when this
 ratio stays at or below the target (1.3), i.e. it turns a fraction s of zero
-weights into nearly that fraction of saved time.
+weights into nearly that fraction of saved time. CSR weights have unstructured
+zeros; bcsr weights zero whole blocks (the kernel's block of output channels at
+one input channel and tap), so 1 - s is the kept fraction of both. --peak adds
+GFLOP/s (2 x kept MACs / time) against the FMA peak measured in the same run.
 
     python benchmarks/bench_csr_kernel.py [--threads 2] [--repeats 7] [--isa avx512]
+    python benchmarks/bench_csr_kernel.py --format bcsr --peak
 """
 
 from __future__ import annotations
@@ -26,6 +30,24 @@ def random_sparse_weight(rng: np.random.Generator, cout: int, cin: int, ksize: i
     flat = weight.reshape(-1)
     flat[rng.permutation(flat.size)[: int(round(sparsity * flat.size))]] = 0.0
     return weight
+
+
+def random_block_sparse_weight(rng: np.random.Generator, cout: int, cin: int, ksize: int,
+                               sparsity: float, block: int) -> np.ndarray:
+    """OIHW float32 weights with round(sparsity * positions) whole blocks zero: a block
+    is `block` consecutive output channels at one (input channel, tap)."""
+    blocks = -(-cout // block)
+    weight = rng.standard_normal((blocks * block, cin, ksize, ksize)).astype(np.float32)
+    positions = blocks * cin * ksize * ksize
+    drop = np.zeros(positions, dtype=bool)
+    drop[rng.permutation(positions)[: int(round(sparsity * positions))]] = True
+    drop = np.repeat(drop.reshape(blocks, cin, ksize, ksize), block, axis=0)
+    weight[drop] = 0.0
+    return np.ascontiguousarray(weight[:cout])
+
+
+def bcsr_block() -> int:
+    return next(k["block"] for k in _core.kernels() if k["format"] == "bcsr")
 
 
 def time_layers(layers: dict, cin: int, cout: int, height: int, width: int, repeats: int,
@@ -56,19 +78,27 @@ def time_layers(layers: dict, cin: int, cout: int, height: int, width: int, repe
 
 def csr_vs_dense(cout: int, cin: int, ksize: int, height: int, width: int,
                  sparsities=(0.35, 0.5, 0.7), isa: str = "avx512", repeats: int = 7,
-                 seed: int = 0, clock=time.perf_counter, input_planes: int | None = None) -> dict:
+                 seed: int = 0, clock=time.perf_counter, input_planes: int | None = None,
+                 fmt: str = "csr") -> dict:
     """{"dense": ms, s: ms, ...} for one layer shape (dense weights have no zeros),
-    and {("model", s): csr / dense time predicted by _core.csr_relative_cost}.
-    input_planes: see time_layers."""
+    and {("model", s): sparse / dense time predicted by the cost model of fmt
+    (_core.csr_relative_cost or _core.bcsr_relative_cost)}; for bcsr also
+    {("csr", s): ms} of the CSR kernel on the same weights. input_planes: see time_layers."""
     rng = np.random.default_rng(seed)
     bias = rng.standard_normal(cout).astype(np.float32)
     layers = {"dense": _core.Conv2d(random_sparse_weight(rng, cout, cin, ksize, 0.0), bias,
                                     isa=isa, format="dense")}
     model = {}
     for s in sparsities:
-        weight = random_sparse_weight(rng, cout, cin, ksize, s)
-        layers[s] = _core.Conv2d(weight, bias, isa=isa, format="csr")
-        model[("model", s)] = _core.csr_relative_cost(weight, isa)
+        if fmt == "bcsr":
+            weight = random_block_sparse_weight(rng, cout, cin, ksize, s, bcsr_block())
+            model[("model", s)] = _core.bcsr_relative_cost(weight, isa)
+        else:
+            weight = random_sparse_weight(rng, cout, cin, ksize, s)
+            model[("model", s)] = _core.csr_relative_cost(weight, isa)
+        layers[s] = _core.Conv2d(weight, bias, isa=isa, format=fmt)
+        if fmt == "bcsr":   # the unstructured kernel on the same weights
+            layers[("csr", s)] = _core.Conv2d(weight, bias, isa=isa, format="csr")
     times = time_layers(layers, cin, cout, height, width, repeats, seed, clock, input_planes)
     return {**times, **model}
 
@@ -86,23 +116,44 @@ def main() -> None:
     parser.add_argument("--input-planes", type=int, default=None,
                         help="read every input channel from this many distinct planes, which "
                              "then stay in L1 (default: every channel its own plane)")
+    parser.add_argument("--format", default="csr", choices=("csr", "bcsr"))
+    parser.add_argument("--sparsities", default="0.35,0.5,0.7,0.9")
+    parser.add_argument("--shapes", default="64:64:3,256:64:1",
+                        help="cin:cout:k, comma separated")
+    parser.add_argument("--peak", action="store_true",
+                        help="GFLOP/s against the FMA peak of the level (csrc/bench/peak*)")
     args = parser.parse_args()
     clock = time.process_time if args.cpu_time else time.perf_counter
     _core.set_num_threads(args.threads)
-    sparsities = (0.35, 0.5, 0.7, 0.9)
-    for cout, cin, ksize in ((64, 64, 3), (64, 256, 1)):
+    sparsities = tuple(float(v) for v in args.sparsities.split(","))
+    peak = None
+    if args.peak:
+        from sparsr import _peak
+        # Every kernel thread; the best of three (a busy machine only lowers it).
+        peak = max(_peak.fma_peak_gflops(args.isa, 0.5) for _ in range(3))
+    shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+    for cin, cout, ksize in shapes:
         ms = csr_vs_dense(cout, cin, ksize, args.height, args.width, sparsities, args.isa,
-                          args.repeats, clock=clock, input_planes=args.input_planes)
+                          args.repeats, clock=clock, input_planes=args.input_planes,
+                          fmt=args.format)
+        dense_macs = args.height * args.width * cout * cin * ksize * ksize
         print(f"{cin}->{cout} {ksize}x{ksize} {args.height}x{args.width} {args.isa} "
               f"{args.threads} threads, {'cpu' if args.cpu_time else 'wall'} time"
               f"{'' if args.input_planes is None else f', inputs from {args.input_planes} planes'}: "
-              f"dense {ms['dense']:.2f} ms")
+              f"dense {ms['dense']:.2f} ms"
+              + (f", {2e-6 * dense_macs / ms['dense']:.1f} GFLOP/s = "
+                 f"{100 * 2e-6 * dense_macs / ms['dense'] / peak:.0f} % of the "
+                 f"{peak:.0f} GFLOP/s FMA peak" if peak else ""))
         for s in sparsities:
             ratio = ms[s] / ((1.0 - s) * ms["dense"])
             verdict = "ok" if ratio <= args.target else "SLOW"
-            print(f"  csr s={s:.2f}: {ms[s]:7.2f} ms  csr/((1-s) dense) = {ratio:.2f} "
-                  f"(target {args.target}) {verdict:4}  csr/dense = {ms[s] / ms['dense']:.2f} "
-                  f"(cost model {ms[('model', s)]:.2f})")
+            flops = 2e-6 * (1.0 - s) * dense_macs / ms[s]
+            print(f"  {args.format} s={s:.2f}: {ms[s]:7.2f} ms  {args.format}/((1-s) dense) = "
+                  f"{ratio:.2f} (target {args.target}) {verdict:4}  {args.format}/dense = "
+                  f"{ms[s] / ms['dense']:.2f} (cost model {ms[('model', s)]:.2f})"
+                  + (f"  {flops:.1f} GFLOP/s = {100 * flops / peak:.0f} % of peak" if peak else "")
+                  + (f"  csr on these weights / dense = {ms[('csr', s)] / ms['dense']:.2f}"
+                     if ("csr", s) in ms else ""))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Kernels at SMSR's real layer shapes on a 360x640 feature, 2 threads: dense,
-zero-skip (CSR) at several weight sparsities, N:M patterns, and the masked
+zero-skip (CSR) and block-sparse (bcsr) at several weight sparsities, N:M patterns, and the masked
 (gathered) path at several pixel densities. Each reports effective GFLOP/s
 (2 x kept MACs / time), percent of the FMA peak measured in the same run, and
 time / (kept MAC fraction x the engine's dense time for the same shape)."""
@@ -119,6 +119,32 @@ def test_csr(benchmark, results, peak, shape, sparsity):
             H * W * cout * cin * k * k)
 
 
+def _prune_blocks(w, sparsity, block):
+    """Whole blocks zero (block output channels at one input channel and tap),
+    smallest L2 norm first: the unit the bcsr kernels skip."""
+    cout, cin, kh, kw = w.shape
+    g = w.reshape(cout // block, block, cin * kh * kw)
+    norms = np.square(g).sum(1).ravel()
+    drop = np.zeros(norms.size, dtype=bool)
+    drop[np.argsort(norms, kind="stable")[: int(round(sparsity * norms.size))]] = True
+    out = g * ~drop.reshape(cout // block, 1, -1)
+    return out.reshape(w.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", ["3x3 64->64", "1x1 256->64"])
+@pytest.mark.parametrize("sparsity", [0.35, 0.5, 0.7, 0.9])
+def test_bcsr(benchmark, results, peak, shape, sparsity):
+    if "bcsr" not in _formats():
+        pytest.skip("no bcsr kernels in this build")
+    block = next(k["block"] for k in _core.kernels() if k["format"] == "bcsr")
+    rng, (cout, cin, k), x, y = _setup(shape)
+    w = _prune_blocks(_weights(rng, cout, cin, k), sparsity, block)
+    layer = _core.Conv2d(w, format="bcsr")
+    t = _time(benchmark, layer, x, y, _core.PixelSet.full(H, W))
+    _record(results, peak, f"{layer.kernel} s={sparsity}", shape, 1 - sparsity, t,
+            H * W * cout * cin * k * k)
+
+
 @pytest.mark.parametrize("shape", ["3x3 64->64", "1x1 256->64"])
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (2, 8), (4, 8), (8, 32), (4, 32)])
 def test_nm(benchmark, results, peak, shape, n, m):
@@ -139,6 +165,7 @@ def test_nm(benchmark, results, peak, shape, n, m):
 # system's. The dense case runs first: the others are measured against it.
 L1_SHAPE = "3x3 64->64, inputs in L1"
 L1_CASES = [("dense", 1, 1), ("csr", 0.35, 0), ("csr", 0.5, 0), ("csr", 0.7, 0),
+            ("bcsr", 0.35, 0), ("bcsr", 0.5, 0), ("bcsr", 0.7, 0),
             ("nm", 2, 4), ("nm", 1, 4), ("nm", 2, 8), ("nm", 8, 32), ("nm", 4, 32)]
 
 
@@ -154,6 +181,10 @@ def test_inputs_in_l1(benchmark, results, peak, fmt, a, b):
         layer, kept, label = _core.Conv2d(w), 1.0, ""
     elif fmt == "csr":
         layer, kept, label = _core.Conv2d(_prune_unstructured(w, a), format="csr"), 1 - a, f" s={a}"
+    elif fmt == "bcsr":
+        block = next(k["block"] for k in _core.kernels() if k["format"] == "bcsr")
+        layer = _core.Conv2d(_prune_blocks(w, a, block), format="bcsr")
+        kept, label = 1 - a, f" s={a}"
     else:
         layer, kept, label = _core.Conv2d(_prune_nm(w, a, b), format="nm", n=a, m=b), a / b, f" {a}:{b}"
     aliased = x.view([i % 2 for i in range(cin)])

@@ -179,6 +179,16 @@ PackedConv pack_dense_int8(const float* weight_oihw, const float* bias, int cout
 PackedConv pack_nm(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
                    int n, int m);
 PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize);
+// Block-sparse ("bcsr"): output channels per block, which share one pattern of
+// kept (input channel, tap) positions (pack_bcsr in pack.cc).
+constexpr int kBcsrBlock = 8;
+PackedConv pack_bcsr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                     int block);
+// Time of the bcsr kernel over the dense one for these weights at this level,
+// estimated (< 1: bcsr is faster); and the kept fraction it rests on: the
+// block positions with a nonzero over all block positions. csr-cost.cc.
+double bcsr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa);
+double bcsr_kept_fraction(const float* weight_oihw, int cout, int cin, int ksize, int block);
 // Time of the CSR kernel over the dense one for these weights at this level,
 // estimated (< 1: CSR is faster); and the work measure it rests on. csr-cost.cc.
 double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa);

@@ -45,8 +45,22 @@ def csr_weights(rng, cout, cin, k):
     return w, {}
 
 
+def bcsr_weights(rng, cout, cin, k):
+    """Block-sparse: about 60 % of the (block of output channels, input channel,
+    tap) positions zero, some zeros inside kept blocks, one input channel all zero."""
+    w, _ = dense_weights(rng, cout, cin, k)
+    block = next(kk["block"] for kk in _core.kernels() if kk["format"] == "bcsr")
+    blocks = -(-cout // block)
+    drop = np.repeat(rng.random((blocks, cin, k, k)) < 0.6, block, axis=0)[:cout]
+    w[drop] = 0
+    w[rng.random(w.shape) < 0.1] = 0
+    w[:, cin // 3] = 0
+    return w, {}
+
+
 # format -> function(rng, cout, cin, k) -> (weights, Conv2d keyword options)
-WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights, "csr": csr_weights}
+WEIGHT_MAKERS = {"dense": dense_weights, "nm": nm_weights, "csr": csr_weights,
+                 "bcsr": bcsr_weights}
 
 
 def reference_conv(x, w, b, relu=False, residual=None, slopes=None):

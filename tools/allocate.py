@@ -22,7 +22,10 @@ Allocation rule (Eq. 4 generalised to layers of unequal size N_i):
 
 Each layer is then magnitude-pruned with exactly its count (tools/sparsity_common.py),
 stored as a bit mask (checkpoint.encode_sparse), marked format "sparse", and its
-sparsity recorded in the metadata under "weight_sparsity".
+sparsity recorded in the metadata under "weight_sparsity". With --block B, whole blocks
+are pruned instead (prune_blocks: B output channels, consecutive in the order the engine
+packs them, at one input channel and tap; smallest L2 norm first), as near each layer's
+count as whole blocks allow: the unit the block-sparse (bcsr) kernels skip.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import Mapping
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsity_common import prune_smallest, resolve_layers  # noqa: E402
+from sparsity_common import (conv_output_order, prune_blocks, prune_smallest,  # noqa: E402
+                             resolve_layers)
 
 
 def _largest_remainder(shares: dict[str, float], total: int, order: list[str]) -> dict[str, int]:
@@ -115,21 +119,36 @@ def load_sensitivity(path, delta: float) -> tuple[dict[str, int], dict[str, int]
     return ks, sizes, report
 
 
-def sparsify_tensors(tensors: Mapping[str, np.ndarray], allocation: Mapping[str, int]) -> dict:
-    """A copy of tensors with each layer's `<name>.weight` magnitude-pruned to its count."""
+def sparsify_tensors(tensors: Mapping[str, np.ndarray], allocation: Mapping[str, int],
+                     block: int = 0, out_orders: Mapping[str, np.ndarray] | None = None) -> dict:
+    """A copy of tensors with each layer's `<name>.weight` magnitude-pruned to its count;
+    block > 0: whole blocks of that many output channels (prune_blocks), consecutive in
+    out_orders[name] (default: the channels' own order)."""
     out = dict(tensors)
     for name, k in allocation.items():
-        out[name + ".weight"] = prune_smallest(tensors[name + ".weight"], k)
+        w = tensors[name + ".weight"]
+        if block:
+            order = (out_orders or {}).get(name)
+            out[name + ".weight"] = prune_blocks(w, k, block, order)
+        else:
+            out[name + ".weight"] = prune_smallest(w, k)
     return out
 
 
 def write_sparse_checkpoint(base_path, out_path, allocation: Mapping[str, int], *,
-                            input_skip: bool = True, extra_metadata: dict | None = None) -> dict:
-    """Prunes the base checkpoint's layers by `allocation`, writes out_path; returns its metadata."""
+                            input_skip: bool = True, extra_metadata: dict | None = None,
+                            block: int = 0) -> dict:
+    """Prunes the base checkpoint's layers by `allocation` (block > 0: whole blocks of
+    that many output channels, see sparsify_tensors), writes out_path; returns its metadata."""
+    import sparsr
     from sparsr import checkpoint
     model, tensors, metadata = checkpoint.load(base_path)
     tensors = checkpoint.decode_sparse(tensors)
-    tensors = sparsify_tensors(tensors, allocation)
+    orders = None
+    if block:
+        net = sparsr.load(base_path)
+        orders = {name: conv_output_order(net, name) for name in allocation}
+    tensors = sparsify_tensors(tensors, allocation, block, orders)
     layers_meta = {}
     model = json.loads(json.dumps(model))
     model.setdefault("layers", {})
@@ -149,7 +168,8 @@ def write_sparse_checkpoint(base_path, out_path, allocation: Mapping[str, int], 
     metadata["base"] = Path(base_path).name
     metadata["weight_sparsity"] = {
         "overall": sum(v["zeroed"] for v in layers_meta.values()) / max(1, total),
-        "layers": layers_meta, **(extra_metadata or {})}
+        "zeros_overall": sum(v["zeros"] for v in layers_meta.values()) / max(1, total),
+        "block": int(block), "layers": layers_meta, **(extra_metadata or {})}
     checkpoint.save(out_path, model, tensors, metadata)
     return metadata
 
@@ -177,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default="core",
                    help='--uniform: "core" (default), "all" or a regex over conv names')
     p.add_argument("--max-layer-sparsity", type=float, default=1.0)
+    p.add_argument("--block", type=int, default=0,
+                   help="prune whole blocks of this many output channels at one input "
+                        "channel and tap (the bcsr kernels' unit; default 0: unstructured)")
     p.add_argument("--no-input-skip", action="store_true",
                    help='model input_skip False: SparSMSR "a" (same image, more MACs)')
     args = p.parse_args(argv)
@@ -198,7 +221,8 @@ def main(argv=None) -> int:
         extra = {"method": "uniform"}
     extra.update(target=args.target, max_layer_sparsity=args.max_layer_sparsity)
     write_sparse_checkpoint(args.model, args.output, allocation,
-                            input_skip=not args.no_input_skip, extra_metadata=extra)
+                            input_skip=not args.no_input_skip, extra_metadata=extra,
+                            block=args.block)
     print(format_allocation(allocation, sizes, ks))
     print(f"wrote {args.output}")
     return 0

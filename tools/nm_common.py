@@ -137,9 +137,11 @@ def load_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], dict]:
 
 
 def write_nm_checkpoint(path, model: dict, tensors: Mapping[str, np.ndarray],
-                        layer_n: Mapping[str, int], m: int, metadata: dict) -> None:
-    """Marks every layer of layer_n as format "nm" with its (n, m), checks the constraint,
-    stores those weights with checkpoint.encode_sparse."""
+                        layer_n: Mapping[str, int], m: int, metadata: dict,
+                        format: str = "nm") -> None:
+    """Marks every layer of layer_n as format "nm" with its (n, m) (or `format`, e.g.
+    "bcsr" for N:M shared by blocks of output channels), checks the constraint, stores
+    those weights with checkpoint.encode_sparse."""
     from sparsr import checkpoint
     model = json.loads(json.dumps(model))
     layers = model.setdefault("layers", {})
@@ -148,7 +150,8 @@ def write_nm_checkpoint(path, model: dict, tensors: Mapping[str, np.ndarray],
         if not satisfies_nm(w, n, m):
             raise NMError(f"{name}: weight violates {n}:{m} (max {max_nonzeros_per_group(w, m)} "
                           f"nonzeros in a group)")
-        layers[name] = {"format": "nm", "options": {"n": int(n), "m": int(m)}}
+        layers[name] = ({"format": "nm", "options": {"n": int(n), "m": int(m)}}
+                        if format == "nm" else {"format": format})
     enc = checkpoint.encode_sparse(dict(tensors), [n + ".weight" for n in layer_n])
     checkpoint.save(path, model, enc, metadata)
 

@@ -12,6 +12,10 @@ layers explicitly, and then a matching layer that cannot be N:M is an error. Eve
 of M consecutive input channels at one (cout, ky, kx) keeps its N largest |w| (ties:
 lower channel); when M does not divide the input channels the last group is short and
 keeps min(N, its width). The layers are written as format "nm" with options {"n", "m"}.
+--block B shares the pattern among blocks of B output channels (consecutive in the order
+the engine packs them; sparsity_common.prune_blocks_nm: a group keeps the N input channels
+of largest block L2 norm), the unit the block-sparse kernels skip; such layers are written
+as format "bcsr" (each output channel is still N:M).
 
 Fine-tuning (--finetune-steps / --finetune-minutes): L1, Adam, cosine learning rate, random
 B100 HR patches with LR made by PIL bicubic downscaling (tools/nm_common.py), on the graph
@@ -30,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nm_common import (GraphModule, NMError, PatchSampler, check_nm, finetune,  # noqa: E402
                        finetune_args, finetune_plan, load_checkpoint, nm_eligible, nm_mask,
                        nm_prune, regex_layers, write_nm_checkpoint)
-from sparsity_common import conv_table, core_layers  # noqa: E402
+from sparsity_common import (conv_output_order, conv_table, core_layers,  # noqa: E402
+                             prune_blocks_nm)
 
 
 def select_layers(shapes: dict[str, tuple], m: int, pattern: str | None, all_eligible: bool,
@@ -68,10 +73,13 @@ def select_layers(shapes: dict[str, tuple], m: int, pattern: str | None, all_eli
     return chosen, dense
 
 
-def prune_tensors(tensors: dict, layers: list[str], n: int, m: int) -> dict:
+def prune_tensors(tensors: dict, layers: list[str], n: int, m: int, block: int = 0,
+                  orders: dict | None = None) -> dict:
     out = dict(tensors)
     for name in layers:
-        out[name + ".weight"] = nm_prune(tensors[name + ".weight"], n, m)
+        w = tensors[name + ".weight"]
+        out[name + ".weight"] = (prune_blocks_nm(w, n, m, block, (orders or {}).get(name))
+                                 if block else nm_prune(w, n, m))
     return out
 
 
@@ -85,6 +93,9 @@ def main(argv=None) -> int:
     which.add_argument("--layers", help="regex over conv names: exactly these layers")
     which.add_argument("--all-eligible", action="store_true",
                        help="every conv that can be N:M, not only the core layers")
+    p.add_argument("--block", type=int, default=0,
+                   help="share the pattern among blocks of this many output channels "
+                        "(format bcsr); default 0: per output channel (format nm)")
     p.add_argument("--json", help="write a report (layers, fine-tuning) here")
     finetune_args(p)
     args = p.parse_args(argv)
@@ -111,13 +122,20 @@ def main(argv=None) -> int:
         return 2
 
     start = time.perf_counter()
-    tensors = prune_tensors(tensors, layers, args.n, args.m)
+    if args.block < 0:
+        print(f"{prog}: error: --block must be >= 0", file=sys.stderr)
+        return 2
+    orders = {n: conv_output_order(engine, n) for n in layers} if args.block else None
+    tensors = prune_tensors(tensors, layers, args.n, args.m, args.block, orders)
     report = {"tool": "tools/nm_prune.py", "base": Path(args.model).name, "n": args.n, "m": args.m,
-              "layers": {n: args.n for n in layers}, "left_dense": left_dense}
+              "block": args.block, "layers": {n: args.n for n in layers},
+              "left_dense": left_dense}
     steps, minutes = finetune_plan(args)
     if steps:
         net = GraphModule(model_desc, tensors)
-        masks = {name: nm_mask(tensors[name + ".weight"], args.n, args.m) for name in layers}
+        masks = {name: (torch.as_tensor(tensors[name + ".weight"] != 0) if args.block
+                        else nm_mask(tensors[name + ".weight"], args.n, args.m))
+                 for name in layers}
         sampler = PatchSampler(args.train_data, scale=net.scale, patch=args.patch,
                                seed=args.seed)
         report["finetune"] = finetune(net, masks, sampler, steps=steps, minutes=minutes,
@@ -127,7 +145,8 @@ def main(argv=None) -> int:
         tensors = net.export_tensors(tensors)
     report["seconds"] = time.perf_counter() - start
     metadata = dict(metadata, tool="tools/nm_prune.py", nm=report)
-    write_nm_checkpoint(args.output, model_desc, tensors, report["layers"], args.m, metadata)
+    write_nm_checkpoint(args.output, model_desc, tensors, report["layers"], args.m, metadata,
+                        format="bcsr" if args.block else "nm")
     for name, why in left_dense.items():
         print(f"left dense: {name} ({why})")
     print(f"wrote {args.output}: {len(layers)} layers {args.n}:{args.m}"

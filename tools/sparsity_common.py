@@ -2,6 +2,10 @@
 sls_search, sparsity_tables): data sets, magnitude pruning, the convolutions and core
 layers of any graph, restart points, the SparSMSR paper's tables.
 
+Block pruning (``prune_blocks``) zeroes whole blocks instead, the unit of the bcsr kernels:
+``block`` output channels at one (input channel, tap), smallest L2 norm first, as near
+``k`` weights as whole blocks allow.
+
 Magnitude pruning zeroes exactly ``k`` weights: the ``k`` smallest by |w|, ties broken
 by flat index (a stable sort). This is Eq. 1 of the SparSMSR paper with the threshold
 t = the k-th smallest |w| (0-based index k of the ascending sort, Algorithm 1 line 8)
@@ -76,6 +80,89 @@ def prune_smallest(weight: np.ndarray, k: int, order: np.ndarray | None = None) 
     return out.reshape(np.shape(weight))
 
 
+def prune_blocks(weight: np.ndarray, k: int, block: int,
+                 out_order: np.ndarray | None = None) -> np.ndarray:
+    """A copy of OIHW weight with whole blocks zero, the smallest by L2 norm (ties by
+    index), about k weights in all: a block is `block` output channels, consecutive in
+    out_order (default 0..cout-1; the last block may be short), at one (input channel,
+    tap), the unit the bcsr kernels skip. The blocks taken are the prefix of that order
+    whose weight count is nearest k (the sparsity asked, up to half a block)."""
+    w = np.asarray(weight, dtype=np.float32)
+    cout = w.shape[0]
+    k = int(k)
+    if not 0 <= k <= w.size:
+        raise ValueError(f"cannot zero {k} of {w.size} weights")
+    if block < 1:
+        raise ValueError(f"a block holds at least one output channel, got {block}")
+    order = np.arange(cout) if out_order is None else np.asarray(out_order)
+    if sorted(order.tolist()) != list(range(cout)):
+        raise ValueError(f"out_order is not a permutation of the {cout} output channels")
+    rows = w.reshape(cout, -1)[order]                        # (cout, cin * taps), packed order
+    groups = [rows[b:b + block] for b in range(0, cout, block)]
+    norms = np.concatenate([np.square(g, dtype=np.float64).sum(0) for g in groups])
+    sizes = np.concatenate([np.full(rows.shape[1], len(g)) for g in groups])
+    by_norm = np.argsort(norms, kind="stable")
+    taken = np.concatenate([[0], np.cumsum(sizes[by_norm])])
+    n = int(np.argmin(np.abs(taken - k)))
+    drop = np.zeros(norms.size, dtype=bool)
+    drop[by_norm[:n]] = True
+    mask = np.concatenate([np.repeat(d[None], len(g), 0) for d, g in
+                           zip(np.split(drop, len(groups)), groups)])
+    out = rows.copy()
+    out[mask] = 0.0
+    result = np.empty_like(out)
+    result[order] = out
+    return result.reshape(w.shape)
+
+
+def prune_blocks_nm(weight: np.ndarray, n: int, m: int, block: int,
+                    out_order: np.ndarray | None = None) -> np.ndarray:
+    """N:M shared by blocks: a copy of OIHW weight where every group of m consecutive
+    input channels at one (block, tap) keeps the n channels of largest block L2 norm
+    (ties: lower channel; a short last group keeps min(n, its width)) and zeroes the
+    others for the whole block. A block is `block` output channels consecutive in
+    out_order (default 0..cout-1), as prune_blocks. Every output channel is then N:M
+    sparse, and the block pattern is what the bcsr kernels skip."""
+    w = np.asarray(weight, dtype=np.float32)
+    cout, cin, kh, kw = w.shape
+    if not 1 <= n <= m:
+        raise ValueError(f"N:M needs 1 <= N <= M, got {n}:{m}")
+    if block < 1:
+        raise ValueError(f"a block holds at least one output channel, got {block}")
+    order = np.arange(cout) if out_order is None else np.asarray(out_order)
+    if sorted(order.tolist()) != list(range(cout)):
+        raise ValueError(f"out_order is not a permutation of the {cout} output channels")
+    rows = w[order]
+    out = rows.copy()
+    for b in range(0, cout, block):
+        norms = np.square(rows[b:b + block], dtype=np.float64).sum(0)   # (cin, kh, kw)
+        for g in range(0, cin, m):
+            part = norms[g:g + m]                                      # (width, kh, kw)
+            rank = np.argsort(np.argsort(-part, axis=0, kind="stable"), axis=0, kind="stable")
+            out[b:b + block, g:g + m][:, rank >= n] = 0.0
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+def conv_output_order(model, name: str) -> np.ndarray:
+    """The order in which the engine packs the output channels of conv `name`:
+    an SMSR sparse mask conv stores its dense channels first (ops/smsr.py), every
+    other conv in its own order. Blocks of bcsr are consecutive in this order."""
+    from sparsr.ops.smsr import channel_masks
+    key = name + ".weight"
+    cout = int(model.tensors[key].shape[0])
+    for n in model.graph.nodes:
+        if n.op != "smsr_module":
+            continue
+        for role, t in n.params.items():
+            m = re.match(r"^body\.body\.(\d+)\.weight$", role)
+            if m and t == key:
+                dense = channel_masks(model.tensors[n.params["body.ch_mask"]])[int(m.group(1))]
+                return np.concatenate([np.flatnonzero(dense), np.flatnonzero(~dense)])
+    return np.arange(cout)
+
+
 def magnitude_order(weight: np.ndarray) -> np.ndarray:
     """Flat indices by ascending |w|, ties by index."""
     return np.argsort(np.abs(np.asarray(weight, dtype=np.float32).reshape(-1)), kind="stable")
@@ -107,12 +194,12 @@ class ConvInfo:
     node: str                      # the node that owns it
     shape: tuple                   # (cout, cin / groups, kh, kw)
     groups: int = 1
-    packed: bool = True            # runs on the packed kernels: takes dense/csr/nm/sparse
+    packed: bool = True            # runs on the packed kernels: takes dense/csr/bcsr/nm/sparse
     core: bool = False             # a body layer (see core_layers)
 
     @property
     def formats(self) -> tuple[str, ...]:
-        return ("dense", "csr", "nm", "sparse") if self.packed else ("dense", "sparse")
+        return ("dense", "csr", "bcsr", "nm", "sparse") if self.packed else ("dense", "sparse")
 
 
 def conv_table(model) -> dict[str, ConvInfo]:

@@ -96,6 +96,25 @@ SPARSR_BINDINGS(0) {
   }, py::arg("weight"), py::arg("isa") = py::none(),
      "Estimated time of the CSR kernel over the dense kernel for these (cout, cin, k, k) "
      "weights at the ISA level (default: the active one); below 1, CSR is faster.");
+  m.def("bcsr_relative_cost", [](const FloatArray& weight, py::object isa) {
+    if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
+      throw std::invalid_argument("weight must be (cout, cin, k, k)");
+    return bcsr_relative_cost(weight.data(), static_cast<int>(weight.shape(0)),
+                              static_cast<int>(weight.shape(1)),
+                              static_cast<int>(weight.shape(2)), isa_arg(isa));
+  }, py::arg("weight"), py::arg("isa") = py::none(),
+     "Estimated time of the block-sparse (bcsr) kernel over the dense kernel for these "
+     "(cout, cin, k, k) weights at the ISA level (default: the active one); below 1, bcsr "
+     "is faster.");
+  m.def("bcsr_kept_fraction", [](const FloatArray& weight, int block) {
+    if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
+      throw std::invalid_argument("weight must be (cout, cin, k, k)");
+    return bcsr_kept_fraction(weight.data(), static_cast<int>(weight.shape(0)),
+                              static_cast<int>(weight.shape(1)),
+                              static_cast<int>(weight.shape(2)), block);
+  }, py::arg("weight"), py::arg("block") = kBcsrBlock,
+     "Block positions (block output channels x one input channel and tap) with a nonzero, "
+     "over all of them: the work of the bcsr kernel relative to dense.");
   m.def("csr_beneficial", [](const FloatArray& weight, py::object isa, double margin) {
     if (weight.ndim() != 4 || weight.shape(2) != weight.shape(3))
       throw std::invalid_argument("weight must be (cout, cin, k, k)");

@@ -18,6 +18,7 @@
 //   3x3 AVX2: raised by 0.14 to cover 32->64 and 64->16; 1x1 AVX2 and the
 //   scalar ones: 64->64, within 0.04 (scalar 3x3: 0.08).
 // csr_beneficial (bindings) asks for a margin of 0.05 on top.
+#include <algorithm>
 #include <cstddef>
 
 #include "sparsr.h"
@@ -61,6 +62,65 @@ double csr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize,
     throw std::invalid_argument("CSR kernels exist for 1x1 and 3x3 convolutions only");
   const Fit fit = kFits[static_cast<int>(f32_level(isa))][ksize == 3];
   return fit.alpha + fit.beta * csr_work_fraction(weight_oihw, cout, cin, ksize);
+}
+
+}  // namespace sparsr
+
+// bcsr: a kept block position costs about what a dense position does (the
+// same tile, one pointer more per position), so time relative to dense is
+// alpha + beta * kept fraction (the block positions with a nonzero),
+// measured like the CSR fits: bcsr / dense times with random whole blocks
+// zero (s = 0, 0.35, 0.5, 0.7, 0.9), 2 threads at 360x640 (scalar 45x80),
+// CPU time, and lines put on the slow side of the shapes:
+//   3x3 (64->64, 32->64, 64->16, 128->64): AVX-512 and AVX2 within 0.03 of
+//       the slowest except 64->16, memory-bound at high sparsity (AVX-512 up
+//       to 0.16 slower than modelled at s = 0.7, still 0.58 of dense; AVX2
+//       0.02); the slowest at no zeros AVX-512 1.05 (64->16), AVX2 0.98.
+//   1x1 (64->64, 256->64, 32->32, 64->256): fit to the slowest, 256->64 on
+//       AVX-512 (near flat: 0.75 of dense at s = 0.7) and 64->256 / 32->32
+//       on AVX2; the others run up to 0.35 faster than modelled. The bcsr
+//       1x1 kernels beat the dense ones even without zeros (AVX-512 0.52-0.92
+//       of dense, AVX2 0.6-0.91: one tile per band, where dense runs four),
+//       but the lines stay above 0.95 at no zeros (AVX2 raised by 0.04), so
+//       that "sparse" keeps a layer without zeros dense.
+//   scalar: the twins, not tuned (3x3 5.6x dense at no zeros).
+namespace sparsr {
+namespace {
+
+// [isa][ksize == 3]
+constexpr Fit kBcsrFits[3][2] = {
+    {{0.14, 1.31}, {0.15, 5.60}},  // scalar: 1x1, 3x3
+    {{0.26, 0.70}, {0.05, 0.95}},  // avx2
+    {{0.68, 0.29}, {0.15, 0.90}},  // avx512
+};
+
+}  // namespace
+
+double bcsr_kept_fraction(const float* weight_oihw, int cout, int cin, int ksize, int block) {
+  if (block < 1)
+    throw std::invalid_argument("a bcsr block holds at least one output channel, got " +
+                                std::to_string(block));
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
+  const size_t positions = static_cast<size_t>(blocks) * cin * taps;
+  if (positions == 0) return 0.0;
+  size_t kept = 0;
+  for (int b = 0; b < blocks; ++b)
+    for (int i = 0; i < cin; ++i)
+      for (int t = 0; t < taps; ++t) {
+        bool any = false;
+        for (int o = b * block; o < std::min(cout, (b + 1) * block) && !any; ++o)
+          any = weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t] != 0.0f;
+        kept += any;
+      }
+  return static_cast<double>(kept) / static_cast<double>(positions);
+}
+
+double bcsr_relative_cost(const float* weight_oihw, int cout, int cin, int ksize, Isa isa) {
+  if (ksize != 1 && ksize != 3)
+    throw std::invalid_argument("bcsr kernels exist for 1x1 and 3x3 convolutions only");
+  const Fit fit = kBcsrFits[static_cast<int>(f32_level(isa))][ksize == 3];
+  return fit.alpha + fit.beta * bcsr_kept_fraction(weight_oihw, cout, cin, ksize, kBcsrBlock);
 }
 
 }  // namespace sparsr

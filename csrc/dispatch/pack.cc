@@ -323,6 +323,49 @@ PackedConv pack_csr(const float* weight_oihw, const float* bias, int cout, int c
   return p;
 }
 
+// bcsr: blocks of `block` consecutive output channels (the last one padded
+// with zero channels) that share one pattern: a (ci, tap) position is kept in
+// a block when any of its channels has a nonzero there, and stored with the
+// weights of all the block's channels (zeros included).
+//   index[e]     the entry's position, ci * ksize^2 + ky * ksize + kx: the entry
+//                of the per-row pointer table the kernels build;
+//   weights      [entry][block], weights[e * block + lane] for output channel
+//                block * b + lane;
+//   counts       [blocks][cin + 1] prefix offsets: counts[b * (cin + 1) + c] is
+//                the first entry of block b with channel >= c (entries are in
+//                increasing position order), so a call that reads a prefix of
+//                the input channels needs no search;
+//   bias         cout, zero padded to whole blocks.
+// Throws std::invalid_argument for a block outside 1..64.
+PackedConv pack_bcsr(const float* weight_oihw, const float* bias, int cout, int cin, int ksize,
+                     int block) {
+  if (block < 1 || block > 64)
+    throw std::invalid_argument("bcsr blocks hold 1..64 output channels, got " +
+                                std::to_string(block));
+  PackedConv p = dense_header(bias, cout, cin, ksize, block);
+  const int taps = ksize * ksize;
+  const int blocks = (cout + block - 1) / block;
+  p.counts.resize(static_cast<size_t>(blocks) * (cin + 1));
+  for (int b = 0; b < blocks; ++b) {
+    const int o0 = b * block, o1 = std::min(cout, o0 + block);
+    int32_t* prefix = p.counts.data() + static_cast<size_t>(b) * (cin + 1);
+    for (int i = 0; i < cin; ++i) {
+      prefix[i] = static_cast<int32_t>(p.index.size());
+      for (int t = 0; t < taps; ++t) {
+        auto at = [&](int o) { return weight_oihw[(static_cast<size_t>(o) * cin + i) * taps + t]; };
+        bool kept = false;
+        for (int o = o0; o < o1; ++o) kept |= at(o) != 0.0f;
+        if (!kept) continue;
+        p.index.push_back(i * taps + t);
+        for (int lane = 0; lane < block; ++lane)
+          p.weights.push_back(o0 + lane < o1 ? at(o0 + lane) : 0.0f);
+      }
+    }
+    prefix[cin] = static_cast<int32_t>(p.index.size());
+  }
+  return p;
+}
+
 PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const float* bias,
                     int cout, int cin, int ksize, const FormatOptions& options,
                     const Int8Input& quant) {
@@ -341,6 +384,12 @@ PackedConv pack_for(const KernelInfo& kernel, const float* weight_oihw, const fl
   }
   if (format == "dense") return pack_dense(weight_oihw, bias, cout, cin, ksize, kernel.block);
   if (format == "csr") return pack_csr(weight_oihw, bias, cout, cin, ksize);
+  if (format == "bcsr") {
+    if (options.n || options.m)
+      throw std::invalid_argument("the bcsr format takes no N:M options (its block is the "
+                                  "kernel's, " + std::to_string(kernel.block) + ")");
+    return pack_bcsr(weight_oihw, bias, cout, cin, ksize, kernel.block);
+  }
   if (format == "nm") return pack_nm(weight_oihw, bias, cout, cin, ksize, options.n, options.m);
   throw std::invalid_argument("unknown weight format '" + format + "'");
 }

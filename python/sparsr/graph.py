@@ -38,7 +38,7 @@ COLORS = ("rgb", "y", "grey")
 MIN_RANGE = 1e-3
 # Weight formats a layer may ask for (model["layers"][name]["format"]), and the
 # options of the N:M one.
-FORMATS = ("dense", "csr", "nm", "sparse")
+FORMATS = ("dense", "csr", "bcsr", "nm", "sparse")
 FORMAT_OPTIONS = ("n", "m")
 NM_GROUPS = (4, 8, 16, 32)     # the M of N:M formats the kernels have
 # What a layer computes in (model["layers"][name]["precision"]), and what

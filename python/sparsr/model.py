@@ -267,7 +267,7 @@ class Model:
                         formats: dict[str, str | dict] | None = None) -> None:
         """Replaces graph tensors (same shapes; e.g. trained or pruned weights,
         by their names) and repacks every node that uses one, once. formats:
-        {conv: "dense" | "csr" | "nm" | "sparse", or {"format": ..., "options":
+        {conv: "dense" | "csr" | "bcsr" | "nm" | "sparse", or {"format": ..., "options":
         {...}}}: the layers' new formats (layers not named keep theirs)."""
         new = {}
         for name, value in tensors.items():

@@ -1,9 +1,9 @@
-"""conv2d: the packed fast convolutions (dense, CSR, N:M) and the general one.
+"""conv2d: the packed fast convolutions (dense, CSR, block CSR, N:M) and the general one.
 
 1x1 and 3x3 "same" convolutions with stride 1 run on the packed micro-kernels
 of csrc/kernels in the weight format the checkpoint chooses per layer
-(``model["layers"][name]["format"]``: "dense", "csr", "nm" or "sparse", the
-engine's choice by measured cost). Grouped ones run one packed conv per group
+(``model["layers"][name]["format"]``: "dense", "csr", "bcsr", "nm" or "sparse",
+the engine's choice by measured cost). Grouped ones run one packed conv per group
 over channel views. Everything else (other kernel sizes, strides, dilations,
 paddings) runs on the general direct convolution, dense.
 
@@ -70,22 +70,27 @@ AMX_DENSE_RELATIVE_COST = {3: 0.34, 1: 0.5}
 def choose_format(requested: str, weight: np.ndarray, isa: str | None,
                   precision: str = "f32") -> str:
     """The kernel format a layer runs with. "sparse" leaves the choice to the
-    engine: the zero-skip (CSR) kernel where its cost model, fitted to measured
-    CSR and dense kernel times, expects it to beat dense by a margin; so a
-    lightly sparse layer stays dense. In bf16 on AMX, dense is measured against
-    the AMX kernel's time instead."""
+    engine: of the zero-skip kernels, unstructured (CSR) and block-sparse (bcsr,
+    whose blocks of output channels share a pattern), the one whose cost model,
+    fitted to measured sparse and dense kernel times, expects the shorter time,
+    where it beats dense by a margin; so a lightly sparse layer stays dense. In
+    bf16 on AMX, dense is measured against the AMX kernel's time instead."""
     if requested != "sparse":
         return requested
-    if "csr" not in available_formats():
-        return "dense"
     w = np.ascontiguousarray(weight)
     k = w.shape[2] if w.ndim == 4 and w.shape[2] == w.shape[3] else 0
+    models = {"csr": _core.csr_relative_cost, "bcsr": _core.bcsr_relative_cost}
+    costs = {f: cost(w, isa) for f, cost in models.items()
+             if f in available_formats() and k in (1, 3)}
+    if not costs:
+        return "dense"
+    best = min(costs, key=costs.get)
+    margin = 0.05   # the models' error
+    dense = 1.0
     if precision == "bf16" and k in AMX_DENSE_RELATIVE_COST and \
             _core.choose_kernel("dense", k, isa, "bf16")["isa"] == "amx":
-        margin = 0.05
-        return "csr" if _core.csr_relative_cost(w, isa) < \
-            AMX_DENSE_RELATIVE_COST[k] * (1 - margin) else "dense"
-    return "csr" if _core.csr_beneficial(w, isa) else "dense"
+        dense = AMX_DENSE_RELATIVE_COST[k]
+    return best if costs[best] < dense * (1 - margin) else "dense"
 
 
 class PackedConv:
