@@ -423,13 +423,11 @@ class Executor:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
         the same result as run(), in the memory of a band. pool_limit: the
         most bytes of freed buffers kept for reuse meanwhile (default: a
-        half of the band's estimated working set, at least 64 MiB: a
-        quarter left SMSR x2 at 1920x1080 mapping buffers anew in every band,
-        8 % slower)."""
+        POOL_SHARE of the band's estimated working set, at least 64 MiB)."""
         bplan = self.band_plan(x.height, x.width, band_rows)
         if pool_limit is None:
             per_row = self.plan(x.height, x.width).peak_bytes / x.height
-            pool_limit = max(64 << 20, int(per_row * band_rows / 2))
+            pool_limit = max(64 << 20, int(POOL_SHARE * per_row * band_rows))
         rt = Run(mode, self.isa)
         old = _core.set_pool_limit(pool_limit)
         try:
@@ -547,6 +545,11 @@ DEFAULT_BUDGET = 512 << 20
 # The fewest rows of a band chosen by memory: one (slow with wide halos, but
 # it runs).
 MIN_BAND_ROWS = 1
+# Freed buffers a band run keeps for reuse beyond 64 MiB, as a share of its
+# band's working set, and budgeted for in band heights. At 0.5 SMSR x2 at
+# 1920x1080 ran 8 % faster (fewer buffers mapped anew per band) but
+# realesr-animevideov3 x4 at 1920x1080 peaked at 1.56 GB against 1.37 GB at 0.
+POOL_SHARE = 0.0
 
 
 @dataclass
@@ -584,8 +587,9 @@ def choose_execution(executor: Executor, height: int, width: int,
     probe = executor.band_plan(height, width, tile or least)
     out = probe.output_bytes()
     # What a row of a band costs: the whole-image peak per row, less the
-    # output (held whole either way), with a margin for halos.
-    per_row = 1.25 * max(plan.peak_bytes - out, 0) / height + 1
+    # output (held whole either way), with a margin for halos, and the share
+    # of freed buffers the run keeps for reuse (POOL_SHARE, see run_bands).
+    per_row = (1 + POOL_SHARE) * 1.25 * max(plan.peak_bytes - out, 0) / height + 1
     stored = probe.store_bytes()
     # Values kept across passes stay in memory when the bands beside them are
     # at least the forced tile, or half as tall as with the values in files.
