@@ -93,6 +93,31 @@ def loss(base: dict[str, float], got: dict[str, float]) -> float:
     return max(base[d] - got[d] for d in base)
 
 
+def search(scorer: Scorer, names: list[str], base: dict, every: dict, tolerance: float,
+           precision: str, log=print) -> tuple[set, dict, dict]:
+    """The layers to run in `precision` (every one when that keeps the
+    tolerance; else the longest prefix of the least sensitive alone that
+    does, by bisection), the scores with them, and each layer's loss alone."""
+    alone: dict[str, float] = {}
+    if loss(base, every) <= tolerance:
+        return set(names), every, alone
+    for name in names:
+        alone[name] = loss(base, scorer.score({name}, names))
+        log(f"  {name} alone: {alone[name]:+.4f} dB")
+    order = sorted(names, key=lambda n: alone[n])   # least sensitive first
+    lo, hi = 0, len(order) - 1   # the prefix of lo layers keeps the tolerance; of hi + 1 not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        drop = loss(base, scorer.score(set(order[:mid]), names))
+        log(f"  first {mid} in {precision}: {drop:+.4f} dB")
+        if drop <= tolerance:
+            lo = mid
+        else:
+            hi = mid - 1
+    chosen = set(order[:lo])
+    return chosen, scorer.score(chosen, names), alone
+
+
 def choose(scorer: Scorer, tolerance: float, log=print) -> dict:
     names = bf16_candidates(scorer)
     if not names:
@@ -103,25 +128,7 @@ def choose(scorer: Scorer, tolerance: float, log=print) -> dict:
     log(f"f32: {base}")
     every = scorer.score(set(names), names)
     log(f"all {len(names)} layers bf16: {every}, loss {loss(base, every):+.4f} dB")
-    alone = {}
-    if loss(base, every) <= tolerance:
-        chosen, final = set(names), every
-    else:
-        for name in names:
-            alone[name] = loss(base, scorer.score({name}, names))
-            log(f"  {name} alone: {alone[name]:+.4f} dB")
-        order = sorted(names, key=lambda n: alone[n])
-        lo, hi = 0, len(order) - 1   # the prefix of lo layers keeps the tolerance; of hi + 1 not
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            drop = loss(base, scorer.score(set(order[:mid]), names))
-            log(f"  first {mid} in bf16: {drop:+.4f} dB")
-            if drop <= tolerance:
-                lo = mid
-            else:
-                hi = mid - 1
-        chosen = set(order[:lo])
-        final = scorer.score(chosen, names)
+    chosen, final, alone = search(scorer, names, base, every, tolerance, "bf16", log)
     return {"layers": {n: "bf16" if n in chosen else "f32" for n in names},
             "psnr_f32": base, "psnr_chosen": final, "loss_db": loss(base, final),
             "loss_alone_db": alone, "tolerance_db": tolerance, "mode": scorer.mode,

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate import dataset_pairs, load_rgb, resolve_dataset  # noqa: E402
-from precision import Scorer, loss  # noqa: E402
+from precision import Scorer, loss, search  # noqa: E402
 
 import sparsr  # noqa: E402
 from sparsr import checkpoint  # noqa: E402
@@ -164,25 +164,7 @@ def choose(scorer: Int8Scorer, observer: Observer, clips: Sequence[str], toleran
     clip = min(clips, key=lambda c: loss(base, by_clip[c]))
     scorer.quant = {n: observer.quant(n, clip) for n in layers}
     every = by_clip[clip]
-    alone = {}
-    if loss(base, every) <= tolerance:
-        chosen, final = set(names), every
-    else:
-        for name in names:
-            alone[name] = loss(base, scorer.score({name}, names))
-            log(f"  {name} alone: {alone[name]:+.4f} dB")
-        order = sorted(names, key=lambda n: alone[n])   # least sensitive first
-        lo, hi = 0, len(order) - 1   # the prefix of lo layers keeps the tolerance; of hi + 1 not
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            drop = loss(base, scorer.score(set(order[:mid]), names))
-            log(f"  first {mid} in int8: {drop:+.4f} dB")
-            if drop <= tolerance:
-                lo = mid
-            else:
-                hi = mid - 1
-        chosen = set(order[:lo])
-        final = scorer.score(chosen, names)
+    chosen, final, alone = search(scorer, names, base, every, tolerance, "int8", log)
     return {"layers": {n: "int8" if n in chosen else "f32" for n in names},
             "int8": scorer.quant, "clip": clip,
             "loss_by_clip_db": {c: loss(base, v) for c, v in by_clip.items()},
