@@ -171,13 +171,25 @@ void conv_dense_int8(const PackedConv& w, const ConvTask& t) {
     needed.assign(n_rows, 0);
     for (size_t r = r0; r < r1; ++r)
       for (int ky = 0; ky < K; ++ky) needed[t.runs[r].y - y0 + ky] = 1;
-    for (int q = 0; q < used_quads; ++q)
-      for (int i = 0; i < n_rows; ++i) {
-        if (!needed[i]) continue;
-        const int64_t at = (y0 + shift + i) * ld + xa + shift;
-        const float* src[4];
-        for (int j = 0; j < 4; ++j) src[j] = 4 * q + j < t.cin ? t.in[4 * q + j] + at : nullptr;
-        convert_quads(buffer.data() + q * quad_stride + i * row_stride, src, cols, quantize);
+    // The rows to convert, in order; each prefetches the next one's.
+    auto sources = [&](int q, int i, const float** src) {
+      const int64_t at = (y0 + shift + i) * ld + xa + shift;
+      for (int j = 0; j < 4; ++j) src[j] = 4 * q + j < t.cin ? t.in[4 * q + j] + at : nullptr;
+    };
+    int pq = -1, pi = 0;  // the previous needed row, converted once the next is known
+    const float* src[4];
+    const float* next[4];
+    for (int q = 0; q <= used_quads; ++q)
+      for (int i = 0; i < (q < used_quads ? n_rows : 1); ++i) {
+        const bool last = q == used_quads;
+        if (!last && !needed[i]) continue;
+        if (!last) sources(q, i, next);
+        if (pq >= 0)
+          convert_quads(buffer.data() + pq * quad_stride + pi * row_stride, src, cols, quantize,
+                        last ? nullptr : next);
+        for (int j = 0; j < 4; ++j) src[j] = next[j];
+        pq = q;
+        pi = i;
       }
     for (size_t r = r0; r < r1; ++r) {
       const Run run = t.runs[r];
