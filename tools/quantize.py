@@ -18,7 +18,7 @@ carry their input quantization (``layers[name]["int8"] = {"scale",
    point 128 and scale clip / 127.
 2. Candidates: the layers that run an int8 kernel, of the kernel sizes
    --ksizes (default 1 and 3; the 1x1 int8 kernel, which quantizes every
-   input for 8 MACs of it, takes 0.52x the f32 1x1's time at 256->64, 0.65x
+   input for 8 MACs of it, takes 0.46x the f32 1x1's time at 256->64, 0.57x
    at 64->64: benchmarks/bench_int8.py kernels).
 3. Choice, as tools/precision.py does for bf16 (its Scorer and loss): every
    layer int8 if that keeps the tolerance on every dataset (mean Y-PSNR,
