@@ -233,13 +233,13 @@ class FakeObserver:
 
 def test_quantize_choice_drops_the_most_sensitive_layers_first():
     report = quantize_tool.choose(FakeScorer(), FakeObserver(), ["max", "p99.99"], 0.01,
-                                  log=lambda *_: None)
+                                  ksizes=(3,), log=lambda *_: None)
     assert report["clip"] == "p99.99"          # half the loss of "max"
     # Candidates a, b, e, f (c is a 1x1, d has no int8 kernel). Alone: b 0.002,
     # a 0.004, f 0.02, e 0.03: e and f fall back (a + b lose 0.004 and 0.003).
     assert report["layers"] == {"a": "int8", "b": "int8", "e": "f32", "f": "f32"}
     assert report["loss_db"] == pytest.approx(0.004)
-    with_1x1 = quantize_tool.choose(FakeScorer(), FakeObserver(), ["max"], 1.0, ksizes=(1, 3),
-                                    log=lambda *_: None)
+    with_1x1 = quantize_tool.choose(FakeScorer(), FakeObserver(), ["max"], 1.0,
+                                    log=lambda *_: None)   # default: 1x1s and 3x3s
     assert set(with_1x1["layers"]) == {"a", "b", "c", "e", "f"}
     assert set(with_1x1["layers"].values()) == {"int8"}

@@ -6,7 +6,7 @@ carry their input quantization (``layers[name]["int8"] = {"scale",
 ``sparsr.load(path, precision="int8")`` every calibrated one.
 
     python tools/quantize.py smsr_x2.pt -o smsr_x2_int8.pt [--calib B100] [--patches 100]
-        [--patch 96] [--clip max|p99.99|...|best] [--ksizes 3] [--data Set5 --data Set14]
+        [--patch 96] [--clip max|p99.99|...|best] [--ksizes 1,3] [--data Set5 --data Set14]
         [--tolerance 0.05] [--mode mask|dense] [--images N] [--json report.json]
 
 1. Calibration: the model runs in f32 on LR patches of --calib (the centre
@@ -17,8 +17,9 @@ carry their input quantization (``layers[name]["int8"] = {"scale",
    (a ReLU output) gets zero point 0 and scale clip / 255, any other zero
    point 128 and scale clip / 127.
 2. Candidates: the layers that run an int8 kernel, of the kernel sizes
-   --ksizes (default 3: the 1x1 int8 kernel, whose quantization of every
-   input costs as much as its MACs, measured 0.9-1.25x the f32 1x1's time).
+   --ksizes (default 1 and 3; the 1x1 int8 kernel, which quantizes every
+   input for 8 MACs of it, takes 0.46x the f32 1x1's time at 256->64, 0.57x
+   at 64->64: benchmarks/bench_int8.py kernels).
 3. Choice, as tools/precision.py does for bf16 (its Scorer and loss): every
    layer int8 if that keeps the tolerance on every dataset (mean Y-PSNR,
    tools/evaluate.py's metric); otherwise each layer alone in int8 gives its
@@ -143,7 +144,7 @@ def candidates(scorer: Int8Scorer, names: Sequence[str],
 
 
 def choose(scorer: Int8Scorer, observer: Observer, clips: Sequence[str], tolerance: float,
-           ksizes: Sequence[int] = (3,), log=print) -> dict:
+           ksizes: Sequence[int] = (1, 3), log=print) -> dict:
     layers = [r["name"].split("[")[0] for r in scorer.model(set(), []).layer_table()]
     layers = [n for n in dict.fromkeys(layers) if n in observer.low]
     scorer.quant = {n: observer.quant(n, clips[0]) for n in layers}
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--patches", type=int, default=100, help="calibration images (default 100)")
     p.add_argument("--patch", type=int, default=96, help="side of a calibration patch (LR)")
     p.add_argument("--clip", choices=CLIPS + ("best",), default="best")
-    p.add_argument("--ksizes", default="3", help="kernel sizes to quantize: 3, 1 or 1,3")
+    p.add_argument("--ksizes", default="1,3", help="kernel sizes to quantize: 3, 1 or 1,3 "
+                   "(default)")
     p.add_argument("--data", action="append", help="dataset (default: Set5 and Set14)")
     p.add_argument("--tolerance", type=float, default=0.05, help="dB of PSNR (default 0.05)")
     p.add_argument("--mode", choices=["mask", "dense"], default="mask")

@@ -34,10 +34,17 @@ struct Quantizer {
 // int32 -> int16 -> u8 with saturation (vpackssdw, vpackuswb: 128-bit lane l
 // then holds the bytes of pixels 4l..4l + 3 channel by channel), and a byte
 // shuffle within each lane into one word per pixel.
-inline void convert_quads(uint32_t* dst, const float* const* src, int cols, const Quantizer& q) {
+// ahead (nullable, its entries nullable): the four rows converted next,
+// prefetched line by line meanwhile: the rows come from features far larger
+// than the caches, and each starts four new streams.
+inline void convert_quads(uint32_t* dst, const float* const* src, int cols, const Quantizer& q,
+                          const float* const* ahead = nullptr) {
   const __m512i order = _mm512_broadcast_i32x4(
       _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
   for (int j = 0; j < cols; j += 16) {
+    if (ahead)
+      for (int c = 0; c < 4; ++c)
+        if (ahead[c]) _mm_prefetch(reinterpret_cast<const char*>(ahead[c] + j), _MM_HINT_T0);
     const __mmask16 lanes = VecAvx512::range(0, cols - j);
     auto at = [&](int c) { return src[c] ? src[c] + j : nullptr; };
     const __m512i ab = _mm512_packs_epi32(q(at(0), lanes), q(at(1), lanes));
