@@ -259,6 +259,20 @@ def _print_table4(tr, rows):
 PEER_ENGINES = ("OpenVINO f32", "OpenVINO default", "ONNX Runtime")
 
 
+def same_precision_peer(run: str, default_precision: str | None) -> str | None:
+    """The OpenVINO run at sparsr run `run`'s precision: its f32 run for sparsr's
+    f32 runs, its default run for a bf16 one when that default is bf16."""
+    if run.endswith(" bf16"):
+        return "OpenVINO default" if default_precision == "bf16" else None
+    if run.endswith(" int8"):
+        return None
+    return "OpenVINO f32"
+
+
+def _ratio(t: float, peer: float | None) -> str:
+    return _fmt(peer and t / peer, ".2f") + ("x" if peer else "")
+
+
 def _print_peers(tr, peer_rows):
     import importlib.metadata as md
 
@@ -273,25 +287,27 @@ def _print_peers(tr, peer_rows):
     tr.section("sparsr vs OpenVINO and ONNX Runtime (640x360 input, 2 threads, "
                "interleaved rounds, medians)")
     tr.write_line(f"OpenVINO {version('openvino')}, ONNX Runtime {version('onnxruntime')}; "
-                  "ratios are sparsr's time over the peer's, within the same rounds; "
-                  "sparsr runs f32, so only the OpenVINO f32 ratio is at the same precision")
-    tr.write_line(f"| model | sparsr run | sparsr (s) | vs OpenVINO f32 | vs {default} "
+                  "ratios are sparsr's time over the peer's, within the same rounds. "
+                  "'same precision': a sparsr f32 run against OpenVINO f32, a bf16 run against "
+                  f"OpenVINO's default when that is bf16 ({precision or 'unknown'} here)")
+    tr.write_line(f"| model | sparsr run | sparsr (s) | vs OpenVINO, same precision "
+                  f"| vs OpenVINO f32 | vs {default} "
                   f"| vs ONNX Runtime | OpenVINO f32 (s) | {default} (s) | ONNX Runtime (s) "
                   "| rounds | max abs diff vs OpenVINO f32 (0..255) |")
-    tr.write_line("|---|---|---|---|---|---|---|---|---|---|---|")
+    tr.write_line("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in peer_rows:
         peer = {e: p.medians.get(e) for e in PEER_ENGINES}
         for run, t in p.medians.items():
             if not run.startswith("sparsr "):
                 continue
-            ratios = " | ".join(_fmt(peer[e] and t / peer[e], ".2f") + ("x" if peer[e] else "")
-                                for e in PEER_ENGINES)
+            ratios = " | ".join(_ratio(t, peer[e]) for e in PEER_ENGINES)
+            same = _ratio(t, peer.get(same_precision_peer(run, p.default_precision)))
             times = " | ".join(_fmt(peer[e], ".3f") for e in PEER_ENGINES)
             diff = _fmt(p.diffs.get(run), ".1e")
             if run in p.diffs and p.reference != "OpenVINO f32":
                 diff += f" (vs {p.reference})"
-            tr.write_line(f"| {p.model} | {run.removeprefix('sparsr ')} | {t:.3f} | {ratios} "
-                          f"| {times} | {p.rounds} | {diff} |")
+            tr.write_line(f"| {p.model} | {run.removeprefix('sparsr ')} | {t:.3f} | {same} "
+                          f"| {ratios} | {times} | {p.rounds} | {diff} |")
     peer_diffs = [f"{p.model} " + ", ".join(f"{e} {p.diffs[e]:.3g}" for e in PEER_ENGINES
                                             if e in p.diffs)
                   for p in peer_rows if p.reference == "OpenVINO f32"]
