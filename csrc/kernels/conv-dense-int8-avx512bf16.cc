@@ -14,6 +14,7 @@
 // with the accumulators in registers, see int8_tile). A 1x1 gains less:
 // quantizing an input costs a good part of what its MACs do (256->64: 0.52x
 // the f32 time, 64->64: 0.65x).
+#include <utility>
 #include <vector>
 
 #include "conv-dense-tile.h"
@@ -157,6 +158,7 @@ void conv_dense_int8(const PackedConv& w, const ConvTask& t) {
                            ? static_cast<int>(kQuadBufferBytes / quad_bytes) : K;
   thread_local std::vector<uint32_t> buffer;
   thread_local std::vector<uint8_t> needed;
+  thread_local std::vector<std::pair<int, int>> todo;
   for (size_t r0 = 0; r0 < t.n_runs;) {
     // The chunk [r0, r1): rows y0 .. y0 + n_rows - 1 of the buffer, its runs'
     // rows in increasing order.
@@ -171,26 +173,25 @@ void conv_dense_int8(const PackedConv& w, const ConvTask& t) {
     needed.assign(n_rows, 0);
     for (size_t r = r0; r < r1; ++r)
       for (int ky = 0; ky < K; ++ky) needed[t.runs[r].y - y0 + ky] = 1;
-    // The rows to convert, in order; each prefetches the next one's.
-    auto sources = [&](int q, int i, const float** src) {
-      const int64_t at = (y0 + shift + i) * ld + xa + shift;
+    // The rows to convert, (quad, row) in order; each prefetches the next one's.
+    todo.clear();
+    for (int q = 0; q < used_quads; ++q)
+      for (int i = 0; i < n_rows; ++i)
+        if (needed[i]) todo.push_back({q, i});
+    auto sources = [&](std::pair<int, int> row, const float** src) {
+      const int q = row.first;
+      const int64_t at = (y0 + shift + row.second) * ld + xa + shift;
       for (int j = 0; j < 4; ++j) src[j] = 4 * q + j < t.cin ? t.in[4 * q + j] + at : nullptr;
     };
-    int pq = -1, pi = 0;  // the previous needed row, converted once the next is known
-    const float* src[4];
-    const float* next[4];
-    for (int q = 0; q <= used_quads; ++q)
-      for (int i = 0; i < (q < used_quads ? n_rows : 1); ++i) {
-        const bool last = q == used_quads;
-        if (!last && !needed[i]) continue;
-        if (!last) sources(q, i, next);
-        if (pq >= 0)
-          convert_quads(buffer.data() + pq * quad_stride + pi * row_stride, src, cols, quantize,
-                        last ? nullptr : next);
-        for (int j = 0; j < 4; ++j) src[j] = next[j];
-        pq = q;
-        pi = i;
-      }
+    for (size_t k = 0; k < todo.size(); ++k) {
+      const float* src[4];
+      const float* next[4];
+      sources(todo[k], src);
+      const bool more = k + 1 < todo.size();
+      if (more) sources(todo[k + 1], next);
+      convert_quads(buffer.data() + todo[k].first * quad_stride + todo[k].second * row_stride,
+                    src, cols, quantize, more ? next : nullptr);
+    }
     for (size_t r = r0; r < r1; ++r) {
       const Run run = t.runs[r];
       int x, lo;
