@@ -264,8 +264,6 @@ def same_precision_peer(run: str, default_precision: str | None) -> str | None:
     f32 runs, its default run for a bf16 one when that default is bf16."""
     if run.endswith(" bf16"):
         return "OpenVINO default" if default_precision == "bf16" else None
-    if run.endswith(" int8"):
-        return None
     return "OpenVINO f32"
 
 

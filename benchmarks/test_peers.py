@@ -51,20 +51,14 @@ def _sparsmsr_3b(request):
     return paths["3b"], None
 
 
-def has_bf16() -> bool:
-    """True where sparsr's bf16 kernels run (AVX512_BF16, not lowered by SPARSR_ISA)."""
-    from sparsr import _core
-    return _core.active_isa() == "avx512bf16"
-
-
-def _engines(request, path, arch, onnx_path, planes, missing):
+def _engines(request, model, path, arch, onnx_path, planes, missing):
     """name -> a run of the network on `planes`; OpenVINO's default precision; notes.
 
-    sparsr runs f32, and also bf16 where the CPU has it (names ending in
-    " bf16"): every layer whose kernels have bf16 runs it, the others f32."""
+    model: `path` loaded in f32. sparsr runs f32, and also bf16 where its
+    kernels have it on this CPU (names ending in " bf16"): every layer whose
+    kernels have bf16 runs it, the others f32."""
     import sparsr
     x = planes[None]
-    precisions = ["f32", "bf16"] if has_bf16() else ["f32"]
     runs = {"dense": (path, "dense")}
     notes, default_precision = [], None
     if arch == "smsr":
@@ -74,10 +68,15 @@ def _engines(request, path, arch, onnx_path, planes, missing):
             runs["SparSMSR 3b"] = (sparse, "mask")
         else:
             notes.append(why)
-    if len(precisions) == 1:
-        notes.append(f"no bf16 rows: sparsr's bf16 kernels need AVX512_BF16 "
-                     f"(active level {sparsr._core.active_isa()})")
-    engines, loaded = {}, {}
+    loaded = {(path, "f32"): model}
+    precisions = ["f32"]
+    bf16 = sparsr.load(path, precision="bf16")
+    if bf16.info()["bf16_layers"]:
+        loaded[(path, "bf16")] = bf16
+        precisions.append("bf16")
+    else:
+        notes.append(f"no bf16 rows: {bf16.info().get('precision_note', 'no layer runs bf16')}")
+    engines = {}
     for precision in precisions:
         for run, (p, mode) in runs.items():
             key = (p, precision)
@@ -110,14 +109,14 @@ def test_peers(benchmark, results, request, shared_dir, bench_image, work_dir, s
 
     load_before = os.getloadavg()[0]
     path = _sparsr_path(request, shared_dir, work_dir, spec)
-    model = sparsr.load(path)
+    model = sparsr.load(path, precision="f32")
     sd = pth.read_state_dict(shared_dir / "models" / spec.file)
     arch = pth.detect(sd)[0].NAME
     onnx_path = work_dir / f"{spec.id}.onnx"
     peers.export_onnx(peers.reference_module(arch, sd, spec.scale), onnx_path, model.io.channels)
     planes = peers.network_input(model, bench_image)
     sparsr.set_num_threads(THREADS)
-    engines, default_precision, notes = _engines(request, path, arch, onnx_path, planes, missing)
+    engines, default_precision, notes = _engines(request, model, path, arch, onnx_path, planes, missing)
 
     # The warm-up run of each engine gives the outputs compared: those of the
     # dense network (the masked and pruned SMSR runs compute another one); only
