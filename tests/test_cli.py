@@ -131,6 +131,17 @@ def test_format_suffix_outscale_quality(tmp_path, capsys, model):
     run(capsys, "upscale", src, "-o", out / "q95.jpg", "-m", "x")
     run(capsys, "upscale", src, "-o", out / "q10.jpg", "-m", "x", "--quality", "10")
     assert (out / "q10.jpg").stat().st_size < (out / "q95.jpg").stat().st_size
+    for level in ("0", "9"):
+        code, _, err = run(capsys, "upscale", src, "-o", out / f"c{level}.png", "-m", "x",
+                           "--compression", level)
+        assert code == 0, err
+    assert (out / "c9.png").stat().st_size < (out / "c0.png").stat().st_size
+    with Image.open(out / "c9.png") as a, Image.open(out / "c0.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["upscale", str(src), "-o", str(out / "c.png"), "-m", "x", "--compression", "10"])
+    assert stop.value.code == 2
+    assert "--compression must be a deflate level 0..9" in capsys.readouterr().err
     code, _, err = run(capsys, "upscale", src, "-o", out / "t.tiff", "-m", "x")
     assert code == 0 and opened(out / "t.tiff", "format") == "TIFF"
     # an explicit file name and --format must agree

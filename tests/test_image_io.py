@@ -351,3 +351,25 @@ def test_large_16bit_files_cross_encoder_bands(tmp_path):
         np.testing.assert_array_equal(read_bytes(data, tmp_path, f"l.{fmt.lower()}").pixels, a)
         with Image.open(io.BytesIO(data)) as im:
             np.testing.assert_array_equal(np.asarray(im), (a >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("pixels", [
+    np.tile(np.arange(64, dtype=np.uint8), (48, 1))[..., None].repeat(3, 2),   # 8-bit, Pillow
+    np.tile(np.arange(0, 65536, 1024, dtype=np.uint16), (48, 1)),                 # 16-bit PNG
+], ids=["png8", "png16"])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_compression_level_changes_the_size_not_the_pixels(tmp_path, fmt, pixels):
+    sizes = {}
+    for level in (0, 9):
+        data = encode(pixels, fmt, compression=level)
+        loaded = read_bytes(data, tmp_path, f"c{level}.{fmt.lower()}")
+        np.testing.assert_array_equal(np.asarray(loaded.pixels), pixels)
+        sizes[level] = len(data)
+    assert sizes[9] < sizes[0] / 2          # level 0 stores the deflate blocks uncompressed
+    assert len(encode(pixels, fmt)) < sizes[0]
+
+
+@pytest.mark.parametrize("level", [-1, 10, 2.5, True, "4"])
+def test_bad_compression_level(level):
+    with pytest.raises(ValueError, match="deflate level 0..9"):
+        encode(np.zeros((4, 4, 3), np.uint8), "PNG", compression=level)

@@ -355,14 +355,15 @@ def _size(pixels: Any) -> tuple[int, int]:
     return pixels.size
 
 
-def _write(job: Job, big: Any, loaded: image.ImageFile, quality: int | None) -> None:
+def _write(job: Job, big: Any, loaded: image.ImageFile, quality: int | None,
+           compression: int | None = None) -> None:
     parent = os.path.dirname(job.output)
     try:
         if parent:
             os.makedirs(parent, exist_ok=True)
         write_atomically(job.output, lambda f: image.write(
             f, big, job.format, icc_profile=loaded.icc_profile, exif=loaded.exif,
-            quality=quality))
+            quality=quality, compression=compression))
     except OSError as e:
         reason = e.strerror or str(e)
         if e.errno in _DISK_ERRORS:
@@ -400,7 +401,7 @@ def _upscale(args) -> int:
             except ImageError as e:
                 raise ImageError(f"{job.source}: {e}") from None
             elapsed = time.perf_counter() - start
-            _write(job, big, loaded, args.quality)
+            _write(job, big, loaded, args.quality, args.compression)
         except SparsrError as e:
             bar.clear()
             if len(jobs) == 1 or isinstance(e, _BatchStops):
@@ -517,6 +518,12 @@ def _positive(kind: type, what: str, top: float | None = None):
     return parse
 
 
+def _level(text: str) -> int:
+    if text.strip().isdigit() and int(text) <= 9:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"--compression must be a deflate level 0..9, got {text!r}")
+
+
 def _bytes(text: str) -> int:
     """A memory size: bytes, or a number with K, M, G or T (powers of 1024)."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -557,6 +564,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--suffix", default="", help="add _SUFFIX to output names in a directory")
     up.add_argument("--quality", type=_positive(int, "--quality", 100),
                     help="JPEG/WebP quality 1..100 (default 95)")
+    up.add_argument("--compression", type=_level, metavar="0..9",
+                    help=f"PNG/TIFF deflate level (default {image.DEFAULT_COMPRESSION}; 9: "
+                         "smallest files, slowest)")
     up.add_argument("--alpha", choices=["model", "bicubic", "drop"], default="model",
                     help="alpha channel: upscaled by the model (default), bicubically, or dropped")
     up.add_argument("-r", "--recursive", action="store_true",

@@ -326,11 +326,24 @@ def _exif_bytes(exif: Any) -> bytes | None:
         return None
 
 
+# Deflate level of PNG and TIFF output. On x4 upscales of Set14 images and a
+# 7680x4320 upscaled frame, level 4 wrote files 0-11 % larger than level 6
+# (Pillow's default) in 2.1-2.6x less time (the frame: 7.9 against 20.2 s).
+DEFAULT_COMPRESSION = 4
+
+
 def write(f: BinaryIO, pixels: Any, fmt: str, *, icc_profile: bytes | None = None,
-          exif: bytes | None = None, quality: int | None = None) -> None:
+          exif: bytes | None = None, quality: int | None = None,
+          compression: int | None = None) -> None:
     """Encodes pixels (a PIL image, or a numpy uint8/uint16 (H, W[, C]) array)
-    as fmt ("PNG", "JPEG", "WEBP", "TIFF" or another format Pillow writes)."""
+    as fmt ("PNG", "JPEG", "WEBP", "TIFF" or another format Pillow writes).
+    quality: JPEG/WebP 1..100 (default 95); compression: PNG/TIFF deflate
+    level 0..9 (default DEFAULT_COMPRESSION)."""
     from PIL import Image
+
+    level = DEFAULT_COMPRESSION if compression is None else compression
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 9:
+        raise ValueError(f"compression must be a deflate level 0..9, got {compression!r}")
 
     img = pixels if isinstance(pixels, Image.Image) else None
     array = _samples(img) if img is not None else pixels
@@ -339,9 +352,9 @@ def write(f: BinaryIO, pixels: Any, fmt: str, *, icc_profile: bytes | None = Non
             array, img = _to_8bit(array), None    # JPEG, WebP: 8 bits is all they hold
         if fmt == "TIFF":
             return _write_tiff(f, array, img is not None and img.mode == "CMYK", icc_profile,
-                               exif)
+                               exif, level)
         if array.dtype == np.uint16:
-            return _write_png16(f, array, icc_profile, exif)
+            return _write_png16(f, array, icc_profile, exif, level)
         if img is None:
             img = Image.fromarray(np.ascontiguousarray(array))
     if fmt == "PNG" and img.mode in ("CMYK", "YCbCr"):
@@ -355,6 +368,8 @@ def write(f: BinaryIO, pixels: Any, fmt: str, *, icc_profile: bytes | None = Non
         options["exif"] = exif
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = 95 if quality is None else quality
+    if fmt == "PNG":
+        options["compress_level"] = level
     img.save(f, format=fmt, **options)
 
 
@@ -373,7 +388,7 @@ def _to_8bit(a: np.ndarray) -> np.ndarray:
 
 
 def _write_png16(f: BinaryIO, a: np.ndarray, icc_profile: bytes | None,
-                 exif: bytes | None) -> None:
+                 exif: bytes | None, level: int = DEFAULT_COMPRESSION) -> None:
     """A 16-bit PNG (grey, grey+alpha, RGB, RGBA) with libpng's filter choice:
     per row, the filter whose output has the least sum of absolute values.
     Filtered and compressed in bands of rows: a few bands' memory, and Ctrl-C
@@ -388,7 +403,7 @@ def _write_png16(f: BinaryIO, a: np.ndarray, icc_profile: bytes | None,
         f.write(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
     if exif:
         f.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
-    deflate = zlib.compressobj(6)
+    deflate = zlib.compressobj(level)
     pending = b""
     band = max(1, (4 << 20) // max(1, row_bytes))
     previous = np.zeros((1, row_bytes), np.uint8)
@@ -429,7 +444,7 @@ def _png_filter(raw: np.ndarray, previous: np.ndarray, bpp: int) -> np.ndarray:
 
 
 def _write_tiff(f: BinaryIO, a: np.ndarray, cmyk: bool, icc_profile: bytes | None,
-                exif: bytes | None) -> None:
+                exif: bytes | None, level: int = DEFAULT_COMPRESSION) -> None:
     """A deflate-compressed TIFF of 8 or 16 bits per sample, with the ICC
     profile and EXIF (its tags in the image's directory, as TIFF keeps them)."""
     from PIL import Image, TiffImagePlugin
@@ -441,7 +456,7 @@ def _write_tiff(f: BinaryIO, a: np.ndarray, cmyk: bool, icc_profile: bytes | Non
     channels = 1 if a.ndim == 2 else a.shape[2]
     bits = a.dtype.itemsize * 8
     # Compressed in bands of rows, so that Ctrl-C is seen between them.
-    deflate = zlib.compressobj(6)
+    deflate = zlib.compressobj(level)
     band = max(1, (4 << 20) // max(1, a[:1].nbytes))
     parts = [deflate.compress(np.ascontiguousarray(a[top:top + band],
                                                    dtype=a.dtype.newbyteorder("<")))
