@@ -109,7 +109,7 @@ def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path) -> Non
 
 
 TORCH_CHILD = """
-import sys, numpy as np, torch
+import resource, sys, numpy as np, torch
 from PIL import Image
 sys.path.insert(0, sys.argv[3])
 from torch_graph import GraphModule
@@ -118,32 +118,47 @@ net = GraphModule.from_checkpoint(sys.argv[1]).eval()
 x = torch.from_numpy(np.asarray(Image.open(sys.argv[2]).convert("RGB"), np.float32))
 with torch.inference_mode():
     y = net.upscale_batch(x.permute(2, 0, 1)[None].contiguous())
-print(tuple(y.shape))
+print(tuple(y.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 def torch_rss(model: Path, image: Path, timeout: float) -> int | None:
-    """Peak RSS of PyTorch's whole-image run, None when it does not finish."""
+    """Peak RSS of PyTorch's whole-image run (its own getrusage, as
+    /usr/bin/time reports it), None when it does not finish. The run is
+    stopped when its RSS passes 60 % of the memory available (an address-space
+    cap would stop PyTorch at once: it reserves far more than it touches)."""
     tools = Path(__file__).resolve().parents[1] / "tools"
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", TORCH_CHILD, str(model), str(image),
-           str(tools)]
-    # At most 60 % of the memory available, as address space: a run that
-    # needs more "does not fit" (and leaves the rest of the machine alone).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
     from sparsr.executor import available_memory
     limit = int(0.6 * (available_memory() or 8 << 30))
-
-    def cap():
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    child = subprocess.Popen([sys.executable, "-c", TORCH_CHILD, str(model), str(image),
+                              str(tools)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    deadline = time.monotonic() + timeout
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
-    except subprocess.TimeoutExpired:
-        return None
-    if r.returncode:
-        return None
-    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) * 1024
+        while child.poll() is None:
+            if time.monotonic() > deadline or _rss(child.pid) > limit:
+                child.kill()
+                child.wait()
+                return None
+            time.sleep(0.05)
+        out = child.stdout.read().split()
+        return int(out[-1]) * 1024 if child.returncode == 0 and out else None
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def main() -> None:
