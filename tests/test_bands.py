@@ -102,6 +102,16 @@ def conv3x3_chain(net):
 
 
 @op_graph
+def conv3x3_own_residual(net):
+    # RFDN's conv(x) + x: the residual is the convolution's own input, whose
+    # row beside the band must be computed all the same.
+    x = _chain(net, net.b.input, 4)
+    y = net.b.leaky_relu(net.b.add(net.conv(x, 4, 4), x), 0.05)
+    y = net.b.add(net.conv(y, 4, 4), y)
+    return net.conv(y, 4, 3), 1
+
+
+@op_graph
 def conv_general(net):
     x = _chain(net, net.b.input, 4)
     a = net.conv(x, 4, 4, k=5)                      # 5x5, pad 2
@@ -247,6 +257,9 @@ def test_real_models_in_bands_equal_whole(converted, name):
     _check(model, 21, 17, rows_list=rows, spill=(False,), modes=("mask", "dense")
            if name.startswith("smsr") else ("mask",))
     _check(model, 26, 15, rows_list=(7,), spill=(True,))
+    if name.startswith("rfdn"):
+        # Sizes at which the ESA's low-resolution maps have several rows.
+        _check(model, 40, 33, rows_list=(7,), spill=(False,))
 
 
 def test_upscale_in_bands_gives_the_same_image(converted, shared_dir):

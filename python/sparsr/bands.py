@@ -199,11 +199,15 @@ class BandPlan:
                 if b <= a:
                     continue
                 work = self._work(i, s, a, b)
-                for v, win in zip(s.inputs, work.windows):
+                n_read = len(s.inputs) - (s.residual is not None)
+                for k, (v, win) in enumerate(zip(s.inputs, work.windows)):
                     if win is None:
                         continue
                     lo, hi = win
-                    if s.row_map.border and v != s.residual:
+                    # The convolution's input reads a row beside its window,
+                    # a fused residual (the last input, which may be the same
+                    # value) does not.
+                    if s.row_map.border and k < n_read:
                         lo, hi = max(0, lo - 1), min(self.shapes[v][1], hi + 1)
                     need_lo[v] = min(need_lo.get(v, INF), lo)
                     need_hi[v] = max(need_hi.get(v, 0), hi)
