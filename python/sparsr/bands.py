@@ -442,18 +442,21 @@ def _reduce_whole(bplan, v, values, stores, stat):
             stat.add(stores[v].read(r0, r1))
 
 
-def _call(s: BandStep, rt, inputs, masks, i, crop):
+def _call(s: BandStep, rt, inputs, masks, i, crop, presets=()):
     """Runs one step on its input windows; masks it gives are cropped to the
-    output rows (crop: (first, last) window rows) and kept per step."""
+    output rows (crop: (first, last) window rows) and kept per step. presets:
+    (shape, make) of views its outputs may be written into (Run.new)."""
     n_masks = len(rt.masks)
     rt._inputs = inputs
     rt._inplace = False
+    rt._presets = list(presets)
     if s.act is not None or s.residual is not None:
         res = inputs[-1] if s.residual is not None else None
         outs = s.op.run_fused(rt, inputs[:1], s.act, res)
     else:
         outs = s.op.run(rt, inputs)
     rt._inputs = []
+    rt._presets = []
     for m in rt.masks[n_masks:]:
         masks.setdefault(i, []).append(m if crop is None else m[crop[0]:crop[1]])
     del rt.masks[n_masks:]
@@ -493,7 +496,9 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
             s = steps[w.step]
             inputs = [values[v] if win is None else window(v, *win)
                       for v, win in zip(s.inputs, w.windows)]
-            outs = _call(s, rt, inputs, masks, w.step, (w.a - w.o0, w.b - w.o0))
+            ready: dict[str, tuple] = {}
+            outs = _call(s, rt, inputs, masks, w.step, (w.a - w.o0, w.b - w.o0),
+                         _merged_outputs(bplan, s, w, keep, buffers, stores, ready))
             del inputs
             for v, o in zip(s.outputs, outs):
                 if o.height != w.b - w.o0 or w.a != w.o0:
@@ -503,6 +508,10 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
                     o = o.rows(w.a - w.o0, w.b - w.o0)
                 for stat in reducers.get(v, []):
                     stat.add(o)
+                if v in ready and o is ready[v][2]:
+                    # Written straight below the rows kept from the band before.
+                    buffers[v] = ready.pop(v)[:2]
+                    continue
                 st = stores.get(v)
                 if st is not None:
                     st.write(o, w.a)
@@ -532,6 +541,32 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
         for v in list(buffers):
             _trim(buffers, stores, later, v)
         band_done()
+
+
+def _merged_outputs(bplan, s: BandStep, w: Work, keep, buffers, stores, ready) -> list:
+    """Presets (Run.new) for the outputs of step s that keep rows from the
+    band before, when the step's rows are exactly the new ones: an op that
+    asks for a feature of the new rows' shape gets the rows below the kept
+    ones in a buffer that holds both (made then, the kept rows copied in; in
+    ready: value -> (buffer, its first row, the view)). Saves copying the new
+    rows after the op, a whole band's feature each."""
+    presets = []
+    if w.a != w.o0:
+        return presets
+    for v in s.outputs:
+        first = keep.get(v, INF)
+        if first >= w.a or v in stores or v not in buffers:
+            continue
+        c, _, width = bplan.shapes[v]
+
+        def make(v=v, first=first, c=c, width=width):
+            old, old_first = buffers[v]
+            buf = _core.Feature(c, w.b - first, width, written=c).view()
+            _core.copy(old.rows(first - old_first, w.a - old_first), buf.rows(0, w.a - first))
+            ready[v] = (buf, first, buf.rows(w.a - first, w.b - first))
+            return ready[v][2]
+        presets.append(((c, w.b - w.a, width), make))
+    return presets
 
 
 def _trim(buffers, stores, later, v):

@@ -120,8 +120,18 @@ class Run:
         self._full: dict[tuple[int, int], Any] = {}
         self._inputs: list[Any] = []
         self._inplace = False
+        # Views an op's new outputs may be: (shape, make), each made and
+        # taken once by a request of its shape that writes every plane (band
+        # execution hands out the rows below those it keeps from the band
+        # before).
+        self._presets: list[tuple[Shape, Any]] = []
 
     def new(self, channels: int, height: int, width: int, written: int = 0):
+        if written == channels:
+            for k, (shape, make) in enumerate(self._presets):
+                if shape == (channels, height, width):
+                    del self._presets[k]
+                    return make()
         return _core.Feature(channels, height, width, written=written).view()
 
     def output(self, i: int, shape: Shape):
