@@ -2,6 +2,7 @@
 
     python benchmarks/band_memory.py MODELS_DIR [--cases smsr_x2:3840x2160 rfdn_x4:1920x1080 ...]
         [--torch] [--speed smsr_x2 ...] [--rounds 5] [--large-rounds 1]
+        [--speed-sizes 640x360 1920x1080 3840x2160]
 
 Memory: each case is one `sparsr upscale` process under /usr/bin/time -v; its
 peak RSS (the whole process) is printed beside the goal and, with --torch,
@@ -71,7 +72,8 @@ def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
-def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path) -> None:
+def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path,
+          sizes: tuple = ((640, 360), (1920, 1080), (3840, 2160))) -> None:
     import sparsr
     from PIL import Image
 
@@ -89,7 +91,8 @@ def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path) -> Non
         cpu, wall = _medians(ts)
         print(f"  640x360 {name:9s} cpu {cpu:7.2f} s  x{cpu / base:5.2f} of whole   "
               f"(wall {wall:6.2f} s)", flush=True)
-    sizes = ((640, 360), (1920, 1080), (3840, 2160))
+    if len(sizes) < 2:
+        return
     inputs = {s: image(*s) for s in sizes}
     for s in sizes[1:]:
         m.process(inputs[s])                      # warm: first touches of this much memory
@@ -171,6 +174,9 @@ def main() -> None:
     p.add_argument("--speed", nargs="*", default=[])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--large-rounds", type=int, default=1)
+    p.add_argument("--speed-sizes", nargs="*", default=["640x360", "1920x1080", "3840x2160"],
+                   help="pixel rates at these sizes, against the first's (one size: the "
+                        "tile ratios alone)")
     p.add_argument("--torch", action="store_true", help="PyTorch's whole-image peak RSS too")
     p.add_argument("--torch-timeout", type=float, default=900)
     args = p.parse_args()
@@ -191,7 +197,8 @@ def main() -> None:
             print(line, flush=True)
         for name in args.speed:
             print(name, flush=True)
-            speed(args.models / f"{name}.pt", args.rounds, args.large_rounds, folder)
+            sizes = tuple(tuple(int(v) for v in size.split("x")) for size in args.speed_sizes)
+            speed(args.models / f"{name}.pt", args.rounds, args.large_rounds, folder, sizes)
 
 
 if __name__ == "__main__":
