@@ -262,6 +262,16 @@ def test_real_models_in_bands_equal_whole(converted, name):
         _check(model, 40, 33, rows_list=(7,), spill=(False,))
 
 
+def test_esa_upsampling_at_1920_wide_reads_no_row_past_its_end(converted):
+    # RLFN's ESA resizes (16, 23, 318) to (16, 150, 1920): the AVX-512 vertical
+    # pass's last vector loaded whole rows past the end of the source buffer
+    # (a segfault when the buffer ended at its mapping's edge).
+    model = converted("rlfn_ntire2022_x4.pth")
+    rgb = np.random.default_rng(0).random((150, 1920, 3), dtype=np.float32)
+    out = model.process(rgb)
+    assert out.shape == (600, 7680, 3) and np.isfinite(out).all()
+
+
 def test_upscale_in_bands_gives_the_same_image(converted, shared_dir):
     from PIL import Image
 

@@ -143,17 +143,25 @@ inline void vertical_vector(const float* const* rows, const float* w, int n, flo
     for (int k = 1; k < kTaps; ++k) v = V::fmadd(V::load(rows[k] + x), weight[k], v);
     return v;
   };
+  // Floats [x, x + count) alone: a source row may end where its buffer's
+  // mapping does, so no load reaches past the row.
+  auto part = [&](int x, int count) {
+    const auto m = V::range(0, count);
+    typename V::T v = mul(V::load(rows[0] + x, m), weight[0]);
+    for (int k = 1; k < kTaps; ++k) v = V::fmadd(V::load(rows[k] + x, m), weight[k], v);
+    V::store(dst + x, v, m);
+  };
   int x = 0;
   if (stream) {
     // Up to the first aligned vector of dst, then whole lines past the caches.
     const int head = static_cast<int>((W - reinterpret_cast<uintptr_t>(dst) / 4 % W) % W);
-    if (head > 0) V::store(dst, sum(0), V::range(0, std::min(head, n)));
+    if (head > 0) part(0, std::min(head, n));
     x = std::min(head, n);
     for (; x + W <= n; x += W) V::stream(dst + x, sum(x));
     _mm_sfence();
   }
   for (; x + W <= n; x += W) V::store(dst + x, sum(x));
-  if (x < n) V::store(dst + x, sum(x), V::range(0, n - x));
+  if (x < n) part(x, n - x);
 }
 
 template <class V>
