@@ -195,9 +195,9 @@ def main() -> None:
                 line += ("; PyTorch whole image: does not fit" if t is None else
                          f"; PyTorch whole image {t / 1e9:5.2f} GB (x{t / rss:.1f})")
             print(line, flush=True)
+        sizes = tuple(tuple(int(v) for v in size.split("x")) for size in args.speed_sizes)
         for name in args.speed:
             print(name, flush=True)
-            sizes = tuple(tuple(int(v) for v in size.split("x")) for size in args.speed_sizes)
             speed(args.models / f"{name}.pt", args.rounds, args.large_rounds, folder, sizes)
 
 

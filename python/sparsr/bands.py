@@ -522,10 +522,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
                 if first >= w.a:
                     buffers[v] = (o, w.a)
                     continue
-                old, old_first = buffers[v]
-                c, _, width = bplan.shapes[v]
-                merged = _core.Feature(c, w.b - first, width, written=c).view()
-                _core.copy(old.rows(first - old_first, w.a - old_first), merged.rows(0, w.a - first))
+                merged = _with_kept_rows(bplan, buffers, v, first, w.a, w.b)
                 _core.copy(o, merged.rows(w.a - first, w.b - first))
                 buffers[v] = (merged, first)
             del outs, o
@@ -559,14 +556,22 @@ def _merged_outputs(bplan, s: BandStep, w: Work, keep, buffers, stores, ready) -
             continue
         c, _, width = bplan.shapes[v]
 
-        def make(v=v, first=first, c=c, width=width):
-            old, old_first = buffers[v]
-            buf = _core.Feature(c, w.b - first, width, written=c).view()
-            _core.copy(old.rows(first - old_first, w.a - old_first), buf.rows(0, w.a - first))
+        def make(v=v, first=first):
+            buf = _with_kept_rows(bplan, buffers, v, first, w.a, w.b)
             ready[v] = (buf, first, buf.rows(w.a - first, w.b - first))
             return ready[v][2]
         presets.append(((c, w.b - w.a, width), make))
     return presets
+
+
+def _with_kept_rows(bplan, buffers, v, first: int, a: int, b: int):
+    """A buffer for rows [first, b) of v, its rows [first, a) copied from v's
+    buffer (the rows kept from the band before); rows [a, b) are the caller's."""
+    old, old_first = buffers[v]
+    c, _, width = bplan.shapes[v]
+    buf = _core.Feature(c, b - first, width, written=c).view()
+    _core.copy(old.rows(first - old_first, a - old_first), buf.rows(0, a - first))
+    return buf
 
 
 def _trim(buffers, stores, later, v):
