@@ -200,6 +200,46 @@ def test_pth_weights_are_refused_naming_the_tensor(tmp_path, change, match):
         convert(src, tmp_path / "out.pt")
 
 
+def _signalling_nan(dtype):
+    ints, bits = (np.uint32, 0x7F800001) if dtype == np.float32 else (np.uint64, 0x7FF0000000000001)
+    return np.array(bits, ints).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quiet_nans_sets_only_the_quiet_bit_of_signalling_nans(dtype):
+    from sparsr.importers import quiet_nans
+
+    a = np.array([1.0, -0.0, np.inf, np.nan, 0.0, 3.5], dtype)
+    a[4] = _signalling_nan(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quiet_nans(a)
+        assert np.isnan(q[4]) and q.astype(np.float64)[4] != 0
+    assert a.view(a.dtype.str.replace("f", "u"))[4] == _signalling_nan(dtype).view(
+        a.dtype.str.replace("f", "u"))                 # the input is left as it was
+    np.testing.assert_array_equal(np.delete(q, 4), np.delete(a, 4))
+    b = np.array([1.0, np.nan], dtype)
+    assert quiet_nans(b) is b                          # nothing to do: no copy
+
+
+def test_a_signalling_nan_in_a_mean_shift_is_refused_without_warnings(tmp_path):
+    # The fuzzer's RCAN file: a signalling NaN in sub_mean.weight made
+    # numpy warn "invalid value encountered in cast" while reading the range.
+    _fsrcnn_sd()                                       # puts tests/ on sys.path
+    from archs import checks
+    from archs.edsr import EDSR
+
+    sd = {k: torch.from_numpy(v) for k, v in
+          checks.random_state(EDSR(n_resblocks=1, n_feats=8)).items()}
+    sd["sub_mean.weight"].view(-1)[8] = torch.from_numpy(_signalling_nan(np.float32))
+    src = tmp_path / "edsr_x2.pth"
+    torch.save(sd, src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match="'sub_mean.weight' holds NaN or infinite"):
+            convert(src, tmp_path / "out.pt")
+
+
 def test_a_smsr_state_dict_with_a_missing_block_is_refused_by_key(tmp_path):
     from fuzz.seeds import smsr_state_dict
     from sparsr.importers.archs import smsr

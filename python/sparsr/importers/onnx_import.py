@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..graph import IO, MIN_RANGE, Graph, Node
+from . import quiet_nans
 from .builder import GraphBuilder
 
 # The graph ops this importer writes (HELPERS "Op semantics"; smsr_module aside).
@@ -320,7 +321,7 @@ class _Lowering:
         self.index = -1
         for init in self.graph.initializer:
             try:
-                self.env[init.name] = Known(np.array(onnx.numpy_helper.to_array(init)))
+                self.env[init.name] = Known(quiet_nans(np.array(onnx.numpy_helper.to_array(init))))
             except Exception as e:
                 raise CheckpointError(f"initializer {init.name!r} cannot be read "
                                       f"({type(e).__name__}: {e})") from None
@@ -1409,7 +1410,7 @@ def _f_constant(lo, ins, a):
         if key in a:
             v = a[key]
             if key == "value":
-                return [onnx.numpy_helper.to_array(v)]
+                return [quiet_nans(np.array(onnx.numpy_helper.to_array(v)))]
             dtype = np.float32 if "float" in key else np.int64
             return [np.asarray(v, dtype)]
     lo.fail(f"a Constant with {sorted(a)} is not supported")

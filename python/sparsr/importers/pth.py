@@ -25,6 +25,7 @@ import numpy as np
 from .. import checkpoint
 from ..errors import CheckpointError
 from ..model import Model
+from . import quiet_nans
 from .archs import ARCHITECTURES
 
 # Containers training frameworks wrap a state_dict in, most preferred first
@@ -95,7 +96,7 @@ def _as_numpy(value: Any, key: str, path: Path) -> np.ndarray:
         # hand them over; a weight never is one.
         raise CheckpointError(f"{where} has dtype {value.dtype}, not a weight type")
     try:
-        return value.numpy()
+        return quiet_nans(value.numpy())
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(f"{where} cannot be read as an array ({e})") from None
 
