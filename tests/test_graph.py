@@ -275,6 +275,26 @@ def test_pooled_buffers_are_released_on_request(tmp_path, rng):
     assert _core.release_buffers() == held and _core.pooled_bytes() == 0
 
 
+def test_live_feature_bytes_and_their_peak_count_every_feature():
+    from sparsr import _core
+    from sparsr.executor import feature_bytes
+
+    _core.reset_peak_feature_bytes()
+    base = _core.live_feature_bytes()
+    small = _core.Feature(3, 5, 7)                 # from malloc
+    big = _core.Feature(64, 100, 100)              # from the pool
+    sizes = feature_bytes(3, 5, 7) + feature_bytes(64, 100, 100)
+    assert sizes <= _core.live_feature_bytes() - base <= sizes + 8192
+    del big
+    assert _core.live_feature_bytes() - base < feature_bytes(3, 5, 7) + 4096
+    peak = _core.reset_peak_feature_bytes()
+    assert sizes <= peak - base <= sizes + 8192
+    # The next peak starts from the bytes alive.
+    assert _core.reset_peak_feature_bytes() == _core.live_feature_bytes()
+    del small
+    assert _core.live_feature_bytes() == base
+
+
 def test_planned_memory_bounds_a_run_before_allocating(tmp_path, rng):
     sd, (model, tensors) = _residual_net(rng)
     path = _save(tmp_path, model, tensors)

@@ -49,6 +49,10 @@ SPARSR_BINDINGS(0) {
   m.def("release_buffers", &release_pooled_buffers,
         "Returns the pooled feature buffers to the OS; the bytes released.");
   m.def("pooled_bytes", &pooled_buffer_bytes, "Bytes of feature buffers held for reuse.");
+  m.def("live_feature_bytes", &live_feature_bytes, "Bytes of features alive now.");
+  m.def("reset_peak_feature_bytes", &reset_peak_feature_bytes,
+        "The most bytes of features alive at once since the last reset; the next peak starts "
+        "from the live bytes.");
   m.def("set_pool_limit", &set_pooled_buffer_limit, py::arg("bytes"),
         "The most bytes of freed feature buffers kept for reuse; returns the previous limit.");
   m.def("kernels", [] {

@@ -1,6 +1,7 @@
 #include "runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -121,13 +122,33 @@ class BufferPool {
 // Buffers below this size come from malloc's own free lists cheaply.
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
 
+// Bytes of features alive, and their high-water mark since the last reset:
+// what the executor's memory estimates are checked against.
+std::atomic<size_t> g_live_bytes{0};
+std::atomic<size_t> g_peak_bytes{0};
+
+void count_feature(size_t bytes) {
+  const size_t now = g_live_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
 }  // namespace
+
+size_t live_feature_bytes() { return g_live_bytes.load(std::memory_order_relaxed); }
+
+size_t reset_peak_feature_bytes() {
+  return g_peak_bytes.exchange(g_live_bytes.load(std::memory_order_relaxed),
+                               std::memory_order_relaxed);
+}
 
 size_t release_pooled_buffers() { return BufferPool::get().release_all(); }
 size_t pooled_buffer_bytes() { return BufferPool::get().pooled(); }
 size_t set_pooled_buffer_limit(size_t bytes) { return BufferPool::get().set_limit(bytes); }
 
 void Feature::Free::operator()(float* p) const {
+  g_live_bytes.fetch_sub(bytes, std::memory_order_relaxed);
   if (bytes >= kPoolMinBytes) {
     BufferPool::get().give(p, bytes);
   } else {
@@ -178,6 +199,7 @@ Feature::Feature(int channels, int height, int width, int written)
     std::memset(p, 0, bytes);
   }
   data_ = std::unique_ptr<float, Free>(p, Free{bytes});
+  count_feature(bytes);
 }
 
 // ---------------------------------------------------------------- Channels

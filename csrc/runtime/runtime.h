@@ -114,6 +114,10 @@ class Conv2d {
 // this returns them to the OS and gives the bytes released.
 size_t release_pooled_buffers();
 size_t pooled_buffer_bytes();
+// Bytes of features alive now; and their most since the last reset (the
+// reset returns that peak and starts the next one from the live bytes).
+size_t live_feature_bytes();
+size_t reset_peak_feature_bytes();
 // The most bytes the pool keeps (default 1 GiB); gives the previous limit.
 size_t set_pooled_buffer_limit(size_t bytes);
 
