@@ -159,6 +159,16 @@ def resizes(net):
 
 
 @op_graph
+def resize_to_size(net):
+    # An ESA-like branch: pooled small, resized back to the size of a value
+    # it reads only for its shape (which band execution need not store).
+    x = _chain(net, net.b.input, 4)
+    s = net.b.max_pool(net.conv(x, 4, 4, stride=2, padding=0), 3, 3)
+    up = net.b.resize(s, "bilinear", like=x)
+    return net.conv(net.b.mul(x, net.b.sigmoid(up)), 4, 3), 1
+
+
+@op_graph
 def shuffles(net):
     x = _chain(net, net.b.input, 4)
     a = net.b.pixel_unshuffle(net.b.pixel_shuffle(net.conv(x, 4, 16, k=1), 2), 2)
@@ -260,6 +270,22 @@ def test_real_models_in_bands_equal_whole(converted, name):
     if name.startswith("rfdn"):
         # Sizes at which the ESA's low-resolution maps have several rows.
         _check(model, 40, 33, rows_list=(7,), spill=(False,))
+
+
+def test_a_value_read_for_its_shape_alone_is_not_read_whole(monkeypatch):
+    from sparsr import bands
+
+    net = Net(5)
+    model = net.model(*resize_to_size(net))
+    bp = model._executor.band_plan(30, 27, 4)
+    resize = next(s for s in bp.steps if s.kind == "whole"
+                  and getattr(s.op, "node", None) is not None and s.op.node.op == "resize")
+    assert resize.op.shape_inputs() == (1,)
+    read = []
+    whole = bands._whole
+    monkeypatch.setattr(bands, "_whole", lambda bplan, v, *a: read.append(v) or whole(bplan, v, *a))
+    _check(model, 30, 27, rows_list=(1, 4), spill=(False, True))
+    assert resize.inputs[0] in read and resize.inputs[1] not in read
 
 
 def test_esa_upsampling_at_1920_wide_reads_no_row_past_its_end(converted):

@@ -136,11 +136,13 @@ class BandPlan:
                 self.level[v], self.is_global[v] = lv, glob
         self.n_passes = 1 + max((s.level for s in self.steps), default=0)
         # When each value is read: the passes of its readers.
+        # (A whole-input step's input read for its shape alone is not read.)
         self.read_in: dict[str, list[int]] = {}
         for s in self.steps:
             run_pass = s.level - 1 if s.kind == "reduce" else s.level
-            for v in s.inputs:
-                self.read_in.setdefault(v, []).append(run_pass)
+            for k, v in enumerate(s.inputs):
+                if not (s.kind == "whole" and k in shape_inputs(s)):
+                    self.read_in.setdefault(v, []).append(run_pass)
         # Values stored whole: read in a later pass than the one that made
         # them, made by a whole-input op, or the graph output.
         self.stored = {self.output}
@@ -410,6 +412,20 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
             files.close()
 
 
+class ShapeOnly:
+    """An input an op reads for its shape alone (Op.shape_inputs)."""
+
+    def __init__(self, shape):
+        self.channels, self.height, self.width = shape
+
+    def __len__(self) -> int:
+        return self.channels
+
+
+def shape_inputs(s: BandStep) -> tuple[int, ...]:
+    return s.op.shape_inputs() if hasattr(s.op, "shape_inputs") else ()
+
+
 def _whole(bplan, v, values, stores):
     if v in values:
         return values[v]
@@ -421,7 +437,9 @@ def _run_whole_steps(bplan, level, values, stores, rt, files, masks):
     for i, s in enumerate(bplan.steps):
         if s.level != level or s.kind not in ("global", "whole"):
             continue
-        inputs = [_whole(bplan, v, values, stores) for v in s.inputs]
+        shaped = shape_inputs(s)
+        inputs = [ShapeOnly(bplan.shapes[v]) if k in shaped else _whole(bplan, v, values, stores)
+                  for k, v in enumerate(s.inputs)]
         outs = _call(s, rt, inputs, masks, i, None)
         for v, o in zip(s.outputs, outs):
             if bplan.is_global[v]:

@@ -114,6 +114,11 @@ class Op:
         pass of band execution."""
         return None
 
+    def shape_inputs(self) -> tuple[int, ...]:
+        """The inputs it reads for their shape alone (band execution then
+        passes it a ShapeOnly instead of the whole value)."""
+        return ()
+
     def workspace(self, shapes: list[Shape]) -> int:
         """Bytes of scratch features the op allocates while it runs, beyond its outputs."""
         return 0

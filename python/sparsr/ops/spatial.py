@@ -84,6 +84,9 @@ class Resize(Op):
             self.fail(f"scale {self.scale} makes {h}x{w} empty ({oh}x{ow})", ValueError)
         return [(c, oh, ow)]
 
+    def shape_inputs(self):
+        return (1,) if self.scale is None else ()
+
     def row_map(self):
         # An integer scale (half-pixel centres): output row y samples input rows
         # near y / s, the taps of the mode beside them (and the edge clamp only at
