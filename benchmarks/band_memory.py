@@ -1,6 +1,6 @@
 """Peak memory and speed of band execution, as a user sees them.
 
-    python benchmarks/band_memory.py MODELS_DIR [--cases smsr_x2:3840x2160 rfdn_x4:1920x1080 ...]
+    python benchmarks/band_memory.py MODELS_DIR [--cases smsr_x2:3840x2160 smsr_x2:1920x1080:1G ...]
         [--torch] [--speed smsr_x2 ...] [--rounds 5] [--large-rounds 1]
         [--speed-sizes 640x360 1920x1080 3840x2160]
 
@@ -8,7 +8,9 @@ Memory: each case is one `sparsr upscale` process under /usr/bin/time -v; its
 peak RSS (the whole process) is printed beside the goal and, with --torch,
 beside PyTorch's whole-image run of the same graph (tools/torch_graph.py, 2
 threads, inference mode; "does not fit" when it fails or runs out of time).
-The input is a Set14 image resized to the case's size.
+The input is a Set14 image resized to the case's size. A case with a third
+field (NAME:WxH:SIZE) runs with `--max-memory SIZE` and is held to that size
+(within 10 %) instead of the issue's goal.
 
 Speed, per model, in one process after a warm-up run: at 640x360 the
 whole-image run and band runs (tile = 1/2 and 1/4 of the height)
@@ -60,6 +62,12 @@ def peak_rss(model: Path, image: Path, out: Path, extra: list[str]) -> tuple[int
         raise RuntimeError(r.stderr[-2000:])
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
     return kb * 1024, seconds
+
+
+def _bytes(text: str) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from sparsr.cli import _bytes as parse
+    return parse(text)
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -183,13 +191,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for case in args.cases:
-            name, size = case.split(":")
+            name, size, *budget = case.split(":")
             w, h = (int(v) for v in size.split("x"))
-            goal = GOALS["x2_8k" if name.endswith("x2") else "x4_4k"]
             model, image = args.models / f"{name}.pt", test_image((w, h), folder)
-            rss, seconds = peak_rss(model, image, folder / "out.png", [])
-            line = (f"{name:24s} {w}x{h}: peak RSS {rss / 1e9:5.2f} GB (goal "
-                    f"{goal / 1e9:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
+            extra = ["--max-memory", budget[0]] if budget else []
+            rss, seconds = peak_rss(model, image, folder / "out.png", extra)
+            if budget:
+                goal = _bytes(budget[0])
+                line = (f"{name:24s} {w}x{h}: peak RSS {rss / 1e9:5.2f} GB with --max-memory "
+                        f"{budget[0]} = {goal / 1e9:.2f} GB: x{rss / goal:.2f} "
+                        f"{'ok' if rss <= 1.1 * goal else 'OVER'}, {seconds:6.1f} s")
+            else:
+                goal = GOALS["x2_8k" if name.endswith("x2") else "x4_4k"]
+                line = (f"{name:24s} {w}x{h}: peak RSS {rss / 1e9:5.2f} GB (goal "
+                        f"{goal / 1e9:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
             if args.torch:
                 t = torch_rss(model, image, args.torch_timeout)
                 line += ("; PyTorch whole image: does not fit" if t is None else

@@ -272,6 +272,35 @@ def test_real_models_in_bands_equal_whole(converted, name):
         _check(model, 40, 33, rows_list=(7,), spill=(False,))
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_memory_estimates_match_the_features_alive(converted, name):
+    """The whole-image plan's peak, and what bandcost counts a band run to
+    hold (the input and output beside), against the native high-water mark
+    of feature bytes alive."""
+    from sparsr.bandcost import band_bytes
+    from sparsr.executor import feature_bytes
+
+    model = converted(name)
+    ex = model._executor
+    h, w = 90, 64
+    x = np.random.default_rng(0).random((model.io.channels, h, w), dtype=np.float32)
+    f = _core.Feature.from_numpy(x * model.io.range).view()
+    _core.reset_peak_feature_bytes()
+    base = _core.live_feature_bytes() - feature_bytes(model.io.channels, h, w)  # the input's
+    ex.run(f, "mask")
+    got, want = _core.reset_peak_feature_bytes() - base, ex.plan(h, w).peak_bytes
+    assert 0.9 * want <= got <= 1.05 * want, ("whole", got / want)
+    for rows in (1, 8, 30):
+        bp = ex.band_plan(h, w, rows)
+        for spill in (False, True):
+            want = bp.output_bytes() + (0 if spill else bp.store_bytes()) + band_bytes(bp, spill)
+            _core.reset_peak_feature_bytes()
+            base = _core.live_feature_bytes()
+            out = ex.run_bands(f, "mask", rows, spill=spill).output
+            got = _core.reset_peak_feature_bytes() - base + out.nbytes   # the output is numpy
+            assert 0.85 * want <= got <= 1.08 * want, (rows, spill, got / want)
+
+
 def test_a_value_read_for_its_shape_alone_is_not_read_whole(monkeypatch):
     from sparsr import bands
 
@@ -313,12 +342,14 @@ def test_upscale_in_bands_gives_the_same_image(converted, shared_dir):
 
 def test_a_small_budget_runs_in_bands_and_a_tiny_one_is_refused(converted):
     model = converted("rlfn_ntire2022_x4.pth")
-    ex = model.execution(64, 48)
+    # (Tall enough that bands beat the whole image's memory: at 64x48 the
+    # ESA windows of even one-row bands reach most of the image.)
+    ex = model.execution(200, 48)
     assert ex.band_rows is None
-    small = sparsr.load(model.path, max_memory=model.execution(64, 48).peak_bytes // 2)
-    ex = small.execution(64, 48)
-    assert ex.band_rows is not None and ex.band_rows < 64
-    rgb = np.random.default_rng(0).random((64, 48, 3), dtype=np.float32)
+    small = sparsr.load(model.path, max_memory=model.execution(200, 48).peak_bytes // 2)
+    ex = small.execution(200, 48)
+    assert ex.band_rows is not None and ex.band_rows < 200
+    rgb = np.random.default_rng(0).random((200, 48, 3), dtype=np.float32)
     assert np.abs(small.process(rgb) - model.process(rgb)).max() < 1e-5
     tiny = sparsr.load(model.path, max_memory=1 << 16)
     with pytest.raises(ImageError, match="even in bands"):
@@ -377,17 +408,19 @@ def test_cli_tile_and_max_memory_give_the_same_image(converted, tmp_path):
 
     model = converted("realesr_animevideov3_x4.pth")
     src = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (23, 31, 3), np.uint8)).save(src)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (200, 31, 3), np.uint8)).save(src)
     outs = {}
-    budget = model.execution(23, 31).peak_bytes // 2
+    # Between what bands of one row need and the whole-image peak.
+    budget = (model.execution(200, 31).peak_bytes
+              + model.execution(200, 31, tile=1).peak_bytes) // 2
     for name, extra in {"whole": [], "tile": ["--tile", "4"],
                         "budget": ["--max-memory", f"{budget >> 10}K"]}.items():
         out = tmp_path / f"{name}.png"
         assert cli.main(["upscale", str(src), "-m", model.path, "-o", str(out), "-q"]
                         + extra) == 0
         outs[name] = np.asarray(Image.open(out)).astype(int)
-    assert model.execution(23, 31).band_rows is None
-    assert sparsr.load(model.path, max_memory=budget).execution(23, 31).band_rows < 23
+    assert model.execution(200, 31).band_rows is None
+    assert sparsr.load(model.path, max_memory=budget).execution(200, 31).band_rows < 200
     for name in ("tile", "budget"):
         diff = np.abs(outs[name] - outs["whole"])
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, name
@@ -421,8 +454,13 @@ def test_a_tiny_budget_spills_the_values_kept_across_passes(converted):
     budget = int(min(0.8 * model.execution(40, 36).peak_bytes, 2.5 * bp.store_bytes()))
     small = sparsr.load(model.path, max_memory=budget)
     ex = small.execution(40, 36)
-    assert ex.band_rows is not None and ex.band_rows < 40 and ex.spill
+    # The passes run in bands (here one band may be the whole height: the
+    # work beside the stored values fits) with the stored values in files.
+    assert ex.band_rows is not None and ex.spill
     assert np.abs(small.process(rgb) - whole).max() <= TOL_255 / 255
+    ex = small.execution(40, 36, tile=8)
+    assert ex.band_rows == 8 and ex.spill
+    assert np.abs(small.process(rgb, tile=8) - whole).max() <= TOL_255 / 255
 
 
 
@@ -461,3 +499,4 @@ def test_a_full_disk_or_a_short_feature_file_is_an_os_error(tmp_path):
     with open(tmp_path / "short", "w+b") as file:          # not truncated to its size
         with pytest.raises(OSError, match="reading a feature file"):
             _core.read_feature_rows(file.fileno(), 2, 4, 4, 0, 4)
+

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import _core
+from .bandcost import band_bytes
 from .bands import BandPlan, run_bands
 from .errors import CheckpointError, ImageError, SparsrError
 from .graph import Graph
@@ -402,19 +403,34 @@ class Executor:
     def _peak_bytes(self, steps: list[Step], shapes: dict[str, Shape]) -> int:
         """The largest sum of live feature buffers over the steps, plus each
         step's own scratch: what a run needs beyond the weights."""
-        live: dict[str, int] = {self.graph.inputs[0]: feature_bytes(*shapes[self.graph.inputs[0]])}
+        def size(v):
+            return feature_bytes(*shapes[v])
+
+        live: dict[str, int] = {self.graph.inputs[0]: size(self.graph.inputs[0])}
+        # A view holds the buffers it views: they go with the last of it and them.
+        roots: dict[str, set[str]] = {}
+        released: set[str] = set()
         peak = 0
         for s in steps:
+            view = s.op.node.op in VIEW_OPS
             new = 0
-            if not (s.inplace or s.accumulates or s.op.node.op in VIEW_OPS):
-                new = sum(feature_bytes(*shapes[v]) for v in s.outputs if v not in live)
+            if not (s.inplace or s.accumulates or view):
+                new = sum(size(v) for v in s.outputs if v not in live)
             scratch = s.op.workspace([shapes[v] for v in s.inputs]) \
                 if isinstance(s.op, Op) else 0
             peak = max(peak, sum(live.values()) + new + scratch)
-            for v in s.outputs:
-                live.setdefault(v, 0 if s.op.node.op in VIEW_OPS else feature_bytes(*shapes[v]))
+            for k, v in enumerate(s.outputs):
+                if view:
+                    roots[v] = set().union(*(roots.get(u, {u}) for u in s.inputs))
+                elif s.inplace and k == 0 and s.inputs[0] in roots:
+                    roots[v] = roots[s.inputs[0]]          # written into the views
+                live.setdefault(v, 0 if v in roots else size(v))
             for v in s.release:
-                live.pop(v, None)
+                released.add(v)
+                roots.pop(v, None)
+                held = set().union(*roots.values())
+                for u in [u for u in released if u in live and u not in held]:
+                    del live[u]
         return peak
 
     # -- running --------------------------------------------------------------------
@@ -432,12 +448,11 @@ class Executor:
                   pool_limit: int | None = None, progress=None) -> Result:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
         the same result as run(), in the memory of a band. pool_limit: the
-        most bytes of freed buffers kept for reuse meanwhile (default: a
-        POOL_SHARE of the band's estimated working set, at least 64 MiB)."""
+        most bytes of freed buffers kept for reuse meanwhile (default
+        BAND_POOL)."""
         bplan = self.band_plan(x.height, x.width, band_rows)
         if pool_limit is None:
-            per_row = self.plan(x.height, x.width).peak_bytes / x.height
-            pool_limit = max(64 << 20, int(POOL_SHARE * per_row * band_rows))
+            pool_limit = BAND_POOL
         rt = Run(mode, self.isa)
         old = _core.set_pool_limit(pool_limit)
         try:
@@ -532,15 +547,20 @@ def _copy(channels):
     return _core.Feature.from_numpy(channels.numpy()).view()
 
 
+def plan_for(executor: Executor, height: int, width: int) -> Plan:
+    """The plan for this size; ImageError when the network's shapes do not work at it."""
+    try:
+        return executor.plan(height, width)
+    except ValueError as e:
+        raise ImageError(f"a {width}x{height} image does not fit this network: {e}") from None
+
+
 def check_input_size(executor: Executor, height: int, width: int,
                      max_memory: int | None = None) -> Plan:
     """The plan for this size; ImageError when the network's shapes do not work
     at it, or when it needs more memory than max_memory (default: what the
     system has available), before anything is allocated."""
-    try:
-        plan = executor.plan(height, width)
-    except ValueError as e:
-        raise ImageError(f"a {width}x{height} image does not fit this network: {e}") from None
+    plan = plan_for(executor, height, width)
     limit = max_memory if max_memory is not None else available_memory()
     if limit is not None and plan.peak_bytes > limit:
         what = "the max_memory budget" if max_memory is not None else "available"
@@ -555,11 +575,11 @@ DEFAULT_BUDGET = 512 << 20
 # The fewest rows of a band chosen by memory: one (slow with wide halos, but
 # it runs).
 MIN_BAND_ROWS = 1
-# Freed buffers a band run keeps for reuse beyond 64 MiB, as a share of its
-# band's working set, and budgeted for in band heights. At 0.5 SMSR x2 at
-# 1920x1080 ran 8 % faster (fewer buffers mapped anew per band) but
-# realesr-animevideov3 x4 at 1920x1080 peaked at 1.56 GB against 1.37 GB at 0.
-POOL_SHARE = 0.0
+# Freed buffers a band run keeps for reuse (budgeted for in band heights).
+# More was tried: keeping a share of the band's working set (half of it made
+# SMSR x2 at 1920x1080 8 % faster, but realesr-animevideov3 x4 at 1920x1080
+# peaked at 1.56 GB against 1.37 GB).
+BAND_POOL = 64 << 20
 
 
 @dataclass
@@ -574,12 +594,13 @@ def choose_execution(executor: Executor, height: int, width: int,
                      max_memory: int | None = None, tile: int | None = None) -> Execution:
     """Whole-image execution when its feature memory fits the budget (max_memory,
     else DEFAULT_BUDGET plus the output, capped by the memory available), else
-    bands as tall as the budget allows. Values kept across passes go to
+    bands as tall as the budget allows (what a band run holds is counted by
+    bandcost.band_bytes, step by step). Values kept across passes go to
     temporary files when in memory they would leave room for bands only half
     as tall (or shorter than the forced tile). tile forces bands of that many
     input rows. ImageError when the network's shapes do not work at this size,
     or when even bands of MIN_BAND_ROWS rows need more than max_memory."""
-    plan = check_input_size(executor, height, width, None)
+    plan = plan_for(executor, height, width)     # the whole image may not fit: bands will
     available = available_memory()
     out_bytes = feature_bytes(*plan.shapes[executor.graph.outputs[0]])
     # The default budget is for the work: the output (the result) comes on top.
@@ -594,29 +615,48 @@ def choose_execution(executor: Executor, height: int, width: int,
     elif plan.peak_bytes <= budget:
         return Execution(None, False, plan.peak_bytes)
     least = min(height, MIN_BAND_ROWS)
-    probe = executor.band_plan(height, width, tile or least)
-    out = probe.output_bytes()
-    # What a row of a band costs: the whole-image peak per row, less the
-    # output (held whole either way), with a margin for halos, and the share
-    # of freed buffers the run keeps for reuse (POOL_SHARE, see run_bands).
-    per_row = (1 + POOL_SHARE) * 1.25 * max(plan.peak_bytes - out, 0) / height + 1
+    probe = executor.band_plan(height, width, tile or min(height, 32))
+    # Held whole in any case: the input and the output.
+    held = feature_bytes(*plan.shapes[executor.graph.inputs[0]]) + probe.output_bytes()
     stored = probe.store_bytes()
-    # Values kept across passes stay in memory when the bands beside them are
-    # at least the forced tile, or half as tall as with the values in files.
-    rows_in_memory = int((budget - out - stored) / per_row)
+
+    def need(rows: int, spill: bool) -> int:
+        # The band buffers, and as much again in the pool (at most BAND_POOL).
+        band = band_bytes(executor.band_plan(height, width, rows), spill)
+        return held + (0 if spill else stored) + band + min(band, BAND_POOL)
+
     if tile is not None:
-        spill = rows_in_memory < tile
-    else:
-        spill = rows_in_memory < max(least, int((budget - out) / per_row) // 2)
-    fixed = out + (0 if spill else stored)
-    rows = tile or int((budget - fixed) / per_row)
-    if tile is None and rows < least:
+        spill = need(tile, False) > budget
+        return Execution(tile, spill, need(tile, spill))
+    # Values kept across passes stay in memory when the bands beside them are
+    # at least half as tall as with the values in files.
+    in_memory = None if held + stored >= budget else _tallest(need, False, least, height,
+                                                              budget)
+    in_files = _tallest(need, True, least, height, budget)
+    if in_files is None:
         what = "the max_memory budget" if max_memory is not None else "available"
-        need = fixed + least * per_row
-        raise ImageError(f"a {width}x{height} image needs about {_size(need)} of feature "
-                         f"memory even in bands, {_size(budget)} {what}")
-    rows = min(rows, height)
-    return Execution(rows, spill, int(fixed + rows * per_row))
+        raise ImageError(f"a {width}x{height} image needs about {_size(need(least, True))} of "
+                         f"feature memory even in bands, {_size(budget)} {what}")
+    if in_memory is not None and in_memory >= max(least, in_files // 2):
+        return Execution(in_memory, False, need(in_memory, False))
+    return Execution(in_files, True, need(in_files, True))
+
+
+def _tallest(need, spill: bool, least: int, height: int, budget: int) -> int | None:
+    """The most band rows in [least, height] whose need(rows, spill) fits the
+    budget (None: not even least), to within 1/32 by bisection: need grows
+    with the rows (up to the steps of the schedule). Short bands are dear to
+    plan, so least is tried last."""
+    if need(height, spill) <= budget:
+        return height
+    lo, hi, fits = least, height, False
+    while hi - lo > max(1, lo // 32):
+        mid = (lo + hi) // 2
+        if need(mid, spill) <= budget:
+            lo, fits = mid, True
+        else:
+            hi = mid
+    return lo if fits or need(least, spill) <= budget else None
 
 
 def _size(n: float) -> str:
