@@ -500,3 +500,16 @@ def test_a_full_disk_or_a_short_feature_file_is_an_os_error(tmp_path):
         with pytest.raises(OSError, match="reading a feature file"):
             _core.read_feature_rows(file.fileno(), 2, 4, 4, 0, 4)
 
+
+def test_output_rows_are_interleaved_into_the_image_array_in_place():
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 11, 13), dtype=np.float32)
+    rows = _core.Feature.from_numpy(x).view().rows(4, 9)
+    out = np.full((20, 13, 3), -1, np.float32)
+    _core.copy_to_hwc(rows, out[2:7])
+    assert np.array_equal(out[2:7], x[:, 4:9].transpose(1, 2, 0))
+    assert (out[:2] == -1).all() and (out[7:] == -1).all()
+    for bad in (np.zeros((5, 13, 3)), np.zeros((5, 13, 4), np.float32),
+                np.zeros((3, 5, 13), np.float32).transpose(1, 2, 0)):
+        with pytest.raises(ValueError, match="copy_to_hwc"):
+            _core.copy_to_hwc(rows, bad)

@@ -187,6 +187,30 @@ SPARSR_BINDINGS(0) {
                     bytes);
   }, py::arg("src"), py::arg("dst"), "dst = src (interiors; equal geometry and channels).");
 
+  m.def("copy_to_hwc", [](const Channels& src, py::array dst) {
+    // Interleaves the planes into an (height, width, channels) array in place:
+    // the layout images take, with no (channels, height, width) copy between.
+    if (dst.ndim() != 3 || dst.shape(0) != src.height || dst.shape(1) != src.width ||
+        dst.shape(2) != src.size())
+      throw std::invalid_argument("copy_to_hwc: the array must be (" + std::to_string(src.height) +
+                                  ", " + std::to_string(src.width) + ", " +
+                                  std::to_string(src.size()) + ")");
+    if (!dst.dtype().is(py::dtype::of<float>()) || !(dst.flags() & py::array::c_style) ||
+        !dst.writeable())
+      throw std::invalid_argument(
+          "copy_to_hwc: the array must be float32, C-contiguous and writeable");
+    float* out = static_cast<float*>(dst.mutable_data());
+    const int c = src.size();
+    py::gil_scoped_release release;
+    parallel_for(static_cast<size_t>(src.height), [&](size_t y) {
+      float* row = out + static_cast<int64_t>(y) * src.width * c;
+      for (int k = 0; k < c; ++k) {
+        const float* in = src.planes[k] + (static_cast<int64_t>(y) + 1) * src.ld + 1;
+        for (int x = 0; x < src.width; ++x) row[static_cast<int64_t>(x) * c + k] = in[x];
+      }
+    });
+  }, py::arg("src"), py::arg("dst"), "dst[y, x, c] = src[c, y, x] for an (H, W, C) float32 array.");
+
   py::class_<PixelSet>(m, "PixelSet")
       .def_static("full", &PixelSet::full, py::arg("height"), py::arg("width"))
       .def_static("from_mask", [](const ByteArray& mask, int height, int width) {

@@ -331,7 +331,7 @@ class OutputArray:
         self.array = np.empty((height, width, channels), np.float32)
 
     def write(self, rows, r0: int) -> None:
-        self.array[r0:r0 + rows.height] = rows.numpy().transpose(1, 2, 0)
+        _core.copy_to_hwc(rows, self.array[r0:r0 + rows.height])
 
     def close(self) -> None:
         self.array = None
