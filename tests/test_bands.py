@@ -513,3 +513,41 @@ def test_output_rows_are_interleaved_into_the_image_array_in_place():
                 np.zeros((3, 5, 13), np.float32).transpose(1, 2, 0)):
         with pytest.raises(ValueError, match="copy_to_hwc"):
             _core.copy_to_hwc(rows, bad)
+
+
+def test_stores_of_a_pass_take_the_features_of_the_stores_closed_before_it(converted,
+                                                                            monkeypatch):
+    from sparsr import bands
+
+    model = converted("smsr_x2_official.pt")
+    features = []
+    init = bands.Store.__init__
+
+    def record(self, *a, **k):
+        init(self, *a, **k)
+        if self.feature is not None:
+            features.append(self.feature)       # kept alive: ids stay distinct
+    monkeypatch.setattr(bands.Store, "__init__", record)
+    x = np.random.default_rng(2).random((3, 40, 36), dtype=np.float32) * 255
+    f = _core.Feature.from_numpy(x).view()
+    want = model._executor.run(f, "mask").output.numpy()
+    got = model._executor.run_bands(f, "mask", 8).output.transpose(2, 0, 1)
+    assert np.abs(got - want).max() <= TOL_255
+    # SMSR's five channel attentions: six passes, each storing module outputs
+    # of one shape, in the features of the last pass's.
+    assert len(features) > len({id(f) for f in features}) + 5
+
+
+def test_the_pool_gets_what_the_budget_leaves_up_to_a_band(converted):
+    from sparsr.bandcost import band_bytes
+    from sparsr.executor import BAND_POOL
+
+    model = converted("realesr_animevideov3_x4.pth")
+    band = band_bytes(model._executor.band_plan(200, 31, 8), False)
+    roomy = sparsr.load(model.path, max_memory=1 << 30).execution(200, 31, tile=8)
+    assert (roomy.band_rows, roomy.spill, roomy.pool_bytes) == (8, False, band)
+    assert roomy.peak_bytes <= 1 << 30
+    # A budget that leaves less: the pool gets BAND_POOL (or a band) at least.
+    least = min(band, BAND_POOL)
+    tight = sparsr.load(model.path, max_memory=roomy.peak_bytes - band + least // 2)
+    assert tight.execution(200, 31, tile=8).pool_bytes == least

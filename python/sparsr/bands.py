@@ -290,7 +290,8 @@ class Store:
     in a temporary file of `files`, read back a window at a time
     (_core.read_feature_rows). Every row is written before any is read."""
 
-    def __init__(self, channels: int, height: int, width: int, files: Files | None):
+    def __init__(self, channels: int, height: int, width: int, files: Files | None,
+                 spare: dict | None = None):
         self.shape = (channels, height, width)
         self.spill = files is not None
         self.files = files
@@ -300,7 +301,12 @@ class Store:
             self.feature = None
         else:
             self.file = None
-            self.feature = _core.Feature(channels, height, width, written=channels)
+            # A feature of a store closed at the end of the last pass, if one
+            # has this shape: its rows are all written again, its borders are
+            # still zero, and its pages need not be mapped and zeroed anew.
+            old = spare.get(self.shape) if spare else None
+            self.feature = old.pop() if old else \
+                _core.Feature(channels, height, width, written=channels)
 
     def write(self, rows, r0: int) -> None:
         if self.spill:
@@ -315,10 +321,14 @@ class Store:
             return _core.read_feature_rows(self.file.fileno(), *self.shape, r0, r1)
         return self.feature.view().rows(r0, r1)
 
-    def close(self) -> None:
+    def close(self, spare: dict | None = None) -> None:
+        """Lets go of the file or feature (into spare: shape -> features, for
+        the stores of the next pass)."""
         if self.file is not None:
             self.files.give(self.file, self.size)
             self.file = None
+        if spare is not None and self.feature is not None:
+            spare.setdefault(self.shape, []).append(self.feature)
         self.feature = None
 
 
@@ -379,11 +389,14 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
             progress(count[0] / total)
 
     stores: dict[str, Store] = {}
+    spare: dict[tuple, list] = {}         # features of the stores closed after the last pass
     files = Files() if spill else None
     masks: dict[int, list[np.ndarray]] = {}
     done = False
     try:
         for level, p in enumerate(bplan.passes):
+            if any(s.level == level and s.kind == "whole" for s in bplan.steps):
+                spare.clear()      # whole-input steps hold no more than they did
             _run_whole_steps(bplan, level, values, stores, rt, files, masks)
             stats = {i: Statistic(bplan.shapes[s.inputs[0]][0], rt.isa)
                      for i, s in enumerate(bplan.steps)
@@ -392,13 +405,13 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
                 v = bplan.steps[i].inputs[0]
                 if bplan.level[v] < level or v == bplan.input:
                     _reduce_whole(bplan, v, values, stores, stat)
-            _run_pass(bplan, level, p, values, stores, stats, rt, files, masks, band_done)
+            _run_pass(bplan, level, p, values, stores, stats, rt, files, masks, band_done, spare)
             for i, stat in stats.items():
                 s = bplan.steps[i]
                 values[s.outputs[0]] = stat.value(s.op.stat)
             for v in [v for v in stores if bplan.last_pass.get(v, -1) <= level
                       and v != bplan.output]:
-                stores.pop(v).close()
+                stores.pop(v).close(spare)
         st = stores[bplan.output]
         out = st.array if isinstance(st, OutputArray) else \
             st.read(0, st.shape[1]).numpy().transpose(1, 2, 0)
@@ -481,7 +494,8 @@ def _call(s: BandStep, rt, inputs, masks, i, crop, presets=()):
     return outs
 
 
-def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, band_done):
+def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, band_done,
+              spare):
     steps = bplan.steps
     buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
     for i in bplan.band_steps(level):
@@ -489,7 +503,9 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
             if v == bplan.output and v not in bplan.read_in:
                 stores[v] = OutputArray(*bplan.shapes[v])
             elif v in bplan.stored:
-                stores[v] = Store(*bplan.shapes[v], files if v != bplan.output else None)
+                stores[v] = Store(*bplan.shapes[v], files if v != bplan.output else None,
+                                  spare)
+    spare.clear()          # held no longer than the stores they could have been
     reducers = {}
     for i in stats:
         reducers.setdefault(steps[i].inputs[0], []).append(stats[i])

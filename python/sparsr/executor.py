@@ -584,10 +584,13 @@ BAND_POOL = 64 << 20
 
 @dataclass
 class Execution:
-    """How one image runs: whole (band_rows None) or in bands of band_rows input rows."""
+    """How one image runs: whole (band_rows None) or in bands of band_rows input
+    rows, the values kept across passes in files (spill) or in memory, and at
+    most pool_bytes of freed buffers kept for reuse meanwhile."""
     band_rows: int | None = None
     spill: bool = False
     peak_bytes: int = 0
+    pool_bytes: int = 0
 
 
 def choose_execution(executor: Executor, height: int, width: int,
@@ -598,8 +601,11 @@ def choose_execution(executor: Executor, height: int, width: int,
     bandcost.band_bytes, step by step). Values kept across passes go to
     temporary files when in memory they would leave room for bands only half
     as tall (or shorter than the forced tile). tile forces bands of that many
-    input rows. ImageError when the network's shapes do not work at this size,
-    or when even bands of MIN_BAND_ROWS rows need more than max_memory."""
+    input rows; without max_memory its budget is at least what the whole image
+    needs. The pool of freed buffers gets what the budget leaves, up to a
+    band's buffers (BAND_POOL at least). ImageError when the network's shapes
+    do not work at this size, or when even bands of MIN_BAND_ROWS rows need
+    more than max_memory."""
     plan = plan_for(executor, height, width)     # the whole image may not fit: bands will
     available = available_memory()
     out_bytes = feature_bytes(*plan.shapes[executor.graph.outputs[0]])
@@ -612,6 +618,8 @@ def choose_execution(executor: Executor, height: int, width: int,
             raise ValueError(f"tile must be a number of rows >= 1, got {tile!r}")
         if tile >= height:
             return Execution(None, False, plan.peak_bytes)
+        if max_memory is None:
+            budget = max(budget, plan.peak_bytes)
     elif plan.peak_bytes <= budget:
         return Execution(None, False, plan.peak_bytes)
     least = min(height, MIN_BAND_ROWS)
@@ -620,14 +628,22 @@ def choose_execution(executor: Executor, height: int, width: int,
     held = feature_bytes(*plan.shapes[executor.graph.inputs[0]]) + probe.output_bytes()
     stored = probe.store_bytes()
 
+    def band(rows: int, spill: bool) -> int:
+        return band_bytes(executor.band_plan(height, width, rows), spill)
+
     def need(rows: int, spill: bool) -> int:
         # The band buffers, and as much again in the pool (at most BAND_POOL).
-        band = band_bytes(executor.band_plan(height, width, rows), spill)
-        return held + (0 if spill else stored) + band + min(band, BAND_POOL)
+        b = band(rows, spill)
+        return held + (0 if spill else stored) + b + min(b, BAND_POOL)
+
+    def execution(rows: int, spill: bool) -> Execution:
+        b = band(rows, spill)
+        fixed = held + (0 if spill else stored) + b
+        pool = max(min(b, BAND_POOL), min(b, budget - fixed))
+        return Execution(rows, spill, fixed + pool, pool)
 
     if tile is not None:
-        spill = need(tile, False) > budget
-        return Execution(tile, spill, need(tile, spill))
+        return execution(tile, need(tile, False) > budget)
     # Values kept across passes stay in memory when the bands beside them are
     # at least half as tall as with the values in files.
     in_memory = None if held + stored >= budget else _tallest(need, False, least, height,
@@ -638,8 +654,8 @@ def choose_execution(executor: Executor, height: int, width: int,
         raise ImageError(f"a {width}x{height} image needs about {_size(need(least, True))} of "
                          f"feature memory even in bands, {_size(budget)} {what}")
     if in_memory is not None and in_memory >= max(least, in_files // 2):
-        return Execution(in_memory, False, need(in_memory, False))
-    return Execution(in_files, True, need(in_files, True))
+        return execution(in_memory, False)
+    return execution(in_files, True)
 
 
 def _tallest(need, spill: bool, least: int, height: int, budget: int) -> int | None:

@@ -126,7 +126,7 @@ class Model:
         if ex.band_rows is None:
             return self._executor.run(x, mode)
         return self._executor.run_bands(x, mode, ex.band_rows, spill=ex.spill,
-                                        progress=progress)
+                                        pool_limit=ex.pool_bytes, progress=progress)
 
     def run_network(self, planes: np.ndarray, mode: str = "mask", *,
                     tile: int | None = None) -> np.ndarray:
