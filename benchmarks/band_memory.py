@@ -15,7 +15,8 @@ field (NAME:WxH:SIZE) runs with `--max-memory SIZE` and is held to that size
 Speed, per model, in one process after a warm-up run: at 640x360 the
 whole-image run and band runs (tile = 1/2 and 1/4 of the height)
 interleaved, medians of CPU time (the machine is shared: wall time is printed
-too); then pixels per CPU-second at 640x360, 1920x1080 and 3840x2160 with the
+too); then pixels per CPU-second at 640x360, 1920x1080 and 3840x2160 (the 640x360
+image mirrored side by side: the same content at every size) with the
 default execution, interleaved, medians, each against 640x360's.
 MODELS_DIR holds converted checkpoints named <name>.pt (sparsr convert).
 """
@@ -101,7 +102,11 @@ def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path,
               f"(wall {wall:6.2f} s)", flush=True)
     if len(sizes) < 2:
         return
-    inputs = {s: image(*s) for s in sizes}
+    # The larger inputs are the small one mirrored side by side, so that an
+    # SMSR mask (which skips the flat pixels) has the same share of work at
+    # every size: a resized photo is smoother the larger it is.
+    inputs = {(w, h): np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)),
+                             mode="symmetric") for w, h in sizes}
     for s in sizes[1:]:
         m.process(inputs[s])                      # warm: first touches of this much memory
     px: dict[tuple, list] = {s: [] for s in sizes}
