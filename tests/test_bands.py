@@ -520,6 +520,8 @@ def test_stores_of_a_pass_take_the_features_of_the_stores_closed_before_it(conve
     from sparsr import bands
 
     model = converted("smsr_x2_official.pt")
+    # (Stores taken over row by row, test below, aside.)
+    monkeypatch.setattr(bands.BandPlan, "_shares", lambda self: {})
     features = []
     init = bands.Store.__init__
 
@@ -551,3 +553,31 @@ def test_the_pool_gets_what_the_budget_leaves_up_to_a_band(converted):
     least = min(band, BAND_POOL)
     tight = sparsr.load(model.path, max_memory=roomy.peak_bytes - band + least // 2)
     assert tight.execution(200, 31, tile=8).pool_bytes == least
+
+
+def _two_passes(net, pointwise: bool):
+    """u (pass 0) read once more in pass 1 by the step making w, which is
+    stored for pass 2: pointwise (w may overwrite u's rows as it goes) or
+    by a 3x3 (its next band reads u's rows above the ones w wrote)."""
+    u = _chain(net, net.b.input, 4)
+    a = net.b.global_mean(u)
+    w = net.b.mul(u, a)
+    if not pointwise:
+        w = net.b.add(net.conv(u, 4, 4), w)      # a 3x3 over u, its residual fused
+    z = net.b.mul(w, net.b.global_mean(w))
+    return net.conv(net.b.add(z, w), 4, 3), 1, u, w
+
+
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_a_store_is_taken_over_only_where_no_later_read_reaches_it(pointwise):
+    net = Net(7)
+    out, scale, u, _ = _two_passes(net, pointwise)
+    model = net.model(out, scale)
+    bp = model._executor.band_plan(30, 21, 4)
+    made = [v for i in bp.band_steps(1) for v in bp.steps[i].outputs if v in bp.stored]
+    assert u in bp.stored and bp.last_pass[u] == 1 and len(made) == 1
+    w = made[0]
+    assert (bp.shares.get(w) == u) == pointwise, bp.shares
+    whole_store = sum(sparsr.executor.feature_bytes(*bp.shapes[v]) for v in (u, w))
+    assert (bp.store_bytes() < whole_store) == pointwise
+    _check(model, 30, 21, rows_list=(1, 4), spill=(False, True))

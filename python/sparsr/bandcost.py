@@ -12,9 +12,7 @@ values (channel statistics) stay to the end of the run.
 
 from __future__ import annotations
 
-from .bands import INF, BandPlan, shape_inputs
-
-VIEWS = {"concat", "split", "slice"}
+from .bands import INF, VIEW_OPS, BandPlan, shape_inputs
 
 
 def band_bytes(bp: BandPlan, spill: bool, trace: list | None = None) -> int:
@@ -80,7 +78,7 @@ class _Buffers:
             shapes.append((bp.shapes[v][0], win[1] - win[0], bp.shapes[v][2]))
             if self.spill and v in bp.stored and v not in held and v != bp.input:
                 reads += size(v, win[1] - win[0])
-        view = getattr(getattr(s.op, "node", None), "op", None) in VIEWS
+        view = getattr(getattr(s.op, "node", None), "op", None) in VIEW_OPS
         kept = {v for v in s.outputs if v in held and keep.get(v, INF) < w.a
                 and not self.in_store(v)}
         # An op's output that keeps rows from the band before, its rows exactly

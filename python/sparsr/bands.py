@@ -38,6 +38,9 @@ from . import _core
 from .ops import RowMap
 from .ops.reduce import GlobalStat
 
+# Ops whose outputs are views of their inputs' planes (no copy).
+VIEW_OPS = {"concat", "split", "slice"}
+
 INF = 1 << 62
 
 
@@ -83,6 +86,7 @@ class BandPlan:
         h = in_shape[1]
         self.band_rows = max(1, min(band_rows, h))
         self.passes = [self._schedule(level, h) for level in range(self.n_passes)]
+        self.shares = self._shares()
 
     # -- structure --------------------------------------------------------------------
 
@@ -154,16 +158,62 @@ class BandPlan:
                     self.stored.add(v)
         self.last_pass = {v: max(p) for v, p in self.read_in.items()}
 
+    def _shares(self) -> dict[str, str]:
+        """Stored values that take over the store of one read for the last
+        time in the pass that makes them (value -> the one whose store it
+        takes): same shape, and each row of the new value written only once
+        no later read of the old one reaches it (nor the rows beside its
+        window, for a step that reads them: RowMap.border). SMSR's passes each replace a module's
+        output, the running sum and the collect's sum so: three stores
+        instead of six. Reads through views are not followed: an old value
+        read by a view keeps its store."""
+        shares: dict[str, str] = {}
+        for level, p in enumerate(self.passes):
+            made = [v for i in self.band_steps(level) for v in self.steps[i].outputs
+                    if v in self.stored and v != self.output]
+            old = [u for u in self.stored if u not in (self.output, self.input)
+                   and self.level[u] < level and self.last_pass.get(u) == level]
+            viewed = {u for st in self.steps if st.level == level
+                      and getattr(getattr(st.op, "node", None), "op", None) in VIEW_OPS
+                      for u in st.inputs}
+            free = [u for u in old if u not in viewed]
+            for w in made:
+                for u in free:
+                    if self.shapes[u] == self.shapes[w] and self._overwrites_safely(p, u, w):
+                        shares[w] = u
+                        free.remove(u)
+                        break
+        return shares
+
+    def _overwrites_safely(self, p: Pass, u: str, w: str) -> bool:
+        written = 0                         # rows [0, written) of w are in u's store
+        for works in p.bands:
+            for work in works:
+                s = self.steps[work.step]
+                beside = 1 if s.row_map is not None and s.row_map.border else 0
+                for v, win in zip(s.inputs, work.windows):
+                    if v == u and win is not None and win[0] - beside < written:
+                        return False
+                if w in s.outputs:
+                    written = max(written, work.b)
+        return True
+
     def store_bytes(self) -> int:
         """The most bytes of values stored whole alive in one pass, the graph
-        output aside."""
+        output aside (a value that took over another's store counts once)."""
         from .executor import feature_bytes
         most = 0
         for level in range(self.n_passes):
-            most = max(most, sum(feature_bytes(*self.shapes[v]) for v in self.stored
-                                 if v != self.output
-                                 and self.level[v] <= level <= self.last_pass.get(v, -1)))
+            alive = {self._first_owner(v) for v in self.stored if v != self.output
+                     and self.level[v] <= level <= self.last_pass.get(v, -1)}
+            most = max(most, sum(feature_bytes(*self.shapes[v]) for v in alive))
         return most
+
+    def _first_owner(self, v: str) -> str:
+        """The value whose store v has (taken over from value to value)."""
+        while v in self.shares:
+            v = self.shares[v]
+        return v
 
     def output_bytes(self) -> int:
         from .executor import feature_bytes
@@ -295,6 +345,7 @@ class Store:
         self.shape = (channels, height, width)
         self.spill = files is not None
         self.files = files
+        self.owner = True
         if files is not None:
             self.size = _core.feature_file_bytes(channels, height, width)
             self.file = files.take(self.size)
@@ -321,9 +372,21 @@ class Store:
             return _core.read_feature_rows(self.file.fileno(), *self.shape, r0, r1)
         return self.feature.view().rows(r0, r1)
 
+    def handover(self) -> "Store":
+        """A store in this one's feature or file, for a value that overwrites
+        it row by row (BandPlan.shares). This one reads on until closed, and
+        then lets go without freeing them."""
+        new = Store.__new__(Store)
+        new.__dict__.update(self.__dict__)
+        self.owner = False
+        return new
+
     def close(self, spare: dict | None = None) -> None:
         """Lets go of the file or feature (into spare: shape -> features, for
         the stores of the next pass)."""
+        if not self.owner:
+            self.file = self.feature = None
+            return
         if self.file is not None:
             self.files.give(self.file, self.size)
             self.file = None
@@ -502,6 +565,8 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
         for v in steps[i].outputs:
             if v == bplan.output and v not in bplan.read_in:
                 stores[v] = OutputArray(*bplan.shapes[v])
+            elif v in bplan.shares:
+                stores[v] = stores[bplan.shares[v]].handover()
             elif v in bplan.stored:
                 stores[v] = Store(*bplan.shapes[v], files if v != bplan.output else None,
                                   spare)

@@ -21,15 +21,13 @@ import numpy as np
 
 from . import _core
 from .bandcost import band_bytes
-from .bands import BandPlan, run_bands
+from .bands import VIEW_OPS, BandPlan, run_bands
 from .errors import CheckpointError, ImageError, SparsrError
 from .graph import Graph
 from .ops import OPS, POINTWISE, BuildContext, Op, Shape
 from .ops.activation import LeakyRelu, Prelu
 from .ops.conv import Activation, Conv2d, MacCounter, activation_args
 
-# Ops whose outputs are views of their inputs' planes (no copy).
-VIEW_OPS = {"concat", "split", "slice"}
 # The input size at which a graph's shapes are checked when it is loaded.
 PROBE = 64
 
