@@ -275,6 +275,37 @@ def test_pooled_buffers_are_released_on_request(tmp_path, rng):
     assert _core.release_buffers() == held and _core.pooled_bytes() == 0
 
 
+def test_the_pool_reuses_a_slightly_larger_buffer_and_lets_the_oldest_go_first():
+    from sparsr import _core
+
+    def mib(n):                          # a feature of about n MiB
+        return _core.Feature(1, n * 1024 * 1024 // (4 * 1040) - 2, 1024)
+
+    _core.release_buffers()
+    old = _core.set_pool_limit(64 << 20)
+    try:
+        a = mib(20)
+        del a
+        before = _core.mapped_bytes()
+        b = mib(19)                      # served by the 20 MiB buffer freed
+        assert _core.mapped_bytes() == before
+        c, d = mib(30), mib(31)
+        del b, c
+        before = _core.mapped_bytes()
+        del d                            # over the limit: the oldest (b's buffer) goes
+        assert _core.pooled_bytes() <= 64 << 20
+        e = mib(31)
+        assert _core.mapped_bytes() == before
+        f = mib(20)
+        assert _core.mapped_bytes() > before
+        del e, f
+        _core.set_pool_limit(16 << 20)   # a lower limit lets go of what is over it
+        assert _core.pooled_bytes() <= 16 << 20
+    finally:
+        _core.set_pool_limit(old)
+        _core.release_buffers()
+
+
 def test_live_feature_bytes_and_their_peak_count_every_feature():
     from sparsr import _core
     from sparsr.executor import feature_bytes

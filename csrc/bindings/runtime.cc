@@ -50,6 +50,8 @@ SPARSR_BINDINGS(0) {
         "Returns the pooled feature buffers to the OS; the bytes released.");
   m.def("pooled_bytes", &pooled_buffer_bytes, "Bytes of feature buffers held for reuse.");
   m.def("live_feature_bytes", &live_feature_bytes, "Bytes of features alive now.");
+  m.def("mapped_bytes", &mapped_buffer_bytes,
+        "Bytes of feature buffers mapped anew (not taken from the pool) since start.");
   m.def("reset_peak_feature_bytes", &reset_peak_feature_bytes,
         "The most bytes of features alive at once since the last reset; the next peak starts "
         "from the live bytes.");

@@ -33,18 +33,24 @@ class BufferPool {
 
   // Buffers are kept by their mapped size (whole 2 MB pages), so that
   // features a few rows apart (band execution's windows) share them.
-  float* take(size_t bytes) {
+  //
+  // A buffer up to an eighth larger serves too (the smallest that fits): band
+  // execution's features of one value differ by their halo rows from band to
+  // band and step to step. *mapped gets the buffer's own size.
+  float* take(size_t bytes, size_t* mapped) {
     bytes = mapped_size(bytes);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        float* p = it->second;
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= bytes + bytes / 8) {
+        float* p = it->second.second;
+        *mapped = it->first;
+        pooled_ -= it->first;
         free_.erase(it);
-        pooled_ -= bytes;
         return p;
       }
     }
+    *mapped = bytes;
     // 2 MB aligned and advised as huge pages: a convolution tile reads a row
     // of every input channel, each in its own 4 KB page, which alone overflows
     // the first-level TLB (measured: a 1x1 256->64 over 360x640 on one thread,
@@ -59,6 +65,7 @@ class BufferPool {
     void* m = mmap(nullptr, rounded + kHugePage, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) throw std::bad_alloc();
+    mapped_total_.fetch_add(rounded, std::memory_order_relaxed);
     char* base = static_cast<char*>(m);
     char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) /
                                       kHugePage * kHugePage);
@@ -74,13 +81,13 @@ class BufferPool {
   static size_t mapped_size(size_t bytes) {
     return (bytes + kHugePage - 1) / kHugePage * kHugePage;
   }
-  static void unmap(float* p, size_t bytes) { munmap(p, mapped_size(bytes)); }
+  static void unmap(float* p, size_t mapped) { munmap(p, mapped); }
 
   // Returns every pooled buffer to the OS (between images of different sizes).
   size_t release_all() {
     std::lock_guard<std::mutex> lock(mutex_);
     const size_t bytes = pooled_;
-    for (auto& [size, p] : free_) unmap(p, size);
+    for (auto& [size, entry] : free_) unmap(entry.second, size);
     free_.clear();
     pooled_ = 0;
     return bytes;
@@ -91,23 +98,31 @@ class BufferPool {
     return pooled_;
   }
 
+  size_t mapped_total() const { return mapped_total_.load(std::memory_order_relaxed); }
+
+  // A lower limit lets go of the buffers over it at once, the oldest first.
   size_t set_limit(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     const size_t old = limit_;
     limit_ = bytes;
+    evict_until(0);
     return old;
   }
 
   static constexpr size_t kMaxPooledBytes = size_t(1) << 30;
 
+  // bytes: as mapped (take's *mapped). Over the limit, the buffers freed
+  // longest ago go first: a band's steps free and ask for the same sizes
+  // again soon, while the sizes of a band before (or of a pass before) may
+  // never come back.
   void give(float* p, size_t bytes) {
-    bytes = mapped_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    if (pooled_ + bytes > limit_) {
+    if (bytes > limit_) {
       unmap(p, bytes);
       return;
     }
-    free_.emplace(bytes, p);
+    evict_until(bytes);
+    free_.emplace(bytes, std::make_pair(++clock_, p));
     pooled_ += bytes;
   }
 
@@ -115,8 +130,22 @@ class BufferPool {
   static constexpr size_t kHugePage = size_t(2) << 20;
   std::mutex mutex_;
   size_t limit_ = kMaxPooledBytes;
-  std::multimap<size_t, float*> free_;
+  // Unmaps the oldest buffers until `room` more bytes fit under the limit.
+  void evict_until(size_t room) {
+    while (!free_.empty() && pooled_ + room > limit_) {
+      auto oldest = free_.begin();
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second.first < oldest->second.first) oldest = it;
+      unmap(oldest->second.second, oldest->first);
+      pooled_ -= oldest->first;
+      free_.erase(oldest);
+    }
+  }
+
+  std::multimap<size_t, std::pair<uint64_t, float*>> free_;   // size -> (when freed, buffer)
+  uint64_t clock_ = 0;
   size_t pooled_ = 0;
+  std::atomic<size_t> mapped_total_{0};
 };
 
 // Buffers below this size come from malloc's own free lists cheaply.
@@ -145,12 +174,13 @@ size_t reset_peak_feature_bytes() {
 
 size_t release_pooled_buffers() { return BufferPool::get().release_all(); }
 size_t pooled_buffer_bytes() { return BufferPool::get().pooled(); }
+size_t mapped_buffer_bytes() { return BufferPool::get().mapped_total(); }
 size_t set_pooled_buffer_limit(size_t bytes) { return BufferPool::get().set_limit(bytes); }
 
 void Feature::Free::operator()(float* p) const {
   g_live_bytes.fetch_sub(bytes, std::memory_order_relaxed);
-  if (bytes >= kPoolMinBytes) {
-    BufferPool::get().give(p, bytes);
+  if (mapped) {
+    BufferPool::get().give(p, mapped);
   } else {
     std::free(p);
   }
@@ -170,8 +200,9 @@ Feature::Feature(int channels, int height, int width, int written)
   const size_t bytes =
       ((static_cast<size_t>(channels) * plane_ + kFeatureSlack) * sizeof(float) + 63) / 64 * 64;
   float* p;
+  size_t mapped = 0;
   if (bytes >= kPoolMinBytes) {
-    p = BufferPool::get().take(bytes);
+    p = BufferPool::get().take(bytes, &mapped);
     // Zero in parallel: every feature starts all zero (borders, and the
     // sparse channels at unimportant pixels that SMSR never writes), except
     // the interiors of the planes the caller writes.
@@ -198,7 +229,7 @@ Feature::Feature(int channels, int height, int width, int written)
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, bytes);
   }
-  data_ = std::unique_ptr<float, Free>(p, Free{bytes});
+  data_ = std::unique_ptr<float, Free>(p, Free{bytes, mapped});
   count_feature(bytes);
 }
 

@@ -34,6 +34,7 @@ class Feature {
  private:
   struct Free {
     size_t bytes = 0;
+    size_t mapped = 0;   // the pooled buffer's own size (0: from malloc)
     void operator()(float* p) const;
   };
   int channels_, height_, width_;
@@ -114,6 +115,9 @@ class Conv2d {
 // this returns them to the OS and gives the bytes released.
 size_t release_pooled_buffers();
 size_t pooled_buffer_bytes();
+// Bytes of feature buffers mapped anew (not from the pool) since start: each
+// page of them is cleared by the kernel at its first touch.
+size_t mapped_buffer_bytes();
 // Bytes of features alive now; and their most since the last reset (the
 // reset returns that peak and starts the next one from the live bytes).
 size_t live_feature_bytes();

@@ -452,12 +452,14 @@ class Executor:
         if pool_limit is None:
             pool_limit = BAND_POOL
         rt = Run(mode, self.isa)
+        # (Setting the limit lets go of what the pool holds over it.) The
+        # buffers pooled when the run ends stay, as after a whole-image run:
+        # the next image of this size takes them.
         old = _core.set_pool_limit(pool_limit)
         try:
             out, masks = run_bands(bplan, x, rt, spill, progress)
         finally:
             _core.set_pool_limit(old)
-            _core.release_buffers()
         return Result(out, masks, rt.counter.layers, None)
 
     def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
