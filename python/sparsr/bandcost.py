@@ -33,12 +33,13 @@ def band_bytes(bp: BandPlan, spill: bool, trace: list | None = None) -> int:
         state = _Buffers(bp, spill, size, glob)
         for k, works in enumerate(p.bands):
             state.later = p.keep[k + 1] if k + 1 < len(p.bands) else {}
+            last = {v: j for j, w in enumerate(works) for v in bp.steps[w.step].inputs}
             for j, w in enumerate(works):
                 need = state.step(w, p.keep[k])
                 peak = max(peak, need)
                 if trace is not None:
                     trace.append((level, k, j, need))
-                state.trim_read(works, j)
+                state.trim_read(bp.steps[w.step], j, last)
             state.end_band()
     return peak
 
@@ -107,10 +108,9 @@ class _Buffers:
                 held[v] = (w.o0, w.b)      # a crop is a view of the whole window
         return need
 
-    def trim_read(self, works, j) -> None:
-        """Trims the values of work j read by no later work of the band."""
-        s = self.bp.steps[works[j].step]
-        last = {v: i for i, w in enumerate(works) for v in self.bp.steps[w.step].inputs}
+    def trim_read(self, s, j: int, last: dict[str, int]) -> None:
+        """Trims the values of step s (work j) read by no later work of the
+        band (last: value -> the band's last work reading it)."""
         for v in dict.fromkeys(list(s.inputs) + list(s.outputs)):
             if last.get(v, -1) <= j:
                 self.trim(v)

@@ -163,10 +163,10 @@ class BandPlan:
         time in the pass that makes them (value -> the one whose store it
         takes): same shape, and each row of the new value written only once
         no later read of the old one reaches it (nor the rows beside its
-        window, for a step that reads them: RowMap.border). SMSR's passes each replace a module's
-        output, the running sum and the collect's sum so: three stores
-        instead of six. Reads through views are not followed: an old value
-        read by a view keeps its store."""
+        window, for a step that reads them: RowMap.border). SMSR's passes
+        each replace a module's output, the running sum and the collect's sum
+        so: three stores instead of six. Reads through views are not
+        followed: an old value read by a view keeps its store."""
         shares: dict[str, str] = {}
         for level, p in enumerate(self.passes):
             made = [v for i in self.band_steps(level) for v in self.steps[i].outputs

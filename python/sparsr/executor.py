@@ -628,8 +628,12 @@ def choose_execution(executor: Executor, height: int, width: int,
     held = feature_bytes(*plan.shapes[executor.graph.inputs[0]]) + probe.output_bytes()
     stored = probe.store_bytes()
 
+    counted: dict[tuple[int, bool], int] = {}
+
     def band(rows: int, spill: bool) -> int:
-        return band_bytes(executor.band_plan(height, width, rows), spill)
+        if (rows, spill) not in counted:
+            counted[rows, spill] = band_bytes(executor.band_plan(height, width, rows), spill)
+        return counted[rows, spill]
 
     def need(rows: int, spill: bool) -> int:
         # The band buffers, and as much again in the pool (at most BAND_POOL).
