@@ -14,6 +14,8 @@ one layer's weights then re-runs only the nodes from that layer on.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -628,12 +630,9 @@ def choose_execution(executor: Executor, height: int, width: int,
     held = feature_bytes(*plan.shapes[executor.graph.inputs[0]]) + probe.output_bytes()
     stored = probe.store_bytes()
 
-    counted: dict[tuple[int, bool], int] = {}
-
+    @functools.cache
     def band(rows: int, spill: bool) -> int:
-        if (rows, spill) not in counted:
-            counted[rows, spill] = band_bytes(executor.band_plan(height, width, rows), spill)
-        return counted[rows, spill]
+        return band_bytes(executor.band_plan(height, width, rows), spill)
 
     def need(rows: int, spill: bool) -> int:
         # The band buffers, and as much again in the pool (at most BAND_POOL).
