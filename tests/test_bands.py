@@ -581,3 +581,27 @@ def test_a_store_is_taken_over_only_where_no_later_read_reaches_it(pointwise):
     whole_store = sum(sparsr.executor.feature_bytes(*bp.shapes[v]) for v in (u, w))
     assert (bp.store_bytes() < whole_store) == pointwise
     _check(model, 30, 21, rows_list=(1, 4), spill=(False, True))
+
+
+def test_bands_after_the_first_take_their_buffers_from_the_band_arena():
+    # Features of a dozen sizes, bands of unequal heights (the first and last
+    # are shorter): the second run of an image maps no new buffer.
+    net = Net(seed=3)
+    x = _chain(net, net.b.input, 24)
+    y = net.b.relu(net.conv(x, 24, 40))
+    z = net.b.relu(net.conv(y, 40, 32))
+    out = net.conv(net.b.add(net.conv(z, 32, 24), x), 24, 3)
+    model = net.model(out)
+    ex = model._executor
+    f = _core.Feature.from_numpy(
+        np.random.default_rng(0).random((3, 203, 320), dtype=np.float32)).view()
+    _core.release_buffers()
+    first = ex.run_bands(f, "mask", 37, arena_bytes=64 << 20).output
+    before = _core.mapped_bytes()
+    again = ex.run_bands(f, "mask", 37, arena_bytes=64 << 20).output
+    assert _core.band_arena_bytes() >= 64 << 20
+    assert _core.mapped_bytes() == before
+    assert (again == first).all()
+    want = ex.run(f, "mask").output.numpy().transpose(1, 2, 0)
+    assert np.abs(first - want).max() <= TOL_255 / 255
+    _core.release_buffers()

@@ -354,3 +354,61 @@ def test_smsr_plan_accounts_for_its_scratch(smsr_model):
     # The 64-channel features of a module, its dense channels, the mask branch
     # and the accumulated collect: a few hundred MB at 640x360, not a few MB.
     assert 300e6 < plan.peak_bytes < 1500e6
+
+
+def _mib_feature(n):
+    from sparsr import _core
+    return _core.Feature(1, n * 1024 * 1024 // (4 * 1040) - 2, 1024)
+
+
+def test_the_band_arena_serves_features_of_any_size_from_the_room_freed():
+    from sparsr import _core
+    _core.release_buffers()
+    assert _core.band_arena_bytes() == 0
+    assert _core.reserve_band_arena(64 << 20) >= 64 << 20
+    old = _core.set_arena_use(True)
+    try:
+        a, b = _mib_feature(20), _mib_feature(20)
+        touched = _core.band_arena_touched_bytes()
+        assert 40 << 20 <= touched <= 44 << 20
+        del a, b                         # merged into one free block ...
+        before = _core.mapped_bytes()
+        c = _mib_feature(36)             # ... that holds a larger feature
+        d = _mib_feature(3)
+        assert _core.mapped_bytes() == before
+        assert _core.band_arena_touched_bytes() == touched
+        e = _mib_feature(40)             # no room left: from the pool
+        assert _core.mapped_bytes() > before
+        assert _core.band_arena_touched_bytes() <= 64 << 20
+        # A live arena is not replaced; release drops its free pages only.
+        assert _core.reserve_band_arena(128 << 20) == _core.band_arena_bytes() < 128 << 20
+        _core.release_buffers()
+        assert _core.band_arena_bytes() > 0
+        c.numpy()[:] = 1.0               # still usable
+        del c, d, e
+    finally:
+        _core.set_arena_use(old)
+    assert _core.set_arena_use(False) is False
+    f = _mib_feature(5)                  # arena use off: from the pool
+    assert _core.band_arena_touched_bytes() <= 64 << 20
+    del f
+    _core.release_buffers()
+    assert _core.band_arena_bytes() == 0
+
+
+def test_a_feature_request_scale_asks_the_pool_for_more_bytes():
+    from sparsr import _core
+    _core.release_buffers()
+    with pytest.raises(ValueError, match="scale"):
+        _core.set_request_scale(0.5)
+    old = _core.set_request_scale(2.0)
+    try:
+        a = _mib_feature(10)
+    finally:
+        assert _core.set_request_scale(old) == 2.0
+    del a
+    before = _core.mapped_bytes()
+    b = _mib_feature(19)                 # the 20 MiB buffer a asked for serves
+    assert _core.mapped_bytes() == before
+    del b
+    _core.release_buffers()

@@ -57,6 +57,19 @@ SPARSR_BINDINGS(0) {
         "from the live bytes.");
   m.def("set_pool_limit", &set_pooled_buffer_limit, py::arg("bytes"),
         "The most bytes of freed feature buffers kept for reuse; returns the previous limit.");
+  m.def("set_request_scale", &set_feature_request_scale, py::arg("scale"),
+        "Features this thread makes ask the pool for scale (>= 1) times their bytes (band "
+        "runs: a short band's buffers as large as the tallest band's); returns the previous "
+        "scale.");
+  m.def("reserve_band_arena", &reserve_band_arena, py::arg("bytes"),
+        "Keeps a band arena of at least this many bytes (replaced only when nothing in it is "
+        "alive); returns its size.");
+  m.def("set_arena_use", &set_arena_use, py::arg("on"),
+        "Features this thread makes come from the band arena while on (those it cannot hold "
+        "from the pool); returns the previous setting.");
+  m.def("band_arena_bytes", &band_arena_bytes, "Size of the band arena (0: none).");
+  m.def("band_arena_touched_bytes", &band_arena_touched_bytes,
+        "Bytes of the band arena ever used (resident since, unless released).");
   m.def("kernels", [] {
     py::list out;
     for (const KernelInfo& k : kernel_table()) {

@@ -99,6 +99,7 @@ class BufferPool {
   }
 
   size_t mapped_total() const { return mapped_total_.load(std::memory_order_relaxed); }
+  void count_mapped(size_t bytes) { mapped_total_.fetch_add(bytes, std::memory_order_relaxed); }
 
   // A lower limit lets go of the buffers over it at once, the oldest first.
   size_t set_limit(size_t bytes) {
@@ -148,12 +149,147 @@ class BufferPool {
   std::atomic<size_t> mapped_total_{0};
 };
 
+// The band arena (runtime.h): a first-fit heap over one mapping, its free
+// blocks merged with their neighbours. A band's steps free and make features
+// of a dozen sizes; from one region the pages a band touched serve the next
+// band's features of any size, where the pool would map (and the kernel
+// clear) a new buffer for every size it does not hold.
+class BandArena {
+ public:
+  static BandArena& get() {
+    static BandArena* arena = new BandArena();  // outlives static teardown
+    return *arena;
+  }
+
+  size_t reserve(size_t bytes) {
+    bytes = round(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (bytes > size_ && live_ == 0) {
+      unmap_locked();
+      void* m = mmap(nullptr, bytes + kAlign, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m != MAP_FAILED) {
+        char* raw = static_cast<char*>(m);
+        base_ = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kAlign - 1) /
+                                        kAlign * kAlign);
+        if (base_ > raw) munmap(raw, base_ - raw);
+        const size_t tail = (raw + bytes + kAlign) - (base_ + bytes);
+        if (tail) munmap(base_ + bytes, tail);
+#ifdef MADV_HUGEPAGE
+        madvise(base_, bytes, MADV_HUGEPAGE);
+#endif
+        size_ = bytes;
+        free_.emplace(0, bytes);
+      }
+    }
+    return size_;
+  }
+
+  // nullptr when no free block holds `bytes`. *fresh: bytes never used before.
+  float* take(size_t bytes, size_t* taken, size_t* fresh) {
+    bytes = size_class(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    // The smallest block that holds it, the lowest of equals.
+    auto it = free_.end();
+    for (auto b = free_.begin(); b != free_.end(); ++b)
+      if (b->second >= bytes && (it == free_.end() || b->second < it->second)) it = b;
+    if (it != free_.end()) {
+      const size_t at = it->first, rest = it->second - bytes;
+      free_.erase(it);
+      if (rest) free_.emplace(at + bytes, rest);
+      live_ += bytes;
+      *taken = bytes;
+      *fresh = at + bytes > touched_ ? at + bytes - std::max(at, touched_) : 0;
+      touched_ = std::max(touched_, at + bytes);
+      return reinterpret_cast<float*>(base_ + at);
+    }
+    // Split too finely for this feature, which the pool makes instead: the
+    // free pages go back to the OS, so that the two together hold no more
+    // than the features alive.
+    drop_free_pages_locked();
+    return nullptr;
+  }
+
+  void give(float* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    size_t at = reinterpret_cast<char*>(p) - base_;
+    live_ -= bytes;
+    auto next = free_.lower_bound(at);
+    if (next != free_.end() && next->first == at + bytes) {
+      bytes += next->second;
+      next = free_.erase(next);
+    }
+    if (next != free_.begin()) {
+      auto before = std::prev(next);
+      if (before->first + before->second == at) {
+        at = before->first;
+        bytes += before->second;
+        free_.erase(before);
+      }
+    }
+    free_.emplace(at, bytes);
+  }
+
+  // Unmapped when nothing in it is alive, else its free pages dropped.
+  size_t release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t bytes = touched_;
+    if (live_ == 0)
+      unmap_locked();
+    else
+      drop_free_pages_locked();
+    return bytes;
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return size_;
+  }
+  size_t touched() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return touched_;
+  }
+
+ private:
+  static constexpr size_t kAlign = size_t(2) << 20;
+  static size_t round(size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+  // Sixteen sizes per doubling (at most 1/16 more): features a row or two
+  // apart (one value from band to band, or two values) take one size, so
+  // that each fits the room the other left.
+  static size_t size_class(size_t bytes) {
+    size_t step = 4096;
+    while (step * 32 <= bytes) step *= 2;
+    return (bytes + step - 1) / step * step;
+  }
+  void drop_free_pages_locked() {
+    for (auto& [at, n] : free_) {
+      const size_t begin = (at + 4095) / 4096 * 4096;
+      const size_t end = std::min(at + n, touched_) / 4096 * 4096;
+      if (end > begin) madvise(base_ + begin, end - begin, MADV_DONTNEED);
+    }
+  }
+  void unmap_locked() {
+    if (base_) munmap(base_, size_);
+    base_ = nullptr;
+    size_ = touched_ = 0;
+    free_.clear();
+  }
+
+  std::mutex mutex_;
+  char* base_ = nullptr;
+  size_t size_ = 0, live_ = 0, touched_ = 0;
+  std::map<size_t, size_t> free_;   // offset -> bytes, no two adjacent
+};
+
+thread_local bool t_use_arena = false;
+
 // Buffers below this size come from malloc's own free lists cheaply.
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
 
 // Bytes of features alive, and their high-water mark since the last reset:
 // what the executor's memory estimates are checked against.
 std::atomic<size_t> g_live_bytes{0};
+thread_local double t_request_scale = 1.0;
 std::atomic<size_t> g_peak_bytes{0};
 
 void count_feature(size_t bytes) {
@@ -172,14 +308,35 @@ size_t reset_peak_feature_bytes() {
                                std::memory_order_relaxed);
 }
 
-size_t release_pooled_buffers() { return BufferPool::get().release_all(); }
+size_t release_pooled_buffers() {
+  return BufferPool::get().release_all() + BandArena::get().release();
+}
+size_t reserve_band_arena(size_t bytes) { return BandArena::get().reserve(bytes); }
+bool set_arena_use(bool on) {
+  const bool old = t_use_arena;
+  t_use_arena = on;
+  return old;
+}
+size_t band_arena_bytes() { return BandArena::get().size(); }
+size_t band_arena_touched_bytes() { return BandArena::get().touched(); }
 size_t pooled_buffer_bytes() { return BufferPool::get().pooled(); }
 size_t mapped_buffer_bytes() { return BufferPool::get().mapped_total(); }
 size_t set_pooled_buffer_limit(size_t bytes) { return BufferPool::get().set_limit(bytes); }
 
+double set_feature_request_scale(double scale) {
+  if (!(scale >= 1.0) || scale > 1e6)
+    throw std::invalid_argument("feature request scale must be in [1, 1e6], got " +
+                                std::to_string(scale));
+  const double old = t_request_scale;
+  t_request_scale = scale;
+  return old;
+}
+
 void Feature::Free::operator()(float* p) const {
   g_live_bytes.fetch_sub(bytes, std::memory_order_relaxed);
-  if (mapped) {
+  if (arena) {
+    BandArena::get().give(p, mapped);
+  } else if (mapped) {
     BufferPool::get().give(p, mapped);
   } else {
     std::free(p);
@@ -201,8 +358,16 @@ Feature::Feature(int channels, int height, int width, int written)
       ((static_cast<size_t>(channels) * plane_ + kFeatureSlack) * sizeof(float) + 63) / 64 * 64;
   float* p;
   size_t mapped = 0;
+  bool in_arena = false;
   if (bytes >= kPoolMinBytes) {
-    p = BufferPool::get().take(bytes, &mapped);
+    const size_t request = std::max(bytes, static_cast<size_t>(bytes * t_request_scale));
+    size_t fresh = 0;
+    p = t_use_arena ? BandArena::get().take(request, &mapped, &fresh) : nullptr;
+    in_arena = p != nullptr;
+    if (in_arena)
+      BufferPool::get().count_mapped(fresh);
+    else
+      p = BufferPool::get().take(request, &mapped);
     // Zero in parallel: every feature starts all zero (borders, and the
     // sparse channels at unimportant pixels that SMSR never writes), except
     // the interiors of the planes the caller writes.
@@ -229,7 +394,7 @@ Feature::Feature(int channels, int height, int width, int written)
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, bytes);
   }
-  data_ = std::unique_ptr<float, Free>(p, Free{bytes, mapped});
+  data_ = std::unique_ptr<float, Free>(p, Free{bytes, mapped, in_arena});
   count_feature(bytes);
 }
 

@@ -35,6 +35,7 @@ class Feature {
   struct Free {
     size_t bytes = 0;
     size_t mapped = 0;   // the pooled buffer's own size (0: from malloc)
+    bool arena = false;  // from the band arena (its own size: mapped)
     void operator()(float* p) const;
   };
   int channels_, height_, width_;
@@ -124,6 +125,22 @@ size_t live_feature_bytes();
 size_t reset_peak_feature_bytes();
 // The most bytes the pool keeps (default 1 GiB); gives the previous limit.
 size_t set_pooled_buffer_limit(size_t bytes);
+// Features this thread makes from now on ask the pool for `scale` (>= 1) times
+// their bytes, the rest of the buffer unused: band execution makes a short
+// band's features as large as the tallest band's, so that one set of buffers
+// serves every band. Gives the previous scale.
+double set_feature_request_scale(double scale);
+
+// The band arena: one mapping of `bytes` from which the features this thread
+// makes while arena use is on (set_arena_use) are carved, first touched once
+// and reused by every band after the first, whatever the mix of sizes (the
+// pool reuses a buffer only for a request of about its size). A request it
+// cannot hold goes to the pool. Reserving keeps an arena at least that large
+// (a smaller one is replaced once nothing in it is alive); gives its size.
+size_t reserve_band_arena(size_t bytes);
+bool set_arena_use(bool on);       // this thread's; gives the previous setting
+size_t band_arena_bytes();          // its size (0: none)
+size_t band_arena_touched_bytes();  // the bytes of it ever used (resident since)
 
 // Splits runs into tasks of roughly equal pixel counts for the thread pool.
 std::vector<std::pair<size_t, size_t>> split_runs(const PixelSet& pixels, int64_t cost_per_pixel);

@@ -71,6 +71,7 @@ class Work:
 class Pass:
     bands: list[list[Work]] = field(default_factory=list)
     keep: list[dict[str, int]] = field(default_factory=list)   # per band: value -> first row kept
+    tallest: dict[int, int] = field(default_factory=dict)      # step -> most rows of its works
 
 
 class BandPlan:
@@ -275,6 +276,9 @@ class BandPlan:
                 later[v] = min(later.get(v, INF), lo)
             result.keep.append(dict(later))
         result.keep.reverse()
+        for works in result.bands:
+            for w in works:
+                result.tallest[w.step] = max(result.tallest.get(w.step, 0), w.b - w.o0)
         for i in steps:
             if done[i] < self.shapes[self.steps[i].outputs[0]][1] and \
                     any(o in sinks for o in self.steps[i].outputs):
@@ -481,6 +485,7 @@ def run_bands(bplan: BandPlan, x, rt, spill: bool = False, progress=None):
         done = True
         return out, [np.concatenate(masks[i], axis=0) for i in sorted(masks)]
     finally:
+        _core.set_request_scale(1.0)
         for v, st in stores.items():
             if v != bplan.output or not done:
                 st.close()
@@ -560,7 +565,6 @@ def _call(s: BandStep, rt, inputs, masks, i, crop, presets=()):
 def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, band_done,
               spare):
     steps = bplan.steps
-    buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
     for i in bplan.band_steps(level):
         for v in steps[i].outputs:
             if v == bplan.output and v not in bplan.read_in:
@@ -574,6 +578,16 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
     reducers = {}
     for i in stats:
         reducers.setdefault(steps[i].inputs[0], []).append(stats[i])
+    arena = _core.set_arena_use(True)
+    try:
+        _run_bands_of(bplan, p, values, stores, stats, reducers, rt, masks, band_done)
+    finally:
+        _core.set_arena_use(arena)
+
+
+def _run_bands_of(bplan, p: Pass, values, stores, stats, reducers, rt, masks, band_done):
+    steps = bplan.steps
+    buffers: dict[str, tuple[Any, int]] = {}     # value -> (Channels, image row of its row 0)
 
     def window(v, lo, hi):
         if v in values:
@@ -596,6 +610,10 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
             inputs = [values[v] if win is None else window(v, *win)
                       for v, win in zip(s.inputs, w.windows)]
             ready: dict[str, tuple] = {}
+            # What the step makes asks the pool for the bytes of its tallest
+            # work (the first and the last band are shorter): the buffers of
+            # one band then serve the next, whatever its height.
+            _core.set_request_scale(p.tallest[w.step] / (w.b - w.o0))
             outs = _call(s, rt, inputs, masks, w.step, (w.a - w.o0, w.b - w.o0),
                          _merged_outputs(bplan, s, w, keep, buffers, stores, ready))
             del inputs
@@ -628,12 +646,7 @@ def _run_pass(bplan, level, p: Pass, values, stores, stats, rt, files, masks, ba
             for v in dict.fromkeys(list(s.inputs) + list(s.outputs)):
                 if last_read.get(v, -1) <= j and v in buffers:
                     _trim(buffers, stores, later, v)
-        # Buffers are pooled by size (within the run's pool limit): the first
-        # and the last band have sizes of their own, which the pool would
-        # otherwise keep in place of the middle bands' (which reuse one
-        # another's). With two bands there is no middle.
-        if len(p.bands) > 2 and k in (0, len(p.bands) - 2):
-            _core.release_buffers()
+        _core.set_request_scale(1.0)
         for v in list(buffers):
             _trim(buffers, stores, later, v)
         band_done()
@@ -683,6 +696,12 @@ def _trim(buffers, stores, later, v):
     if v not in later or later[v] >= end:
         del buffers[v]
     elif later[v] > first:
-        kept = _core.Feature(len(ch), end - later[v], ch.width, written=len(ch)).view()
+        # Outlives the band: not from the band arena, where it would split
+        # the room the next band's features take.
+        arena = _core.set_arena_use(False)
+        try:
+            kept = _core.Feature(len(ch), end - later[v], ch.width, written=len(ch)).view()
+        finally:
+            _core.set_arena_use(arena)
         _core.copy(ch.rows(later[v] - first, ch.height), kept)
         buffers[v] = (kept, later[v])

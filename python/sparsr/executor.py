@@ -445,7 +445,8 @@ class Executor:
         return self._band_plans[key]
 
     def run_bands(self, x, mode: str, band_rows: int, spill: bool = False,
-                  pool_limit: int | None = None, progress=None) -> Result:
+                  pool_limit: int | None = None, progress=None,
+                  arena_bytes: int = 0) -> Result:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
         the same result as run(), in the memory of a band. pool_limit: the
         most bytes of freed buffers kept for reuse meanwhile (default
@@ -458,6 +459,8 @@ class Executor:
         # buffers pooled when the run ends stay, as after a whole-image run:
         # the next image of this size takes them.
         old = _core.set_pool_limit(pool_limit)
+        if arena_bytes and not __import__('os').environ.get('NOARENA'):
+            _core.reserve_band_arena(arena_bytes)
         try:
             out, masks = run_bands(bplan, x, rt, spill, progress)
         finally:
@@ -593,6 +596,7 @@ class Execution:
     spill: bool = False
     peak_bytes: int = 0
     pool_bytes: int = 0
+    arena_bytes: int = 0
 
 
 def choose_execution(executor: Executor, height: int, width: int,
@@ -643,7 +647,9 @@ def choose_execution(executor: Executor, height: int, width: int,
         b = band(rows, spill)
         fixed = held + (0 if spill else stored) + b
         pool = max(min(b, BAND_POOL), min(b, budget - fixed))
-        return Execution(rows, spill, fixed + pool, pool)
+        # The band arena holds the band's buffers and what the pool would
+        # (bands.py): it touches no more than it uses.
+        return Execution(rows, spill, fixed + pool, pool, b + pool)
 
     if tile is not None:
         return execution(tile, need(tile, False) > budget)

@@ -126,7 +126,8 @@ class Model:
         if ex.band_rows is None:
             return self._executor.run(x, mode)
         return self._executor.run_bands(x, mode, ex.band_rows, spill=ex.spill,
-                                        pool_limit=ex.pool_bytes, progress=progress)
+                                        pool_limit=ex.pool_bytes, progress=progress,
+                                        arena_bytes=ex.arena_bytes)
 
     def run_network(self, planes: np.ndarray, mode: str = "mask", *,
                     tile: int | None = None) -> np.ndarray:
