@@ -540,7 +540,7 @@ def test_stores_of_a_pass_take_the_features_of_the_stores_closed_before_it(conve
     assert len(features) > len({id(f) for f in features}) + 5
 
 
-def test_the_pool_gets_what_the_budget_leaves_up_to_a_band(converted):
+def test_the_pool_then_the_band_arena_get_what_the_budget_leaves_up_to_a_band(converted):
     from sparsr.bandcost import band_bytes
     from sparsr.executor import BAND_POOL
 
@@ -548,11 +548,18 @@ def test_the_pool_gets_what_the_budget_leaves_up_to_a_band(converted):
     band = band_bytes(model._executor.band_plan(200, 31, 8), False)
     roomy = sparsr.load(model.path, max_memory=1 << 30).execution(200, 31, tile=8)
     assert (roomy.band_rows, roomy.spill, roomy.pool_bytes) == (8, False, band)
+    assert roomy.arena_bytes == 2 * band
     assert roomy.peak_bytes <= 1 << 30
-    # A budget that leaves less: the pool gets BAND_POOL (or a band) at least.
+    fixed = roomy.peak_bytes - 2 * band     # input, output, stores and the band's buffers
+    # Room for the pool and half a band more: the arena gets the half.
+    mid = sparsr.load(model.path, max_memory=fixed + band + band // 2).execution(200, 31, tile=8)
+    assert (mid.pool_bytes, mid.arena_bytes) == (band, band + band // 2)
+    assert mid.peak_bytes == fixed + band + band // 2
+    # A budget that leaves less: the pool gets BAND_POOL (or a band) at least,
+    # the arena the band's buffers.
     least = min(band, BAND_POOL)
-    tight = sparsr.load(model.path, max_memory=roomy.peak_bytes - band + least // 2)
-    assert tight.execution(200, 31, tile=8).pool_bytes == least
+    tight = sparsr.load(model.path, max_memory=fixed + least // 2).execution(200, 31, tile=8)
+    assert (tight.pool_bytes, tight.arena_bytes) == (least, band)
 
 
 def _two_passes(net, pointwise: bool):
@@ -583,9 +590,11 @@ def test_a_store_is_taken_over_only_where_no_later_read_reaches_it(pointwise):
     _check(model, 30, 21, rows_list=(1, 4), spill=(False, True))
 
 
-def test_bands_after_the_first_take_their_buffers_from_the_band_arena():
+def test_bands_take_their_buffers_from_the_band_arena():
     # Features of a dozen sizes, bands of unequal heights (the first and last
-    # are shorter): the second run of an image maps no new buffer.
+    # are shorter): from the arena, the bands after the second map nothing new
+    # and all of them map less than from the pool; the arena is let go when
+    # the run ends.
     net = Net(seed=3)
     x = _chain(net, net.b.input, 24)
     y = net.b.relu(net.conv(x, 24, 40))
@@ -595,13 +604,24 @@ def test_bands_after_the_first_take_their_buffers_from_the_band_arena():
     ex = model._executor
     f = _core.Feature.from_numpy(
         np.random.default_rng(0).random((3, 203, 320), dtype=np.float32)).view()
-    _core.release_buffers()
-    first = ex.run_bands(f, "mask", 37, arena_bytes=64 << 20).output
-    before = _core.mapped_bytes()
-    again = ex.run_bands(f, "mask", 37, arena_bytes=64 << 20).output
-    assert _core.band_arena_bytes() >= 64 << 20
-    assert _core.mapped_bytes() == before
-    assert (again == first).all()
     want = ex.run(f, "mask").output.numpy().transpose(1, 2, 0)
-    assert np.abs(first - want).max() <= TOL_255 / 255
+
+    def run(arena_bytes):
+        _core.release_buffers()
+        start, mapped, arena = _core.mapped_bytes(), [], []
+
+        def progress(fraction):
+            mapped.append(_core.mapped_bytes() - start)
+            arena.append(_core.band_arena_bytes())
+
+        got = ex.run_bands(f, "mask", 37, arena_bytes=arena_bytes, progress=progress).output
+        assert np.abs(got - want).max() <= TOL_255 / 255
+        assert _core.band_arena_bytes() == 0
+        return mapped, arena
+
+    pooled, _ = run(0)
+    mapped, arena = run(64 << 20)
+    assert len(mapped) == 6 and min(arena) >= 64 << 20
+    assert mapped[2:] == [mapped[1]] * 4
+    assert mapped[-1] < pooled[-1]
     _core.release_buffers()

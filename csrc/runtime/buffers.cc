@@ -149,7 +149,7 @@ class BufferPool {
   std::atomic<size_t> mapped_total_{0};
 };
 
-// The band arena (runtime.h): a first-fit heap over one mapping, its free
+// The band arena (runtime.h): a best-fit heap over one mapping, its free
 // blocks merged with their neighbours. A band's steps free and make features
 // of a dozen sizes; from one region the pages a band touched serve the next
 // band's features of any size, where the pool would map (and the kernel
@@ -311,6 +311,7 @@ size_t reset_peak_feature_bytes() {
 size_t release_pooled_buffers() {
   return BufferPool::get().release_all() + BandArena::get().release();
 }
+size_t release_band_arena() { return BandArena::get().release(); }
 size_t reserve_band_arena(size_t bytes) { return BandArena::get().reserve(bytes); }
 bool set_arena_use(bool on) {
   const bool old = t_use_arena;

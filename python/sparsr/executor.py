@@ -450,7 +450,8 @@ class Executor:
         """Runs the graph on x over bands of band_rows input rows (bands.py):
         the same result as run(), in the memory of a band. pool_limit: the
         most bytes of freed buffers kept for reuse meanwhile (default
-        BAND_POOL)."""
+        BAND_POOL). arena_bytes: the size of the band arena the bands'
+        features come from (0: none, the pool's)."""
         bplan = self.band_plan(x.height, x.width, band_rows)
         if pool_limit is None:
             pool_limit = BAND_POOL
@@ -459,12 +460,16 @@ class Executor:
         # buffers pooled when the run ends stay, as after a whole-image run:
         # the next image of this size takes them.
         old = _core.set_pool_limit(pool_limit)
-        if arena_bytes and not __import__('os').environ.get('NOARENA'):
+        if arena_bytes:
             _core.reserve_band_arena(arena_bytes)
         try:
             out, masks = run_bands(bplan, x, rt, spill, progress)
         finally:
             _core.set_pool_limit(old)
+            # Its pages go back to the OS: what follows (the output's
+            # conversion) is not counted beside them. The next run touches
+            # them again once, in its first band.
+            _core.release_band_arena()
         return Result(out, masks, rt.counter.layers, None)
 
     def run(self, x, mode: str = "mask", *, keep: Iterable[str] = (),
@@ -590,8 +595,9 @@ BAND_POOL = 64 << 20
 @dataclass
 class Execution:
     """How one image runs: whole (band_rows None) or in bands of band_rows input
-    rows, the values kept across passes in files (spill) or in memory, and at
-    most pool_bytes of freed buffers kept for reuse meanwhile."""
+    rows, the values kept across passes in files (spill) or in memory, at
+    most pool_bytes of freed buffers kept for reuse meanwhile, and the band
+    features taken from a band arena of arena_bytes."""
     band_rows: int | None = None
     spill: bool = False
     peak_bytes: int = 0
@@ -609,7 +615,8 @@ def choose_execution(executor: Executor, height: int, width: int,
     as tall (or shorter than the forced tile). tile forces bands of that many
     input rows; without max_memory its budget is at least what the whole image
     needs. The pool of freed buffers gets what the budget leaves, up to a
-    band's buffers (BAND_POOL at least). ImageError when the network's shapes
+    band's buffers (BAND_POOL at least); the band arena the band's buffers,
+    and of what the budget leaves after that, up to as much again. ImageError when the network's shapes
     do not work at this size, or when even bands of MIN_BAND_ROWS rows need
     more than max_memory."""
     plan = plan_for(executor, height, width)     # the whole image may not fit: bands will
@@ -647,9 +654,12 @@ def choose_execution(executor: Executor, height: int, width: int,
         b = band(rows, spill)
         fixed = held + (0 if spill else stored) + b
         pool = max(min(b, BAND_POOL), min(b, budget - fixed))
-        # The band arena holds the band's buffers and what the pool would
-        # (bands.py): it touches no more than it uses.
-        return Execution(rows, spill, fixed + pool, pool, b + pool)
+        # The band arena holds the band's buffers (bands.py), and where the
+        # budget has room after the pool, up to as much again: the more room
+        # beside the features alive, the fewer requests its free blocks cannot
+        # hold. Its pages are touched as needed, but seldom all reused.
+        slack = min(b, max(0, budget - fixed - pool))
+        return Execution(rows, spill, fixed + pool + slack, pool, b + slack)
 
     if tile is not None:
         return execution(tile, need(tile, False) > budget)
