@@ -396,6 +396,33 @@ def test_the_band_arena_serves_features_of_any_size_from_the_room_freed():
     assert _core.band_arena_bytes() == 0
 
 
+@pytest.mark.parametrize("top", [True, False])
+def test_features_that_outlive_a_band_from_the_arena_top_leave_its_room_whole(top):
+    from sparsr import _core
+    _core.release_buffers()
+    _core.reserve_band_arena(64 << 20)
+    old = _core.set_arena_use(True)
+    try:
+        a = _mib_feature(10)
+        was = _core.set_arena_top(top)
+        try:
+            kept = _mib_feature(10)      # the rows a band keeps for the next
+        finally:
+            assert _core.set_arena_top(was) is top
+        assert 20 << 20 <= _core.band_arena_touched_bytes() <= 22 << 20
+        del a
+        c = _mib_feature(50)             # the next band's feature
+        # From the arena when the kept rows sit at its top (its pages touched);
+        # else the kept rows split its room and c comes from the pool.
+        assert (_core.band_arena_touched_bytes() >= 60 << 20) == top
+        assert _core.band_arena_touched_bytes() <= 64 << 20
+        del c, kept
+    finally:
+        _core.set_arena_use(old)
+    _core.release_buffers()
+    assert _core.band_arena_bytes() == 0
+
+
 def test_a_feature_request_scale_asks_the_pool_for_more_bytes():
     from sparsr import _core
     _core.release_buffers()

@@ -67,6 +67,9 @@ SPARSR_BINDINGS(0) {
   m.def("set_arena_use", &set_arena_use, py::arg("on"),
         "Features this thread makes come from the band arena while on (those it cannot hold "
         "from the pool); returns the previous setting.");
+  m.def("set_arena_top", &set_arena_top, py::arg("on"),
+        "Features this thread makes from the band arena come from its top end while on (those "
+        "that outlive their band, apart from the band's own); returns the previous setting.");
   m.def("release_band_arena", &release_band_arena,
         "Unmaps the band arena when nothing in it is alive, else returns its free pages to the "
         "OS; the bytes it had touched.");

@@ -153,7 +153,10 @@ class BufferPool {
 // blocks merged with their neighbours. A band's steps free and make features
 // of a dozen sizes; from one region the pages a band touched serve the next
 // band's features of any size, where the pool would map (and the kernel
-// clear) a new buffer for every size it does not hold.
+// clear) a new buffer for every size it does not hold. Features that outlive
+// their band (the rows kept for the next) are carved from the top, the
+// band's own from the bottom, so that the one kind does not split the room
+// of the other.
 class BandArena {
  public:
   static BandArena& get() {
@@ -178,7 +181,7 @@ class BandArena {
 #ifdef MADV_HUGEPAGE
         madvise(base_, bytes, MADV_HUGEPAGE);
 #endif
-        size_ = bytes;
+        size_ = high_ = bytes;
         free_.emplace(0, bytes);
       }
     }
@@ -186,21 +189,31 @@ class BandArena {
   }
 
   // nullptr when no free block holds `bytes`. *fresh: bytes never used before.
-  float* take(size_t bytes, size_t* taken, size_t* fresh) {
+  // top: from the end of the highest block that holds it, else from the start
+  // of the smallest (the lowest of equals).
+  float* take(size_t bytes, bool top, size_t* taken, size_t* fresh) {
     bytes = size_class(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    // The smallest block that holds it, the lowest of equals.
     auto it = free_.end();
     for (auto b = free_.begin(); b != free_.end(); ++b)
-      if (b->second >= bytes && (it == free_.end() || b->second < it->second)) it = b;
+      if (b->second >= bytes && (it == free_.end() || top || b->second < it->second)) it = b;
     if (it != free_.end()) {
-      const size_t at = it->first, rest = it->second - bytes;
+      const size_t start = it->first, rest = it->second - bytes;
+      const size_t at = top ? start + rest : start;
       free_.erase(it);
-      if (rest) free_.emplace(at + bytes, rest);
+      if (rest) free_.emplace(top ? start : at + bytes, rest);
       live_ += bytes;
       *taken = bytes;
-      *fresh = at + bytes > touched_ ? at + bytes - std::max(at, touched_) : 0;
-      touched_ = std::max(touched_, at + bytes);
+      // Never used: [low_, high_), inside one free block (nothing was ever
+      // carved there), which a block taken from reaches from below or above.
+      const size_t lo = std::max(at, low_), hi = std::min(at + bytes, high_);
+      *fresh = hi > lo ? hi - lo : 0;
+      if (hi > lo) {
+        if (lo == low_)
+          low_ = hi;
+        else
+          high_ = lo;
+      }
       return reinterpret_cast<float*>(base_ + at);
     }
     // Split too finely for this feature, which the pool makes instead: the
@@ -233,7 +246,7 @@ class BandArena {
   // Unmapped when nothing in it is alive, else its free pages dropped.
   size_t release() {
     std::lock_guard<std::mutex> lock(mutex_);
-    const size_t bytes = touched_;
+    const size_t bytes = touched_locked();
     if (live_ == 0)
       unmap_locked();
     else
@@ -247,7 +260,7 @@ class BandArena {
   }
   size_t touched() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return touched_;
+    return touched_locked();
   }
 
  private:
@@ -261,27 +274,33 @@ class BandArena {
     while (step * 32 <= bytes) step *= 2;
     return (bytes + step - 1) / step * step;
   }
+  size_t touched_locked() const { return low_ + (size_ - high_); }
+  void drop_pages_locked(size_t begin, size_t end) {
+    begin = (begin + 4095) / 4096 * 4096;
+    end = end / 4096 * 4096;
+    if (end > begin) madvise(base_ + begin, end - begin, MADV_DONTNEED);
+  }
   void drop_free_pages_locked() {
     for (auto& [at, n] : free_) {
-      const size_t begin = (at + 4095) / 4096 * 4096;
-      const size_t end = std::min(at + n, touched_) / 4096 * 4096;
-      if (end > begin) madvise(base_ + begin, end - begin, MADV_DONTNEED);
+      drop_pages_locked(at, std::min(at + n, low_));
+      drop_pages_locked(std::max(at, high_), at + n);
     }
   }
   void unmap_locked() {
     if (base_) munmap(base_, size_);
     base_ = nullptr;
-    size_ = touched_ = 0;
+    size_ = low_ = high_ = 0;
     free_.clear();
   }
 
   std::mutex mutex_;
   char* base_ = nullptr;
-  size_t size_ = 0, live_ = 0, touched_ = 0;
+  // Bytes [0, low_) and [high_, size_) have been used (resident unless dropped).
+  size_t size_ = 0, live_ = 0, low_ = 0, high_ = 0;
   std::map<size_t, size_t> free_;   // offset -> bytes, no two adjacent
 };
 
-thread_local bool t_use_arena = false;
+thread_local bool t_use_arena = false, t_arena_top = false;
 
 // Buffers below this size come from malloc's own free lists cheaply.
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
@@ -316,6 +335,11 @@ size_t reserve_band_arena(size_t bytes) { return BandArena::get().reserve(bytes)
 bool set_arena_use(bool on) {
   const bool old = t_use_arena;
   t_use_arena = on;
+  return old;
+}
+bool set_arena_top(bool on) {
+  const bool old = t_arena_top;
+  t_arena_top = on;
   return old;
 }
 size_t band_arena_bytes() { return BandArena::get().size(); }
@@ -363,7 +387,7 @@ Feature::Feature(int channels, int height, int width, int written)
   if (bytes >= kPoolMinBytes) {
     const size_t request = std::max(bytes, static_cast<size_t>(bytes * t_request_scale));
     size_t fresh = 0;
-    p = t_use_arena ? BandArena::get().take(request, &mapped, &fresh) : nullptr;
+    p = t_use_arena ? BandArena::get().take(request, t_arena_top, &mapped, &fresh) : nullptr;
     in_arena = p != nullptr;
     if (in_arena)
       BufferPool::get().count_mapped(fresh);

@@ -139,6 +139,9 @@ double set_feature_request_scale(double scale);
 // (a smaller one is replaced once nothing in it is alive); gives its size.
 size_t reserve_band_arena(size_t bytes);
 bool set_arena_use(bool on);       // this thread's; gives the previous setting
+// This thread's features (while arena use is on) from the arena's top end:
+// features that outlive the band. Gives the previous setting.
+bool set_arena_top(bool on);
 size_t release_band_arena();        // unmapped, or its free pages dropped
 size_t band_arena_bytes();          // its size (0: none)
 size_t band_arena_touched_bytes();  // the bytes of it ever used (resident since)

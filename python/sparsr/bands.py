@@ -696,12 +696,12 @@ def _trim(buffers, stores, later, v):
     if v not in later or later[v] >= end:
         del buffers[v]
     elif later[v] > first:
-        # Outlives the band: not from the band arena, where it would split
-        # the room the next band's features take.
-        arena = _core.set_arena_use(False)
+        # Outlives the band: from the band arena's top, where it does not
+        # split the room the next band's features take.
+        top = _core.set_arena_top(True)
         try:
             kept = _core.Feature(len(ch), end - later[v], ch.width, written=len(ch)).view()
         finally:
-            _core.set_arena_use(arena)
+            _core.set_arena_top(top)
         _core.copy(ch.rows(later[v] - first, ch.height), kept)
         buffers[v] = (kept, later[v])
