@@ -7,7 +7,8 @@
 Memory: each case is one `sparsr upscale` process under /usr/bin/time -v; its
 peak RSS (the whole process) is printed beside the goal and, with --torch,
 beside PyTorch's whole-image run of the same graph (tools/torch_graph.py, 2
-threads, inference mode; "does not fit" when it fails or runs out of time).
+threads, inference mode; "does not fit" with the reason when it is stopped
+past 60 % of the memory available or its time, or fails).
 The input is a Set14 image resized to the case's size. A case with a third
 field (NAME:WxH:SIZE) runs with `--max-memory SIZE` and is held to that size
 (within 10 %) instead of the issue's goal.
@@ -127,7 +128,7 @@ def speed(model_path: Path, rounds: int, large_rounds: int, folder: Path,
 TORCH_CHILD = """
 import resource, sys, numpy as np, torch
 from PIL import Image
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
 from torch_graph import GraphModule
 torch.set_num_threads(2)
 net = GraphModule.from_checkpoint(sys.argv[1]).eval()
@@ -138,32 +139,41 @@ print(tuple(y.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def torch_rss(model: Path, image: Path, timeout: float) -> int | None:
+def torch_rss(model: Path, image: Path, timeout: float) -> tuple[int | None, str]:
     """Peak RSS of PyTorch's whole-image run (its own getrusage, as
-    /usr/bin/time reports it), None when it does not finish. The run is
+    /usr/bin/time reports it), or None and why it did not finish. The run is
     stopped when its RSS passes 60 % of the memory available (an address-space
     cap would stop PyTorch at once: it reserves far more than it touches)."""
-    tools = Path(__file__).resolve().parents[1] / "tools"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "python"))
+    import sparsr
     from sparsr.executor import available_memory
     limit = int(0.6 * (available_memory() or 8 << 30))
-    child = subprocess.Popen([sys.executable, "-c", TORCH_CHILD, str(model), str(image),
-                              str(tools)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while child.poll() is None:
-            if time.monotonic() > deadline or _rss(child.pid) > limit:
+    package = Path(sparsr.__file__).resolve().parents[1]    # the child imports this sparsr
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-c", TORCH_CHILD, str(model), str(image),
+                                  str(root / "tools"), str(package)], stdout=subprocess.PIPE,
+                                 stderr=err, text=True)
+        deadline, peak = time.monotonic() + timeout, 0
+        try:
+            while child.poll() is None:
+                peak = max(peak, _rss(child.pid))
+                if peak > limit:
+                    return None, f"stopped at {peak / 1e9:.1f} GB, 60 % of the memory available"
+                if time.monotonic() > deadline:
+                    return None, f"stopped after {timeout:.0f} s"
+                time.sleep(0.05)
+            out = child.stdout.read().split()
+            if child.returncode == 0 and out:
+                return int(out[-1]) * 1024, ""
+            err.seek(0)
+            last = (err.read().strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+            return None, f"failed: {last}"
+        finally:
+            if child.poll() is None:
                 child.kill()
                 child.wait()
-                return None
-            time.sleep(0.05)
-        out = child.stdout.read().split()
-        return int(out[-1]) * 1024 if child.returncode == 0 and out else None
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.stdout.close()
+            child.stdout.close()
 
 
 def _rss(pid: int) -> int:
@@ -211,8 +221,8 @@ def main() -> None:
                 line = (f"{name:24s} {w}x{h}: peak RSS {rss / 1e9:5.2f} GB (goal "
                         f"{goal / 1e9:.1f}) {'ok' if rss <= goal else 'OVER'}, {seconds:6.1f} s")
             if args.torch:
-                t = torch_rss(model, image, args.torch_timeout)
-                line += ("; PyTorch whole image: does not fit" if t is None else
+                t, why = torch_rss(model, image, args.torch_timeout)
+                line += (f"; PyTorch whole image: does not fit ({why})" if t is None else
                          f"; PyTorch whole image {t / 1e9:5.2f} GB (x{t / rss:.1f})")
             print(line, flush=True)
         sizes = tuple(tuple(int(v) for v in size.split("x")) for size in args.speed_sizes)
