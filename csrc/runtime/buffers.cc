@@ -19,6 +19,29 @@ namespace sparsr {
 
 namespace {
 
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// `bytes` (whole 4 KB pages) mapped anonymously, 2 MB aligned and advised as
+// huge pages: a convolution tile reads a row of every input channel, each in
+// its own 4 KB page, which alone overflows the first-level TLB (measured: a
+// 1x1 256->64 over 360x640 on one thread, 135 -> 130 ms). nullptr when the
+// mapping fails.
+char* map_huge_aligned(size_t bytes, int flags) {
+  void* m = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  char* base = static_cast<char*>(m);
+  char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) /
+                                    kHugePage * kHugePage);
+  if (p > base) munmap(base, p - base);
+  const size_t tail = (base + bytes + kHugePage) - (p + bytes);
+  if (tail) munmap(p + bytes, tail);
+#ifdef MADV_HUGEPAGE
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+  return p;
+}
+
 // Large feature buffers come back to this pool instead of the OS: a fresh
 // mapping costs a page fault per 4 KiB on first touch, which for a network
 // that allocates dozens of 60 MB features per pass costs more than the
@@ -51,30 +74,14 @@ class BufferPool {
       }
     }
     *mapped = bytes;
-    // 2 MB aligned and advised as huge pages: a convolution tile reads a row
-    // of every input channel, each in its own 4 KB page, which alone overflows
-    // the first-level TLB (measured: a 1x1 256->64 over 360x640 on one thread,
-    // 135 -> 130 ms).
-    //
     // Mapped directly, not through malloc: glibc raises its mmap threshold to
     // the size of each mapping freed, after which buffers of up to 32 MB come
     // from the heap and their pages stay with the process when freed (band
     // execution, whose buffers come in many sizes, grew to several times its
     // working set so).
-    const size_t rounded = mapped_size(bytes);
-    void* m = mmap(nullptr, rounded + kHugePage, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) throw std::bad_alloc();
-    mapped_total_.fetch_add(rounded, std::memory_order_relaxed);
-    char* base = static_cast<char*>(m);
-    char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) /
-                                      kHugePage * kHugePage);
-    if (p > base) munmap(base, p - base);
-    const size_t tail = (base + rounded + kHugePage) - (p + rounded);
-    if (tail) munmap(p + rounded, tail);
-#ifdef MADV_HUGEPAGE
-    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
-#endif
+    char* p = map_huge_aligned(bytes, 0);
+    if (!p) throw std::bad_alloc();
+    mapped_total_.fetch_add(bytes, std::memory_order_relaxed);
     return reinterpret_cast<float*>(p);
   }
 
@@ -128,7 +135,6 @@ class BufferPool {
   }
 
  private:
-  static constexpr size_t kHugePage = size_t(2) << 20;
   std::mutex mutex_;
   size_t limit_ = kMaxPooledBytes;
   // Unmaps the oldest buffers until `room` more bytes fit under the limit.
@@ -169,18 +175,8 @@ class BandArena {
     std::lock_guard<std::mutex> lock(mutex_);
     if (bytes > size_ && live_ == 0) {
       unmap_locked();
-      void* m = mmap(nullptr, bytes + kAlign, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (m != MAP_FAILED) {
-        char* raw = static_cast<char*>(m);
-        base_ = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kAlign - 1) /
-                                        kAlign * kAlign);
-        if (base_ > raw) munmap(raw, base_ - raw);
-        const size_t tail = (raw + bytes + kAlign) - (base_ + bytes);
-        if (tail) munmap(base_ + bytes, tail);
-#ifdef MADV_HUGEPAGE
-        madvise(base_, bytes, MADV_HUGEPAGE);
-#endif
+      base_ = map_huge_aligned(bytes, MAP_NORESERVE);
+      if (base_) {
         size_ = high_ = bytes;
         free_.emplace(0, bytes);
       }
@@ -264,7 +260,6 @@ class BandArena {
   }
 
  private:
-  static constexpr size_t kAlign = size_t(2) << 20;
   static size_t round(size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
   // Sixteen sizes per doubling (at most 1/16 more): features a row or two
   // apart (one value from band to band, or two values) take one size, so
@@ -300,7 +295,9 @@ class BandArena {
   std::map<size_t, size_t> free_;   // offset -> bytes, no two adjacent
 };
 
+// This thread's settings for the features it makes (runtime.h).
 thread_local bool t_use_arena = false, t_arena_top = false;
+thread_local double t_request_scale = 1.0;
 
 // Buffers below this size come from malloc's own free lists cheaply.
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
@@ -308,7 +305,6 @@ constexpr size_t kPoolMinBytes = size_t(1) << 20;
 // Bytes of features alive, and their high-water mark since the last reset:
 // what the executor's memory estimates are checked against.
 std::atomic<size_t> g_live_bytes{0};
-thread_local double t_request_scale = 1.0;
 std::atomic<size_t> g_peak_bytes{0};
 
 void count_feature(size_t bytes) {

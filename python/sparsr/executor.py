@@ -616,9 +616,9 @@ def choose_execution(executor: Executor, height: int, width: int,
     input rows; without max_memory its budget is at least what the whole image
     needs. The pool of freed buffers gets what the budget leaves, up to a
     band's buffers (BAND_POOL at least); the band arena the band's buffers,
-    and of what the budget leaves after that, up to as much again. ImageError when the network's shapes
-    do not work at this size, or when even bands of MIN_BAND_ROWS rows need
-    more than max_memory."""
+    and of what the budget leaves after that, up to as much again. ImageError
+    when the network's shapes do not work at this size, or when even bands of
+    MIN_BAND_ROWS rows need more than max_memory."""
     plan = plan_for(executor, height, width)     # the whole image may not fit: bands will
     available = available_memory()
     out_bytes = feature_bytes(*plan.shapes[executor.graph.outputs[0]])
